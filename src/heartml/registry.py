@@ -1,0 +1,719 @@
+"""Registry stage: list, tag best, promote, auto-promote, roll back — over the whole family.
+
+The family is every registered model whose name starts with ``Settings.model_prefix``. Its
+*champion* is the one version holding the alias ``Settings.champion_alias``; the stage
+``Production`` follows the alias. MLflow offers no transaction across models, so every write
+here is followed by :func:`reconcile_family`, which demotes every claim but the winning one.
+
+The winning claim is the one with the latest ``promoted_at`` tag (then name, then version), a
+rule every process applies identically. Whatever interleaving two promotions take, the one that
+reads last sees both claims and removes the loser, and no process ever removes the winner: the
+family converges to exactly one champion, which is the only version in Production.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
+
+    from heartml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PRODUCTION = "Production"
+ARCHIVED = "Archived"
+NO_STAGE = "None"
+
+TAG_BEST = "best_model"
+TAG_ROC_AUC = "roc_auc"
+TAG_MODEL_TYPE = "model_type"
+TAG_PROMOTED_AT = "promoted_at"
+TAG_PROMOTED_BY = "promoted_by"
+TAG_PREVIOUS = "previous_champion"
+TAG_REASON = "promotion_reason"
+EVENT_PREFIX = "promotion_event."
+
+
+class RegistryError(Exception):
+    """A registry operation failed; the message is one line for the user."""
+
+
+class NotFoundError(RegistryError):
+    """An unknown model or version, or no version tagged best."""
+
+
+class StoreUnavailableError(RegistryError):
+    """The tracking store cannot be reached."""
+
+
+# --------------------------------------------------------------------------------------------
+# What the registry holds
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One model version as heartml sees it."""
+
+    name: str
+    version: int
+    stage: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    run_id: str
+    source: str
+    created_ms: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def roc_auc(self) -> float | None:
+        try:
+            return float(self.tags[TAG_ROC_AUC])
+        except (KeyError, ValueError):
+            return None
+
+    @property
+    def is_best(self) -> bool:
+        return self.tags.get(TAG_BEST, "").lower() == "true"
+
+    @property
+    def claim_key(self) -> tuple[str, str, int]:
+        """Order of champion claims: the latest promotion wins; name and version break ties."""
+        return self.tags.get(TAG_PROMOTED_AT, ""), self.name, self.version
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    versions: tuple[VersionInfo, ...]  # newest first
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyState:
+    """A snapshot of every model in the family and who holds the champion alias and stage."""
+
+    models: tuple[ModelInfo, ...]
+    alias: str
+
+    @property
+    def versions(self) -> tuple[VersionInfo, ...]:
+        return tuple(v for m in self.models for v in m.versions)
+
+    @property
+    def alias_holders(self) -> tuple[VersionInfo, ...]:
+        return tuple(v for v in self.versions if self.alias in v.aliases)
+
+    @property
+    def in_production(self) -> tuple[VersionInfo, ...]:
+        return tuple(v for v in self.versions if v.stage == PRODUCTION)
+
+    @property
+    def champion(self) -> VersionInfo | None:
+        """The alias decides; without any alias holder, the (latest) Production version."""
+        claims = self.alias_holders or self.in_production
+        return max(claims, key=lambda v: v.claim_key) if claims else None
+
+    @property
+    def consistent(self) -> bool:
+        """Exactly the champion holds the alias and the Production stage, nobody else."""
+        champion = self.champion
+        if champion is None:
+            return True
+        return self.alias_holders == (champion,) and self.in_production == (champion,)
+
+    def disagreements(self) -> list[str]:
+        """Human-readable reasons why the family is not consistent."""
+        notes: list[str] = []
+        champion = self.champion
+        if champion is None:
+            return notes
+        if not self.alias_holders:
+            notes.append(
+                f"no version holds the '{self.alias}' alias; {champion.ref} is in "
+                f"{PRODUCTION} (set by hand?) and is served"
+            )
+        for other in self.alias_holders:
+            if other is not champion:
+                notes.append(f"{other.ref} also holds '{self.alias}' (an interrupted promotion)")
+        if champion.stage != PRODUCTION:
+            notes.append(f"champion {champion.ref} is in stage {champion.stage}, not {PRODUCTION}")
+        for other in self.in_production:
+            if other is not champion:
+                notes.append(
+                    f"{other.ref} is in {PRODUCTION} but is not the champion (moved by hand?)"
+                )
+        return notes
+
+    def find(self, name: str, version: int | None = None) -> VersionInfo:
+        model = next((m for m in self.models if m.name == name), None)
+        if model is None:
+            raise NotFoundError(f"unknown model {name!r}")
+        if not model.versions:
+            raise NotFoundError(f"model {name!r} has no versions")
+        if version is None:
+            return model.versions[0]
+        found = next((v for v in model.versions if v.version == version), None)
+        if found is None:
+            raise NotFoundError(f"model {name!r} has no version {version}")
+        return found
+
+    def best_tagged(self) -> VersionInfo:
+        tagged = [v for v in self.versions if v.is_best]
+        if not tagged:
+            raise NotFoundError(f"no version tagged {TAG_BEST}=true (run `heartml train` first)")
+        return max(tagged, key=lambda v: (v.roc_auc or 0.0, v.created_ms, v.name, v.version))
+
+
+class Outcome(StrEnum):
+    PROMOTED = "promoted"
+    ALREADY_CHAMPION = "already_champion"
+    REPAIRED = "repaired"
+    REFUSED = "refused"
+    DRY_RUN = "dry_run"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionResult:
+    outcome: Outcome
+    target: VersionInfo
+    previous: VersionInfo | None
+    message: str
+    archived: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        return self.outcome is Outcome.REFUSED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome.value,
+            "name": self.target.name,
+            "version": self.target.version,
+            "roc_auc": self.target.roc_auc,
+            "previous": self.previous.ref if self.previous else None,
+            "message": self.message,
+            "archived": list(self.archived),
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    at: str
+    name: str
+    version: int
+    previous: str | None
+    reason: str
+    by: str
+    roc_auc: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        return data
+
+
+# --------------------------------------------------------------------------------------------
+# Talking to MLflow
+# --------------------------------------------------------------------------------------------
+
+
+def configure_mlflow(settings: Settings) -> None:
+    """Point MLflow at the store; bound its HTTP retries so a dead server fails in seconds."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+
+
+def get_client(settings: Settings) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    configure_mlflow(settings)
+    return MlflowClient(
+        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+    )
+
+
+def _describe_failure(exc: BaseException, settings: Settings) -> RegistryError:
+    """One line for any failure of the store: missing thing, unreachable store, or other."""
+    text = " ".join(str(exc).split())
+    code = getattr(exc, "error_code", "")
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return NotFoundError(text.split(". ")[0])
+    unreachable = (
+        "Max retries exceeded",
+        "Connection refused",
+        "Failed to establish",
+        "unable to open database",
+        "timed out",
+        "Connection aborted",
+        "RemoteDisconnected",
+    )
+    if any(marker in text for marker in unreachable) or isinstance(exc, ConnectionError):
+        return StoreUnavailableError(
+            f"tracking store {settings.mlflow_tracking_uri} is unreachable; "
+            "is the MLflow server running?"
+        )
+    return RegistryError(f"registry error: {text[:300]}")
+
+
+def call_store(settings: Settings, action: Callable[[], T]) -> T:
+    """Run one registry call, turning every store failure into a one-line RegistryError.
+
+    HTTP-level retries of transient errors (connection refused, 429, 5xx) are done by MLflow's
+    client, bounded by :func:`configure_mlflow`.
+    """
+    try:
+        return action()
+    except RegistryError:
+        raise
+    except Exception as exc:
+        raise _describe_failure(exc, settings) from exc
+
+
+def ensure_experiment(settings: Settings) -> str:
+    """The training experiment's id; created with its artifacts next to a local store."""
+    client = get_client(settings)
+
+    def _ensure() -> str:
+        existing = client.get_experiment_by_name(settings.experiment_name)
+        if existing is not None:
+            if existing.lifecycle_stage == "deleted":
+                client.restore_experiment(existing.experiment_id)
+            return str(existing.experiment_id)
+        location = settings.artifact_dir.resolve().as_uri() if settings.is_local_store else None
+        try:
+            return str(client.create_experiment(settings.experiment_name, location))
+        except Exception:
+            # Another process created it between our look-up and our create.
+            again = client.get_experiment_by_name(settings.experiment_name)
+            if again is None:
+                raise
+            return str(again.experiment_id)
+
+    return call_store(settings, _ensure)
+
+
+def _to_info(mv: ModelVersion, aliases: dict[str, list[str]]) -> VersionInfo:
+    return VersionInfo(
+        name=mv.name,
+        version=int(mv.version),
+        stage=mv.current_stage or NO_STAGE,
+        aliases=tuple(sorted(aliases.get(str(mv.version), []))),
+        tags=dict(mv.tags or {}),
+        run_id=mv.run_id or "",
+        source=mv.source or "",
+        created_ms=int(mv.creation_timestamp or 0),
+    )
+
+
+def read_family(settings: Settings, client: MlflowClient | None = None) -> FamilyState:
+    """Every model of the family with its versions, stages, tags and aliases: two queries.
+
+    ``search_model_versions`` leaves ``aliases`` empty on SQL stores, so aliases are read from
+    the registered models, which carry them.
+    """
+    client = client or get_client(settings)
+    pattern = f"name LIKE '{settings.model_prefix}%'"
+
+    def _read() -> FamilyState:
+        models = _paged(lambda token: client.search_registered_models(pattern, page_token=token))
+        versions = _paged(lambda token: client.search_model_versions(pattern, page_token=token))
+        by_model: dict[str, list[VersionInfo]] = {m.name: [] for m in models}
+        alias_map: dict[str, dict[str, list[str]]] = {}
+        for model in models:
+            per_version: dict[str, list[str]] = {}
+            for alias, version in (model.aliases or {}).items():
+                per_version.setdefault(str(version), []).append(alias)
+            alias_map[model.name] = per_version
+        for mv in versions:
+            if mv.name in by_model:
+                by_model[mv.name].append(_to_info(mv, alias_map.get(mv.name, {})))
+        return FamilyState(
+            models=tuple(
+                ModelInfo(name, tuple(sorted(vs, key=lambda v: -v.version)))
+                for name, vs in sorted(by_model.items())
+            ),
+            alias=settings.champion_alias,
+        )
+
+    return call_store(settings, _read)
+
+
+def _paged(fetch: Callable[[str | None], Any]) -> list[Any]:
+    items: list[Any] = []
+    token: str | None = None
+    while True:
+        page = fetch(token)
+        items.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return items
+
+
+# --------------------------------------------------------------------------------------------
+# Tagging after training
+# --------------------------------------------------------------------------------------------
+
+
+def tag_candidate_version(
+    settings: Settings, name: str, version: str, roc_auc: float, model_type: str
+) -> None:
+    """Every registered candidate carries its held-out score and algorithm."""
+    client = get_client(settings)
+
+    def _tag() -> None:
+        client.set_model_version_tag(name, version, TAG_ROC_AUC, f"{roc_auc:.4f}")
+        client.set_model_version_tag(name, version, TAG_MODEL_TYPE, model_type)
+
+    call_store(settings, _tag)
+
+
+def tag_best_version(
+    settings: Settings, name: str, version: str, roc_auc: float, model_type: str
+) -> None:
+    """Tag this version ``best_model=true`` and every other one in the family ``false``.
+
+    Like promotion, it converges under concurrency: each trainer marks its own, then clears
+    every marked version but the newest, so the last one to look leaves exactly one.
+    """
+    client = get_client(settings)
+
+    def _tag() -> None:
+        tag_candidate_version(settings, name, version, roc_auc, model_type)
+        client.set_model_version_tag(name, version, TAG_BEST, "true")
+        state = read_family(settings, client)
+        marked = [v for v in state.versions if v.is_best]
+        if not marked:
+            return
+        newest = max(marked, key=lambda v: (v.created_ms, v.name, v.version))
+        for other in marked:
+            if other is not newest:
+                client.set_model_version_tag(other.name, str(other.version), TAG_BEST, "false")
+
+    call_store(settings, _tag)
+
+
+# --------------------------------------------------------------------------------------------
+# Promotion
+# --------------------------------------------------------------------------------------------
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def whoami() -> str:
+    """Who promotes: HEARTML_PROMOTED_BY (Jenkins sets its build tag), else user@host."""
+    if explicit := os.environ.get("HEARTML_PROMOTED_BY"):
+        return explicit
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def check_gate(
+    settings: Settings, challenger: VersionInfo, champion: VersionInfo | None
+) -> str | None:
+    """Why the challenger may not replace the champion, or None when it may."""
+    score = challenger.roc_auc
+    if score is None:
+        return f"{challenger.ref} has no {TAG_ROC_AUC} tag to judge it by"
+    if score < settings.min_roc_auc:
+        return (
+            f"{challenger.ref} roc_auc {score:.4f} is below the minimum "
+            f"{settings.min_roc_auc:.4f}"
+        )
+    if champion is not None and champion.roc_auc is not None:
+        floor = champion.roc_auc - settings.promotion_tolerance
+        if score < floor:
+            return (
+                f"{challenger.ref} roc_auc {score:.4f} is worse than champion {champion.ref} "
+                f"roc_auc {champion.roc_auc:.4f} (tolerance {settings.promotion_tolerance:.4f})"
+            )
+    return None
+
+
+def _transition(client: MlflowClient, version: VersionInfo, stage: str) -> str | None:
+    """Move a version to a stage; a failure is returned as a warning, never raised.
+
+    Stages only mirror the alias, so a failed transition (the seed's known issue) cannot
+    change who is champion; rerunning the same command repairs it.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # stages are deprecated; we keep them in step
+            client.transition_model_version_stage(
+                version.name, str(version.version), stage, archive_existing_versions=False
+            )
+    except Exception as exc:
+        first = " ".join(str(exc).split())[:200]
+        return (
+            f"could not move {version.ref} to stage {stage} ({type(exc).__name__}: {first}); "
+            f"the alias decides who is champion — rerun the same command to repair the stage"
+        )
+    return None
+
+
+def reconcile_family(settings: Settings, client: MlflowClient) -> tuple[FamilyState, list[str], list[str]]:
+    """Demote every claim but the winning one; put the winner in Production.
+
+    Returns the state read, what was archived, and warnings of stage moves that failed.
+    """
+    state = read_family(settings, client)
+    champion = state.champion
+    archived: list[str] = []
+    warnings: list[str] = []
+    if champion is None:
+        return state, archived, warnings
+
+    def _reconcile() -> None:
+        for other in state.alias_holders:
+            if other is not champion:
+                client.delete_registered_model_alias(other.name, settings.champion_alias)
+        if settings.champion_alias not in champion.aliases:
+            client.set_registered_model_alias(
+                champion.name, settings.champion_alias, str(champion.version)
+            )
+        losers = {v.ref: v for v in (*state.alias_holders, *state.in_production)}
+        losers.pop(champion.ref, None)
+        for loser in losers.values():
+            if (warning := _transition(client, loser, ARCHIVED)) is not None:
+                warnings.append(warning)
+            else:
+                archived.append(loser.ref)
+        if champion.stage != PRODUCTION and (
+            warning := _transition(client, champion, PRODUCTION)
+        ) is not None:
+            warnings.append(warning)
+
+    call_store(settings, _reconcile)
+    return state, archived, warnings
+
+
+def promote_version(
+    settings: Settings,
+    name: str,
+    version: int | None = None,
+    *,
+    reason: str = "manual promotion",
+    gated: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    state: FamilyState | None = None,
+) -> PromotionResult:
+    """Make NAME/VERSION (latest when None) the champion of the family.
+
+    Gated promotions (``--auto`` and training) refuse a challenger below the gate unless
+    ``force``. Promoting the champion again is a no-op that still repairs its stage.
+    """
+    client = get_client(settings)
+    state = state or read_family(settings, client)
+    target = state.find(name, version)
+    current = state.champion
+
+    if current is not None and current.ref == target.ref:
+        if state.consistent:
+            return PromotionResult(
+                Outcome.ALREADY_CHAMPION, target, current, f"{target.ref} is already champion"
+            )
+        if dry_run:
+            notes = "; ".join(state.disagreements())
+            return PromotionResult(
+                Outcome.DRY_RUN, target, current, f"would repair the family: {notes}"
+            )
+        _, archived, warnings = reconcile_family(settings, client)
+        return PromotionResult(
+            Outcome.REPAIRED,
+            target,
+            current,
+            f"{target.ref} is champion; repaired the family",
+            tuple(archived),
+            tuple(warnings),
+        )
+
+    if gated and not force and (why := check_gate(settings, target, current)) is not None:
+        return PromotionResult(Outcome.REFUSED, target, current, f"refused by the gate: {why}")
+
+    if dry_run:
+        to_archive = sorted(
+            {v.ref for v in (*state.alias_holders, *state.in_production)} - {target.ref}
+        )
+        archive_note = f"; would archive {', '.join(to_archive)}" if to_archive else ""
+        return PromotionResult(
+            Outcome.DRY_RUN,
+            target,
+            current,
+            f"would promote {target.ref} to {PRODUCTION} (alias '{settings.champion_alias}')"
+            + archive_note,
+            tuple(to_archive),
+        )
+
+    when = _now_iso()
+    event = {
+        "at": when,
+        "by": whoami(),
+        "previous": current.ref if current else None,
+        "reason": reason,
+        "roc_auc": target.roc_auc,
+    }
+
+    def _claim() -> None:
+        # The claim (tags) comes first, then the alias: a reader that sees the alias always
+        # sees the promoted_at that orders it.
+        tags = {
+            TAG_PROMOTED_AT: when,
+            TAG_PROMOTED_BY: event["by"],
+            TAG_PREVIOUS: event["previous"] or "",
+            TAG_REASON: reason,
+            EVENT_PREFIX + when.replace(":", "").replace("-", "").replace(".", ""): json.dumps(
+                event, sort_keys=True
+            ),
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(target.name, str(target.version), key, str(value))
+        client.set_registered_model_alias(
+            target.name, settings.champion_alias, str(target.version)
+        )
+
+    call_store(settings, _claim)
+    warnings: list[str] = []
+    if (warning := _transition(client, target, PRODUCTION)) is not None:
+        warnings.append(warning)
+    final, archived, more = reconcile_family(settings, client)
+    warnings.extend(more)
+    winner = final.champion
+    if winner is not None and winner.ref != target.ref:
+        return PromotionResult(
+            Outcome.SUPERSEDED,
+            target,
+            current,
+            f"{target.ref} was promoted but a concurrent promotion of {winner.ref} is newer "
+            "and won",
+            tuple(archived),
+            tuple(warnings),
+        )
+    return PromotionResult(
+        Outcome.PROMOTED,
+        target,
+        current,
+        f"promoted {target.ref} to {PRODUCTION}",
+        tuple(archived),
+        tuple(warnings),
+    )
+
+
+def promote_best(
+    settings: Settings,
+    *,
+    reason: str = "auto-promotion of the best model",
+    force: bool = False,
+    dry_run: bool = False,
+) -> PromotionResult:
+    """Find the version tagged ``best_model=true`` and promote it through the gate."""
+    client = get_client(settings)
+    state = read_family(settings, client)
+    best = state.best_tagged()
+    return promote_version(
+        settings,
+        best.name,
+        best.version,
+        reason=reason,
+        gated=True,
+        force=force,
+        dry_run=dry_run,
+        state=state,
+    )
+
+
+def promotion_history(settings: Settings) -> list[HistoryEntry]:
+    """Every promotion recorded in the family's version tags, newest first."""
+    state = read_family(settings)
+    entries: list[HistoryEntry] = []
+    for version in state.versions:
+        for key, value in version.tags.items():
+            if not key.startswith(EVENT_PREFIX):
+                continue
+            try:
+                event = json.loads(value)
+            except ValueError:
+                continue
+            entries.append(
+                HistoryEntry(
+                    at=str(event.get("at", "")),
+                    name=version.name,
+                    version=version.version,
+                    previous=event.get("previous"),
+                    reason=str(event.get("reason", "")),
+                    by=str(event.get("by", "")),
+                    roc_auc=event.get("roc_auc"),
+                )
+            )
+    return sorted(entries, key=lambda e: (e.at, e.name, e.version), reverse=True)
+
+
+def rollback(settings: Settings, *, dry_run: bool = False) -> PromotionResult:
+    """Make the champion's predecessor the champion again (no gate: an operator's decision)."""
+    client = get_client(settings)
+    state = read_family(settings, client)
+    current = state.champion
+    if current is None:
+        raise NotFoundError("there is no champion to roll back from")
+    previous = current.tags.get(TAG_PREVIOUS, "")
+    if not previous or "/" not in previous:
+        raise NotFoundError(f"champion {current.ref} has no previous champion to roll back to")
+    name, _, version = previous.rpartition("/")
+    return promote_version(
+        settings,
+        name,
+        int(version),
+        reason=f"rollback from {current.ref}",
+        dry_run=dry_run,
+        state=state,
+    )
+
+
+def resolve_champion(settings: Settings) -> VersionInfo | None:
+    """The version serving should load: the alias holder, else the Production version."""
+    return read_family(settings).champion
+
+
+def wait_for_store(settings: Settings, attempts: int = 30, delay_s: float = 1.0) -> None:
+    """Block until the store answers (used by pre-start checks)."""
+    for attempt in range(attempts):
+        try:
+            read_family(settings)
+            return
+        except StoreUnavailableError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay_s)

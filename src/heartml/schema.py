@@ -1,0 +1,155 @@
+"""The one schema of a patient record, in UCI coding.
+
+The data stage validates the downloaded rows against it, the features stage builds the
+preprocessing from it, and the API builds its request models and ``GET /schema`` from it.
+Nothing else in heartml hard-codes a column name, a range or a code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    """How a feature enters the models."""
+
+    NUMERIC = "numeric"  # imputed with the median, standardised
+    CATEGORICAL = "categorical"  # imputed with the mode, one-hot encoded over its codes
+    BINARY = "binary"  # imputed with the mode, passed through as 0/1
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """One column: its meaning, kind, plausible range and, for coded columns, its codes."""
+
+    name: str
+    description: str
+    kind: Kind
+    minimum: float
+    maximum: float
+    codes: tuple[int, ...] = ()
+    integer: bool = True
+    unit: str = ""
+
+    @property
+    def is_coded(self) -> bool:
+        return bool(self.codes)
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("age", "Age", Kind.NUMERIC, 18, 100, unit="years"),
+    Feature("sex", "Sex: 1 male, 0 female", Kind.BINARY, 0, 1, codes=(0, 1)),
+    Feature(
+        "cp",
+        "Chest pain: 1 typical angina, 2 atypical angina, 3 non-anginal, 4 asymptomatic",
+        Kind.CATEGORICAL,
+        1,
+        4,
+        codes=(1, 2, 3, 4),
+    ),
+    Feature("trestbps", "Resting blood pressure", Kind.NUMERIC, 60, 250, unit="mm Hg"),
+    Feature("chol", "Serum cholesterol", Kind.NUMERIC, 80, 700, unit="mg/dl"),
+    Feature("fbs", "Fasting blood sugar > 120 mg/dl: 1 true, 0 false", Kind.BINARY, 0, 1, (0, 1)),
+    Feature(
+        "restecg",
+        "Resting ECG: 0 normal, 1 ST-T abnormality, 2 LV hypertrophy",
+        Kind.CATEGORICAL,
+        0,
+        2,
+        codes=(0, 1, 2),
+    ),
+    Feature("thalach", "Maximum heart rate achieved", Kind.NUMERIC, 50, 250, unit="bpm"),
+    Feature("exang", "Exercise-induced angina: 1 yes, 0 no", Kind.BINARY, 0, 1, codes=(0, 1)),
+    Feature(
+        "oldpeak",
+        "ST depression induced by exercise relative to rest",
+        Kind.NUMERIC,
+        -3.0,
+        7.0,
+        integer=False,
+        unit="mm",
+    ),
+    Feature(
+        "slope",
+        "Slope of the peak exercise ST segment: 1 up, 2 flat, 3 down",
+        Kind.CATEGORICAL,
+        1,
+        3,
+        codes=(1, 2, 3),
+    ),
+    # ca is an ordered count: it stays numeric so that "more vessels, more risk" is learnable
+    # by a linear model, while its codes are still checked.
+    Feature(
+        "ca",
+        "Major vessels (0-3) coloured by fluoroscopy",
+        Kind.NUMERIC,
+        0,
+        3,
+        codes=(0, 1, 2, 3),
+    ),
+    Feature(
+        "thal",
+        "Thallium scan: 3 normal, 6 fixed defect, 7 reversible defect",
+        Kind.CATEGORICAL,
+        3,
+        7,
+        codes=(3, 6, 7),
+    ),
+)
+
+TARGET = Feature(
+    "num",
+    "Angiographic disease status: 0 < 50% narrowing, 1-4 > 50%",
+    Kind.CATEGORICAL,
+    0,
+    4,
+    codes=(0, 1, 2, 3, 4),
+)
+
+# The Swiss and VA files write 0 for "not measured" in these columns; the data stage turns such
+# zeros into missing values (and says so). The API never accepts them.
+ZERO_MEANS_MISSING: tuple[str, ...] = ("trestbps", "chol")
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+COLUMNS: tuple[str, ...] = (*FEATURE_NAMES, TARGET.name)
+FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
+
+NUMERIC_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.kind is Kind.NUMERIC)
+CATEGORICAL_FEATURES: tuple[str, ...] = tuple(
+    f.name for f in FEATURES if f.kind is Kind.CATEGORICAL
+)
+BINARY_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.kind is Kind.BINARY)
+
+POSITIVE_LABEL = "heart disease"
+NEGATIVE_LABEL = "no heart disease"
+
+
+def binary_target(num: int) -> int:
+    """The usual binary target: any angiographic narrowing above 50 % (``num > 0``)."""
+    return int(num > 0)
+
+
+def describe_schema() -> dict[str, object]:
+    """A JSON-ready description of the features, used by ``GET /schema`` and the docs."""
+    return {
+        "features": [
+            {
+                "name": f.name,
+                "description": f.description,
+                "kind": f.kind.value,
+                "type": "integer" if f.integer else "number",
+                "minimum": f.minimum,
+                "maximum": f.maximum,
+                "codes": list(f.codes) or None,
+                "unit": f.unit or None,
+            }
+            for f in FEATURES
+        ],
+        "target": {
+            "name": TARGET.name,
+            "description": TARGET.description,
+            "positive_when": "num > 0",
+            "labels": {"0": NEGATIVE_LABEL, "1": POSITIVE_LABEL},
+        },
+    }

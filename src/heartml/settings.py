@@ -1,0 +1,82 @@
+"""Runtime settings: one typed class, read from the environment (and a `.env` file).
+
+Field names match the environment variables the Kubernetes ConfigMap sets: every field is
+``HEARTML_<FIELD>`` except the tracking URI, which keeps MLflow's own ``MLFLOW_TRACKING_URI``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+UCI_BASE_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease"
+
+
+class Settings(BaseSettings):
+    """Everything that changes between a laptop, CI and a cluster."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEARTML_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- tracking and registry -------------------------------------------------------------
+    mlflow_tracking_uri: str = Field(
+        default="sqlite:///mlflow.db",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "HEARTML_MLFLOW_TRACKING_URI"),
+        description="MLflow tracking and registry store; the embedded default is SQLite in the "
+        "working directory.",
+    )
+    artifact_dir: Path = Field(
+        default=Path("mlartifacts"),
+        description="Where run artifacts go when the store is a local SQLite file.",
+    )
+    experiment_name: str = "heart-disease-classification"
+    model_prefix: str = Field(
+        default="heart-disease-",
+        description="Registered models are named <prefix><algorithm>; the family is every model "
+        "whose name starts with it.",
+    )
+    champion_alias: str = "champion"
+
+    # --- data ----------------------------------------------------------------------------------
+    data_source: str = Field(
+        default=UCI_BASE_URL,
+        description="Base URL or local directory the UCI files are fetched from (a mirror).",
+    )
+    data_dir: Path = Field(default=Path("data/raw"), description="Verified download cache.")
+    download_timeout_s: float = 30.0
+
+    # --- training ------------------------------------------------------------------------------
+    experiment_config: Path = Field(
+        default=Path("configs/experiment.yaml"), description="The versioned experiment YAML."
+    )
+
+    # --- promotion gate ------------------------------------------------------------------------
+    min_roc_auc: float = Field(default=0.80, ge=0.0, le=1.0)
+    promotion_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+    registry_retries: int = Field(default=3, ge=0, description="Retries of transient errors.")
+
+    # --- serving -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+    model_dir: Path | None = Field(
+        default=None, description="Serve an exported model from here instead of the registry."
+    )
+    reload_interval_s: float = Field(default=30.0, ge=0.0)
+    admin_token: SecretStr | None = None
+    max_batch_size: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    cors_origins: list[str] = Field(default_factory=list)
+    log_level: str = "info"
+
+    @property
+    def is_local_store(self) -> bool:
+        """True for the embedded SQLite store, where artifacts live next to the database."""
+        return self.mlflow_tracking_uri.startswith("sqlite:")
