@@ -14,9 +14,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import click
 import typer
 
 from heartml.settings import Settings
@@ -458,22 +457,22 @@ def format_history(entries: list[object]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _run(command: click.Command, args: list[str] | None = None) -> NoReturn:
-    """Run a click command; usage errors exit 1, because exit 2 means 'refused by the gate'."""
+def _run(command: Any, args: list[str] | None = None) -> NoReturn:
+    """Run a Typer/click command; usage errors exit 1, because exit 2 means 'refused'."""
     _setup_logging()
     try:
         code = command.main(args=args, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.UsageError as exc:
-        exc.show()
-        sys.exit(EXIT_ERROR)
-    except click.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(EXIT_ERROR)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_ERROR)
+    except Exception as exc:
+        # click's UsageError and friends (Typer vendors its own click): print them click's way.
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(EXIT_ERROR)
+        raise
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 

@@ -26,10 +26,10 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
     from heartml.settings import Settings
+    from heartml.store import RawFamily
 
 logger = logging.getLogger(__name__)
 
@@ -319,50 +319,79 @@ def ensure_experiment(settings: Settings) -> str:
     return call_store(settings, _ensure)
 
 
-def _to_info(mv: ModelVersion, aliases: dict[str, list[str]]) -> VersionInfo:
-    return VersionInfo(
-        name=mv.name,
-        version=int(mv.version),
-        stage=mv.current_stage or NO_STAGE,
-        aliases=tuple(sorted(aliases.get(str(mv.version), []))),
-        tags=dict(mv.tags or {}),
-        run_id=mv.run_id or "",
-        source=mv.source or "",
-        created_ms=int(mv.creation_timestamp or 0),
-    )
-
-
-def read_family(settings: Settings, client: MlflowClient | None = None) -> FamilyState:
-    """Every model of the family with its versions, stages, tags and aliases: two queries.
+def read_with_client(client: MlflowClient, prefix: str) -> RawFamily:
+    """The family as MlflowClient sees it (the slow, general path; also the tests' reference).
 
     ``search_model_versions`` leaves ``aliases`` empty on SQL stores, so aliases are read from
     the registered models, which carry them.
     """
-    client = client or get_client(settings)
-    pattern = f"name LIKE '{settings.model_prefix}%'"
+    from heartml.store import RawFamily, RawVersion
 
-    def _read() -> FamilyState:
-        models = _paged(lambda token: client.search_registered_models(pattern, page_token=token))
-        versions = _paged(lambda token: client.search_model_versions(pattern, page_token=token))
-        by_model: dict[str, list[VersionInfo]] = {m.name: [] for m in models}
-        alias_map: dict[str, dict[str, list[str]]] = {}
-        for model in models:
-            per_version: dict[str, list[str]] = {}
-            for alias, version in (model.aliases or {}).items():
-                per_version.setdefault(str(version), []).append(alias)
-            alias_map[model.name] = per_version
-        for mv in versions:
-            if mv.name in by_model:
-                by_model[mv.name].append(_to_info(mv, alias_map.get(mv.name, {})))
-        return FamilyState(
-            models=tuple(
-                ModelInfo(name, tuple(sorted(vs, key=lambda v: -v.version)))
-                for name, vs in sorted(by_model.items())
-            ),
-            alias=settings.champion_alias,
+    pattern = f"name LIKE '{prefix}%'"
+    models = _paged(lambda token: client.search_registered_models(pattern, page_token=token))
+    versions = _paged(lambda token: client.search_model_versions(pattern, page_token=token))
+    aliases = {
+        m.name: {alias: int(v) for alias, v in (m.aliases or {}).items()}
+        for m in models
+        if m.name.startswith(prefix)
+    }
+    return RawFamily(
+        aliases=aliases,
+        versions=tuple(
+            RawVersion(
+                name=mv.name,
+                version=int(mv.version),
+                stage=mv.current_stage or NO_STAGE,
+                tags=dict(mv.tags or {}),
+                run_id=mv.run_id or "",
+                source=mv.source or "",
+                created_ms=int(mv.creation_timestamp or 0),
+            )
+            for mv in versions
+            if mv.name in aliases
+        ),
+    )
+
+
+def family_from_raw(raw: RawFamily, alias: str) -> FamilyState:
+    by_model: dict[str, list[VersionInfo]] = {name: [] for name in raw.aliases}
+    for v in raw.versions:
+        held = tuple(sorted(a for a, n in raw.aliases[v.name].items() if n == v.version))
+        by_model[v.name].append(
+            VersionInfo(v.name, v.version, v.stage, held, v.tags, v.run_id, v.source, v.created_ms)
         )
+    return FamilyState(
+        models=tuple(
+            ModelInfo(name, tuple(sorted(vs, key=lambda v: -v.version)))
+            for name, vs in sorted(by_model.items())
+        ),
+        alias=alias,
+    )
 
-    return call_store(settings, _read)
+
+def read_family(settings: Settings, client: MlflowClient | None = None) -> FamilyState:
+    """Every model of the family with its versions, stages, tags and aliases.
+
+    Reads go straight to the store when heartml.store can (no MLflow import), else through
+    the client.
+    """
+    from heartml.store import StoreReadError, read_raw_family
+
+    try:
+        raw = read_raw_family(
+            settings.mlflow_tracking_uri, settings.model_prefix, settings.registry_retries
+        )
+    except StoreReadError as exc:
+        if exc.unreachable:
+            raise StoreUnavailableError(
+                f"tracking store {settings.mlflow_tracking_uri} is unreachable; "
+                "is the MLflow server running?"
+            ) from exc
+        raise RegistryError(f"registry error: {exc}") from exc
+    if raw is None:
+        active = client or get_client(settings)
+        raw = call_store(settings, lambda: read_with_client(active, settings.model_prefix))
+    return family_from_raw(raw, settings.champion_alias)
 
 
 def _paged(fetch: Callable[[str | None], Any]) -> list[Any]:
@@ -536,8 +565,7 @@ def promote_version(
     Gated promotions (``--auto`` and training) refuse a challenger below the gate unless
     ``force``. Promoting the champion again is a no-op that still repairs its stage.
     """
-    client = get_client(settings)
-    state = state or read_family(settings, client)
+    state = state or read_family(settings)
     target = state.find(name, version)
     current = state.champion
 
@@ -551,7 +579,7 @@ def promote_version(
             return PromotionResult(
                 Outcome.DRY_RUN, target, current, f"would repair the family: {notes}"
             )
-        _, archived, warnings = reconcile_family(settings, client)
+        _, archived, warnings = reconcile_family(settings, get_client(settings))
         return PromotionResult(
             Outcome.REPAIRED,
             target,
@@ -578,6 +606,7 @@ def promote_version(
             tuple(to_archive),
         )
 
+    client = get_client(settings)
     when = _now_iso()
     event = {
         "at": when,
@@ -640,8 +669,7 @@ def promote_best(
     dry_run: bool = False,
 ) -> PromotionResult:
     """Find the version tagged ``best_model=true`` and promote it through the gate."""
-    client = get_client(settings)
-    state = read_family(settings, client)
+    state = read_family(settings)
     best = state.best_tagged()
     return promote_version(
         settings,
@@ -683,8 +711,7 @@ def promotion_history(settings: Settings) -> list[HistoryEntry]:
 
 def rollback(settings: Settings, *, dry_run: bool = False) -> PromotionResult:
     """Make the champion's predecessor the champion again (no gate: an operator's decision)."""
-    client = get_client(settings)
-    state = read_family(settings, client)
+    state = read_family(settings)
     current = state.champion
     if current is None:
         raise NotFoundError("there is no champion to roll back from")

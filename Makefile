@@ -1,0 +1,85 @@
+# heartml — every task a person or Jenkins runs is a target here. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON_BOOT ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+HEARTML     := $(VENV)/bin/heartml
+STAMP       := $(VENV)/.installed
+
+# The UCI files come from the UCI URLs unless HEARTML_DATA_SOURCE names a mirror (a directory or
+# base URL). Next to a checkout that has the shared data folder (CI, this team's machines), that
+# folder is the default mirror, because these machines reach no site but the package registries.
+MIRROR := $(wildcard $(abspath $(CURDIR)/../shared/data/heart-disease))
+ifneq ($(MIRROR),)
+HEARTML_DATA_SOURCE ?= $(MIRROR)
+endif
+ifdef HEARTML_DATA_SOURCE
+export HEARTML_DATA_SOURCE
+endif
+export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+export PYTHONDONTWRITEBYTECODE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install pipeline data validate train promote list mlflow-ui test test-fast lint format typecheck clean
+
+help: ## List every target with what it does
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c "import heartml, mlflow, sklearn, fastapi" || { echo "error: installation failed" >&2; exit 1; }
+	@touch $@
+
+install: $(STAMP) ## Create .venv (if missing) and install heartml with pinned dependencies
+
+pipeline: install ## The main job on the embedded SQLite store: download → validate → train → promote → list
+	@start=$$(date +%s%N); \
+	$(HEARTML) data download && \
+	$(HEARTML) data validate && \
+	$(HEARTML) train && \
+	{ $(HEARTML) promote --auto; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 2 ]; } && \
+	$(HEARTML) promote --list && \
+	echo "" && echo "⏱  pipeline finished in $$(( ($$(date +%s%N) - start) / 1000000 )) ms"
+
+data: install ## Download the UCI data (sha256-checked) into data/raw
+	$(HEARTML) data download
+
+validate: install ## Validate the cached data against the schema
+	$(HEARTML) data validate
+
+train: install ## Train, evaluate, register every candidate and tag the best
+	$(HEARTML) train
+
+promote: install ## Promote the best-tagged version (exit 2 = refused by the gate)
+	$(HEARTML) promote --auto
+
+list: install ## Show the model registry
+	$(HEARTML) promote --list
+
+mlflow-ui: install ## MLflow UI on port 5001 over the same store
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port 5001
+
+test: install ## Install what the tests need and run the whole suite
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: install ## Unit and data tests only
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/data
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check src tests scripts bench
+	$(VENV)/bin/ruff format --check src tests scripts bench
+	$(VENV)/bin/mypy
+
+format: install ## Format the code
+	$(VENV)/bin/ruff format src tests scripts bench
+	$(VENV)/bin/ruff check --fix src tests scripts bench
+
+clean: ## Remove the local store, artifacts, data cache and caches (not .venv)
+	rm -rf mlflow.db mlartifacts data exported-model .pytest_cache .mypy_cache .ruff_cache
+
+-include mk/*.mk

@@ -1,0 +1,5 @@
+"""`python -m heartml` runs the CLI."""
+
+from heartml.cli import main
+
+main()

@@ -1,0 +1,195 @@
+"""Shared fixtures: every test gets its own SQLite tracking store and data cache.
+
+The UCI rows come from the mirror named by HEARTML_DATA_SOURCE (the Makefile points it at the
+shared data folder); tests that need them skip with a reason when no mirror is configured.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from heartml.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = REPO / "configs" / "experiment.yaml"
+HEARTML = [sys.executable, "-m", "heartml"]
+
+
+def mirror_dir() -> Path | None:
+    source = os.environ.get("HEARTML_DATA_SOURCE", "")
+    path = Path(source) if source else None
+    return path if path is not None and path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    path = mirror_dir()
+    if path is None:
+        pytest.skip("HEARTML_DATA_SOURCE does not name a local mirror of the UCI files")
+    return path
+
+
+def make_settings(root: Path, source: Path | str, **overrides: object) -> Settings:
+    """Settings for an isolated store, cache and experiment under ``root``."""
+    values: dict[str, object] = {
+        "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "artifact_dir": root / "mlartifacts",
+        "data_dir": root / "data",
+        "data_source": str(source),
+        "experiment_config": EXPERIMENT,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a `heartml` subprocess needs to see the same settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEARTML_", "MLFLOW_"))}
+    env.update(
+        {
+            "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+            "HEARTML_ARTIFACT_DIR": str(settings.artifact_dir),
+            "HEARTML_DATA_DIR": str(settings.data_dir),
+            "HEARTML_DATA_SOURCE": settings.data_source,
+            "HEARTML_EXPERIMENT_CONFIG": str(settings.experiment_config),
+            "HEARTML_MIN_ROC_AUC": str(settings.min_roc_auc),
+            "HEARTML_PROMOTION_TOLERANCE": str(settings.promotion_tolerance),
+        }
+    )
+    return env
+
+
+def run_heartml(
+    settings: Settings, *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*HEARTML, *args],
+        env=settings_env(settings),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may touch the repository's own mlflow.db, data cache or .env."""
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith("HEARTML_") and key != "HEARTML_DATA_SOURCE":
+            monkeypatch.delenv(key)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, mirror: Path) -> Settings:
+    """A fresh store and cache, fed from the mirror."""
+    return make_settings(tmp_path / "store", mirror)
+
+
+@pytest.fixture(scope="session")
+def trained_root(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
+    """One real training session on a store shared, read-only, by the tests that need it."""
+    from heartml.data import download_data
+    from heartml.train import train_candidates
+
+    root = tmp_path_factory.mktemp("trained")
+    settings = make_settings(root, mirror)
+    download_data(settings)
+    train_candidates(settings)
+    return root
+
+
+@pytest.fixture
+def trained_settings(trained_root: Path, tmp_path: Path, mirror: Path) -> Settings:
+    """A private copy of the trained store (its artifacts stay shared and unchanged)."""
+    root = tmp_path / "trained-copy"
+    root.mkdir()
+    shutil.copy2(trained_root / "mlflow.db", root / "mlflow.db")
+    shutil.copytree(trained_root / "data", root / "data")
+    return make_settings(root, mirror, artifact_dir=trained_root / "mlartifacts")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+class MlflowServer:
+    """A real `mlflow server` on a free port over a SQLite file, with the artifact proxy."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = (self.root / "server.log").open("ab")
+        mlflow = Path(sys.executable).with_name("mlflow")
+        self.process = subprocess.Popen(
+            [
+                str(mlflow),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'server.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_http(f"{self.uri}/health", timeout=90)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
