@@ -204,12 +204,15 @@ def _log_candidate(
     x_test: pd.DataFrame,
     y_test: np.ndarray,
     lineage: dict[str, str],
+    experiment_id: str,
 ) -> CandidateResult:
     import mlflow
     from mlflow.models import infer_signature
 
     model_name = f"{settings.model_prefix}{fitted.name}"
-    with mlflow.start_run(run_name=fitted.name, nested=True, tags=lineage) as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=fitted.name, nested=True, tags=lineage
+    ) as run:
         mlflow.set_tag("candidate", fitted.name)
         mlflow.log_params(
             {
@@ -311,7 +314,8 @@ def train_candidates(settings: Settings, *, promote: bool = True) -> TrainResult
     ) as parent:
         mlflow.log_params({"candidates": ",".join(config.candidates), "rows": len(features)})
         results = [
-            _log_candidate(f, settings, config, x_train, x_test, y_test, lineage) for f in fitted
+            _log_candidate(f, settings, config, x_train, x_test, y_test, lineage, experiment_id)
+            for f in fitted
         ]
         _log_parent_summary(fitted, y_test, best_fit)
         best = next(r for r in results if r.name == best_fit.name)
