@@ -63,6 +63,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "HEARTML_EXPERIMENT_CONFIG": str(settings.experiment_config),
             "HEARTML_MIN_ROC_AUC": str(settings.min_roc_auc),
             "HEARTML_PROMOTION_TOLERANCE": str(settings.promotion_tolerance),
+            "HEARTML_REGISTRY_RETRIES": str(settings.registry_retries),
+            "HEARTML_MODEL_PREFIX": settings.model_prefix,
         }
     )
     return env

@@ -1,0 +1,444 @@
+"""`heartml promote` / `scripts/promote-model.py` against real stores.
+
+Registry states are built directly with MlflowClient (fast, exact) on a temporary SQLite store
+and, for the main flows, on a real `mlflow server` started on a free port.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO, MlflowServer, free_port, make_settings, settings_env
+from mlflow.tracking import MlflowClient
+
+from heartml.registry import (
+    PRODUCTION,
+    FamilyState,
+    promote_version,
+    read_family,
+    read_with_client,
+)
+from heartml.settings import Settings
+from heartml.store import read_raw_family
+
+_prefixes = itertools.count(1)
+
+
+class Registry:
+    """A family of registered models on one store, and the CLI pointed at it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+        self.prefix = settings.model_prefix
+
+    def add(self, algorithm: str, roc_auc: float | None, *, best: bool = False) -> int:
+        name = self.prefix + algorithm
+        try:
+            self.client.create_registered_model(name)
+        except Exception:
+            pass  # already registered
+        tags = {"model_type": algorithm}
+        if roc_auc is not None:
+            tags["roc_auc"] = f"{roc_auc:.4f}"
+        if best:
+            tags["best_model"] = "true"
+        version = self.client.create_model_version(name, source=f"s3://heartml-test-fixtures/{algorithm}", tags=tags)
+        return int(version.version)
+
+    def state(self) -> FamilyState:
+        return read_family(self.settings)
+
+    def champion(self) -> str | None:
+        champion = self.state().champion
+        return champion.ref if champion else None
+
+    def assert_one_champion(self) -> str:
+        state = self.state()
+        holders = [v.ref for v in state.alias_holders]
+        production = [v.ref for v in state.in_production]
+        assert len(holders) == 1, holders
+        assert production == holders, (production, holders)
+        return holders[0]
+
+    def run(self, *args: str, script: bool = False) -> subprocess.CompletedProcess[str]:
+        command = (
+            [sys.executable, str(REPO / "scripts" / "promote-model.py")]
+            if script
+            else [sys.executable, "-m", "heartml", "promote"]
+        )
+        env = settings_env(self.settings)
+        env["HEARTML_MODEL_PREFIX"] = self.prefix
+        env["HEARTML_PROMOTED_BY"] = "test-suite"
+        return subprocess.run(
+            [*command, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite store, copied by each test (migrations take a second)."""
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}", f"sqlite:///{path}").search_registered_models()
+    return path
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("promote-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sqlite_registry(tmp_path: Path, empty_store: Path) -> Registry:
+    shutil.copy2(empty_store, tmp_path / "mlflow.db")
+    return Registry(make_settings(tmp_path, tmp_path / "unused"))
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def registry(
+    request: pytest.FixtureRequest, tmp_path: Path, empty_store: Path
+) -> Registry:
+    if request.param == "sqlite":
+        shutil.copy2(empty_store, tmp_path / "mlflow.db")
+        return Registry(make_settings(tmp_path, tmp_path / "unused"))
+    server: MlflowServer = request.getfixturevalue("shared_server")
+    # One server for the module; a prefix of its own keeps each test's family apart.
+    prefix = f"hd{next(_prefixes)}x-"
+    return Registry(
+        make_settings(tmp_path, tmp_path / "unused", mlflow_tracking_uri=server.uri, model_prefix=prefix)
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# --- --auto ----------------------------------------------------------------------------------
+
+
+def test_auto_promotes_the_best_and_archives_the_champion_of_another_model(
+    registry: Registry,
+) -> None:
+    old = registry.add("random_forest", 0.90)
+    promote_version(registry.settings, registry.prefix + "random_forest", old)
+    best = registry.add("logistic_regression", 0.95, best=True)
+    registry.add("knn", 0.93)
+
+    result = registry.run("--auto")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.index("Before Promotion") < out.index("Auto-Promoting Best Model") < out.index(
+        "After Promotion"
+    )
+    assert f"✅ Found best model: {registry.prefix}logistic_regression v{best} (ROC-AUC: 0.9500)" in out
+    assert f"✅ Successfully promoted {registry.prefix}logistic_regression v{best} to Production!" in out
+
+    assert registry.assert_one_champion() == f"{registry.prefix}logistic_regression/{best}"
+    old_version = registry.state().find(registry.prefix + "random_forest", old)
+    assert old_version.stage == "Archived"
+    assert old_version.aliases == ()
+    knn = registry.state().find(registry.prefix + "knn")
+    assert knn.stage == "None"  # never a champion, left alone
+
+
+def test_auto_picks_the_highest_roc_auc_when_several_are_tagged(sqlite_registry: Registry) -> None:
+    sqlite_registry.add("knn", 0.91, best=True)
+    sqlite_registry.add("svm", 0.94, best=True)
+    assert sqlite_registry.run("--auto").returncode == 0
+    assert sqlite_registry.assert_one_champion() == "heart-disease-svm/1"
+
+
+def test_auto_without_a_tagged_version(registry: Registry) -> None:
+    registry.add("knn", 0.91)
+    result = registry.run("--auto")
+    assert result.returncode == 1
+    assert "no version tagged best_model=true" in one_line_error(result)
+
+
+def test_auto_when_the_best_is_already_champion_is_a_no_op(sqlite_registry: Registry) -> None:
+    version = sqlite_registry.add("knn", 0.91, best=True)
+    assert sqlite_registry.run("--auto").returncode == 0
+    tags_before = sqlite_registry.state().find("heart-disease-knn", version).tags
+    again = sqlite_registry.run("--auto")
+    assert again.returncode == 0
+    assert "already champion" in again.stdout
+    assert sqlite_registry.state().find("heart-disease-knn", version).tags == tags_before
+
+
+# --- NAME [VERSION] --------------------------------------------------------------------------
+
+
+def test_name_promotes_the_latest_version_and_name_version_that_one(registry: Registry) -> None:
+    name = registry.prefix + "svm"
+    for score in (0.90, 0.91, 0.92):
+        registry.add("svm", score)
+    latest = registry.run(name)
+    assert latest.returncode == 0, latest.stderr
+    assert registry.assert_one_champion() == f"{name}/3"
+    chosen = registry.run(name, "1")
+    assert chosen.returncode == 0, chosen.stderr
+    assert registry.assert_one_champion() == f"{name}/1"
+    assert registry.state().find(name, 3).stage == "Archived"
+
+
+def test_unknown_name_and_unknown_version(registry: Registry) -> None:
+    registry.add("svm", 0.9)
+    unknown = registry.run(registry.prefix + "nope")
+    assert unknown.returncode == 1
+    assert "unknown model" in one_line_error(unknown)
+    missing = registry.run(registry.prefix + "svm", "9")
+    assert missing.returncode == 1
+    assert "has no version 9" in one_line_error(missing)
+    assert registry.champion() is None
+
+
+def test_usage_errors_exit_1_not_2(sqlite_registry: Registry) -> None:
+    assert sqlite_registry.run("--bogus").returncode == 1
+    assert sqlite_registry.run().returncode == 1
+    assert sqlite_registry.run("--auto", "--list").returncode == 1
+
+
+# --- the gate --------------------------------------------------------------------------------
+
+
+def test_gate_refuses_a_worse_challenger_and_force_overrides(registry: Registry) -> None:
+    champion = registry.add("svm", 0.95)
+    promote_version(registry.settings, registry.prefix + "svm", champion)
+    challenger = registry.add("knn", 0.90, best=True)
+
+    refused = registry.run("--auto")
+    assert refused.returncode == 2
+    assert "0.9000" in refused.stdout and "0.9500" in refused.stdout
+    assert registry.assert_one_champion() == f"{registry.prefix}svm/{champion}"
+
+    forced = registry.run("--auto", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert registry.assert_one_champion() == f"{registry.prefix}knn/{challenger}"
+
+
+def test_gate_minimum_and_tolerance(sqlite_registry: Registry) -> None:
+    sqlite_registry.add("knn", 0.75, best=True)
+    refused = sqlite_registry.run("--auto")
+    assert refused.returncode == 2
+    assert "below the minimum 0.8000" in refused.stdout
+    assert sqlite_registry.run("--auto", "--min-roc-auc", "0.7").returncode == 0
+
+    sqlite_registry.client.set_model_version_tag("heart-disease-knn", "1", "best_model", "false")
+    sqlite_registry.add("svm", 0.74, best=True)
+    assert sqlite_registry.run("--auto", "--min-roc-auc", "0.7").returncode == 2
+    tolerant = sqlite_registry.run("--auto", "--min-roc-auc", "0.7", "--tolerance", "0.02")
+    assert tolerant.returncode == 0
+    assert sqlite_registry.assert_one_champion() == "heart-disease-svm/1"
+
+
+def test_dry_run_changes_nothing(registry: Registry) -> None:
+    first = registry.add("svm", 0.91)
+    promote_version(registry.settings, registry.prefix + "svm", first)
+    registry.add("knn", 0.95, best=True)
+    before = registry.run("--list", "--json").stdout
+
+    for args in (["--auto", "--dry-run"], [registry.prefix + "knn", "--dry-run"], ["--rollback", "--dry-run"]):
+        result = registry.run(*args)
+        assert result.returncode in (0, 1), result.stderr
+    auto = registry.run("--auto", "--dry-run", "--json")
+    assert json.loads(auto.stdout)["outcome"] == "dry_run"
+    assert f"would archive {registry.prefix}svm/{first}" in json.loads(auto.stdout)["message"]
+    assert registry.run("--list", "--json").stdout == before
+
+
+# --- history and rollback --------------------------------------------------------------------
+
+
+def test_rollback_restores_the_previous_champion_and_history_lists_both(
+    registry: Registry,
+) -> None:
+    first = registry.add("svm", 0.91, best=True)
+    assert registry.run("--auto").returncode == 0
+    second = registry.add("logistic_regression", 0.93, best=True)
+    assert registry.run("--auto").returncode == 0
+    assert registry.assert_one_champion() == f"{registry.prefix}logistic_regression/{second}"
+
+    history = json.loads(registry.run("--history", "--json").stdout)
+    assert [(h["name"], h["version"]) for h in history] == [
+        (registry.prefix + "logistic_regression", second),
+        (registry.prefix + "svm", first),
+    ]
+    assert history[0]["previous"] == f"{registry.prefix}svm/{first}"
+    assert history[0]["by"] == "test-suite"
+    assert history[0]["at"] > history[1]["at"]
+    assert history[0]["at"].endswith("Z")
+
+    rolled = registry.run("--rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    assert registry.assert_one_champion() == f"{registry.prefix}svm/{first}"
+    assert registry.state().find(registry.prefix + "logistic_regression").stage == "Archived"
+
+    text = registry.run("--history").stdout
+    assert text.count(f"{registry.prefix}svm v{first}") == 2
+    assert f"rollback from {registry.prefix}logistic_regression/{second}" in text
+
+
+def test_rollback_without_a_previous_champion(sqlite_registry: Registry) -> None:
+    result = sqlite_registry.run("--rollback")
+    assert result.returncode == 1
+    assert "no champion" in one_line_error(result)
+    sqlite_registry.add("svm", 0.9, best=True)
+    assert sqlite_registry.run("--auto").returncode == 0
+    result = sqlite_registry.run("--rollback")
+    assert result.returncode == 1
+    assert "no previous champion" in one_line_error(result)
+
+
+# --- concurrency and repair ------------------------------------------------------------------
+
+
+def test_two_simultaneous_promotions_leave_exactly_one_champion(registry: Registry) -> None:
+    registry.add("svm", 0.91)
+    registry.add("knn", 0.92)
+    env = settings_env(registry.settings)
+    env["HEARTML_MODEL_PREFIX"] = registry.prefix
+    for _ in range(3):
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "heartml", "promote", registry.prefix + algorithm],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for algorithm in ("svm", "knn")
+        ]
+        codes = [p.wait(timeout=120) for p in processes]
+        assert codes == [0, 0], [p.stderr.read() if p.stderr else "" for p in processes]
+        registry.assert_one_champion()
+
+
+def test_a_half_done_promotion_is_repaired_by_rerunning_it(sqlite_registry: Registry) -> None:
+    old = sqlite_registry.add("svm", 0.91)
+    promote_version(sqlite_registry.settings, "heart-disease-svm", old)
+    new = sqlite_registry.add("knn", 0.93)
+    # Interrupted after the alias moved, before any stage changed.
+    sqlite_registry.client.set_model_version_tag("heart-disease-knn", str(new), "promoted_at", "2999-01-01T00:00:00.000000Z")
+    sqlite_registry.client.set_registered_model_alias("heart-disease-knn", "champion", str(new))
+    state = sqlite_registry.state()
+    assert state.champion is not None and state.champion.ref == f"heart-disease-knn/{new}"
+    assert not state.consistent
+
+    listing = sqlite_registry.run("--list")
+    assert "also holds 'champion'" in listing.stdout
+    repaired = sqlite_registry.run("heart-disease-knn", str(new))
+    assert repaired.returncode == 0, repaired.stderr
+    assert sqlite_registry.assert_one_champion() == f"heart-disease-knn/{new}"
+    assert sqlite_registry.state().find("heart-disease-svm", old).stage == "Archived"
+
+
+def test_a_version_moved_to_production_by_hand_is_flagged_and_resolved(
+    registry: Registry,
+) -> None:
+    champion = registry.add("svm", 0.91)
+    promote_version(registry.settings, registry.prefix + "svm", champion)
+    hand = registry.add("knn", 0.92)
+    # The MLflow UI's stage dropdown: Production, no alias.
+    registry.client.transition_model_version_stage(registry.prefix + "knn", str(hand), PRODUCTION)
+
+    listing = registry.run("--list")
+    assert f"{registry.prefix}knn/{hand} is in Production but is not the champion" in listing.stdout
+    assert f"Resolve with: heartml promote {registry.prefix}svm {champion}" in listing.stdout
+    assert json.loads(registry.run("--list", "--json").stdout)["consistent"] is False
+
+    resolved = registry.run(registry.prefix + "knn", str(hand))
+    assert resolved.returncode == 0, resolved.stderr
+    assert registry.assert_one_champion() == f"{registry.prefix}knn/{hand}"
+
+
+# --- --list ----------------------------------------------------------------------------------
+
+GOLDEN_LIST = """\
+📋 Registered Models:
+================================================================================
+
+📦 heart-disease-logistic_regression
+   🏆 Version 2 - Stage: Production
+      Aliases: champion
+      Tag: best_model = true
+      Tag: roc_auc = 0.9665
+   📌 Version 1 - Stage: Archived
+      Tag: roc_auc = 0.9400
+
+📦 heart-disease-random_forest
+   📌 Version 1 - Stage: None
+      Tag: roc_auc = 0.9512
+"""
+
+
+def test_list_prints_the_seed_layout(sqlite_registry: Registry) -> None:
+    client = sqlite_registry.client
+    for name, versions in (
+        ("heart-disease-logistic_regression", [{"roc_auc": "0.9400"}, {"best_model": "true", "roc_auc": "0.9665"}]),
+        ("heart-disease-random_forest", [{"roc_auc": "0.9512"}]),
+    ):
+        client.create_registered_model(name)
+        for tags in versions:
+            client.create_model_version(name, source="s3://heartml-test-fixtures/golden", tags=tags)
+    client.transition_model_version_stage("heart-disease-logistic_regression", "1", "Archived")
+    client.transition_model_version_stage("heart-disease-logistic_regression", "2", PRODUCTION)
+    client.set_registered_model_alias("heart-disease-logistic_regression", "champion", "2")
+
+    assert sqlite_registry.run("--list").stdout == GOLDEN_LIST
+    script = sqlite_registry.run("--list", script=True)
+    assert script.returncode == 0
+    assert script.stdout == GOLDEN_LIST
+
+    data = json.loads(sqlite_registry.run("--list", "--json").stdout)
+    assert data["champion"] == {"name": "heart-disease-logistic_regression", "version": 2, "roc_auc": 0.9665}
+    assert data["consistent"] is True
+    assert [v["version"] for v in data["models"][0]["versions"]] == [2, 1]
+
+
+def test_list_on_an_empty_store(sqlite_registry: Registry) -> None:
+    result = sqlite_registry.run("--list")
+    assert result.returncode == 0
+    assert "(no registered models in the family)" in result.stdout
+
+
+def test_fast_reads_match_the_mlflow_client(registry: Registry) -> None:
+    for algorithm, score in (("svm", 0.9), ("svm", 0.91), ("knn", 0.92), ("lr", None)):
+        registry.add(algorithm, score, best=algorithm == "knn")
+    promote_version(registry.settings, registry.prefix + "knn", None)
+    promote_version(registry.settings, registry.prefix + "svm", 2)
+    fast = read_raw_family(registry.settings.mlflow_tracking_uri, registry.prefix)
+    assert fast is not None
+    slow = read_with_client(registry.client, registry.prefix)
+    key = lambda v: (v.name, v.version)  # noqa: E731
+    assert fast.aliases == slow.aliases
+    assert sorted(fast.versions, key=key) == sorted(slow.versions, key=key)
+
+
+def test_unreachable_store_is_one_line_and_fast(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, tmp_path, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}", registry_retries=1
+    )
+    registry = Registry.__new__(Registry)
+    registry.settings, registry.prefix = settings, settings.model_prefix
+    for args in (["--list"], ["--auto"], ["heart-disease-svm"]):
+        started = time.monotonic()
+        result = registry.run(*args)
+        assert result.returncode == 1
+        assert "unreachable" in one_line_error(result)
+        assert time.monotonic() - started < 30
