@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -22,7 +22,7 @@ from heartml.settings import Settings
 
 if TYPE_CHECKING:
     from heartml.data import ValidationReport
-    from heartml.registry import FamilyState, PromotionResult
+    from heartml.registry import FamilyState, HistoryEntry, PromotionResult
     from heartml.train import TrainResult
 
 EXIT_OK = 0
@@ -158,7 +158,13 @@ def _report_dict(report: ValidationReport) -> dict[str, object]:
         "ok": report.ok,
         "missing": report.missing,
         "violations": [
-            {"site": v.site, "row": v.row, "column": v.column, "message": v.message, "fatal": v.fatal}
+            {
+                "site": v.site,
+                "row": v.row,
+                "column": v.column,
+                "message": v.message,
+                "fatal": v.fatal,
+            }
             for v in report.violations
         ],
     }
@@ -211,7 +217,9 @@ def _print_training(result: TrainResult) -> None:
 
     table = Table(title="Candidates (held-out split and 5-fold CV on the training rows)")
     for column in ("candidate", "CV ROC-AUC", "ROC-AUC", "recall", "Brier", "registered as"):
-        table.add_column(column, justify="left" if column in ("candidate", "registered as") else "right")
+        table.add_column(
+            column, justify="left" if column in ("candidate", "registered as") else "right"
+        )
     for candidate in sorted(result.candidates, key=lambda c: -c.metrics.roc_auc):
         m = candidate.metrics
         marker = " 🏆" if candidate is result.best else ""
@@ -278,7 +286,9 @@ def promote(
     ] = None,
     tolerance: Annotated[
         float | None,
-        typer.Option("--tolerance", help="Allowed drop below the champion (env HEARTML_PROMOTION_TOLERANCE)."),
+        typer.Option(
+            "--tolerance", help="Allowed drop below the champion (env HEARTML_PROMOTION_TOLERANCE)."
+        ),
     ] = None,
 ) -> None:
     from heartml import registry
@@ -397,9 +407,7 @@ def format_family(state: FamilyState) -> str:
         lines += ["", "⚠️  The champion alias and the Production stage disagree:"]
         lines += [f"   - {note}" for note in notes]
         if champion is not None:
-            lines.append(
-                f"   Resolve with: heartml promote {champion.name} {champion.version}"
-            )
+            lines.append(f"   Resolve with: heartml promote {champion.name} {champion.version}")
     return "\n".join(lines) + "\n"
 
 
@@ -424,7 +432,9 @@ def family_json(state: FamilyState) -> dict[str, object]:
                         "champion": champion is not None and v.ref == champion.ref,
                         "run_id": v.run_id,
                         "tags": {
-                            k: t for k, t in sorted(v.tags.items()) if not k.startswith(EVENT_PREFIX)
+                            k: t
+                            for k, t in sorted(v.tags.items())
+                            if not k.startswith(EVENT_PREFIX)
                         },
                     }
                     for v in m.versions
@@ -435,14 +445,11 @@ def family_json(state: FamilyState) -> dict[str, object]:
     }
 
 
-def format_history(entries: list[object]) -> str:
-    from heartml.registry import HistoryEntry
-
+def format_history(entries: Sequence[HistoryEntry]) -> str:
     lines = ["📜 Promotion history (newest first):", "=" * 80]
     if not entries:
         lines.append("   (no promotions yet)")
     for entry in entries:
-        assert isinstance(entry, HistoryEntry)
         lines.append(
             f"{entry.at}  {entry.name} v{entry.version}  (ROC-AUC {_score(entry.roc_auc)})"
         )

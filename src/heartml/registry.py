@@ -477,8 +477,7 @@ def check_gate(
         return f"{challenger.ref} has no {TAG_ROC_AUC} tag to judge it by"
     if score < settings.min_roc_auc:
         return (
-            f"{challenger.ref} roc_auc {score:.4f} is below the minimum "
-            f"{settings.min_roc_auc:.4f}"
+            f"{challenger.ref} roc_auc {score:.4f} is below the minimum {settings.min_roc_auc:.4f}"
         )
     if champion is not None and champion.roc_auc is not None:
         floor = champion.roc_auc - settings.promotion_tolerance
@@ -513,7 +512,9 @@ def _transition(client: MlflowClient, version: VersionInfo, stage: str) -> str |
     return None
 
 
-def reconcile_family(settings: Settings, client: MlflowClient) -> tuple[FamilyState, list[str], list[str]]:
+def reconcile_family(
+    settings: Settings, client: MlflowClient
+) -> tuple[FamilyState, list[str], list[str]]:
     """Demote every claim but the winning one; put the winner in Production.
 
     Returns the state read, what was archived, and warnings of stage moves that failed.
@@ -540,9 +541,10 @@ def reconcile_family(settings: Settings, client: MlflowClient) -> tuple[FamilySt
                 warnings.append(warning)
             else:
                 archived.append(loser.ref)
-        if champion.stage != PRODUCTION and (
-            warning := _transition(client, champion, PRODUCTION)
-        ) is not None:
+        if (
+            champion.stage != PRODUCTION
+            and (warning := _transition(client, champion, PRODUCTION)) is not None
+        ):
             warnings.append(warning)
 
     call_store(settings, _reconcile)
@@ -579,14 +581,14 @@ def promote_version(
             return PromotionResult(
                 Outcome.DRY_RUN, target, current, f"would repair the family: {notes}"
             )
-        _, archived, warnings = reconcile_family(settings, get_client(settings))
+        _, repaired, repair_warnings = reconcile_family(settings, get_client(settings))
         return PromotionResult(
             Outcome.REPAIRED,
             target,
             current,
             f"{target.ref} is champion; repaired the family",
-            tuple(archived),
-            tuple(warnings),
+            tuple(repaired),
+            tuple(repair_warnings),
         )
 
     if gated and not force and (why := check_gate(settings, target, current)) is not None:
@@ -630,9 +632,7 @@ def promote_version(
         }
         for key, value in tags.items():
             client.set_model_version_tag(target.name, str(target.version), key, str(value))
-        client.set_registered_model_alias(
-            target.name, settings.champion_alias, str(target.version)
-        )
+        client.set_registered_model_alias(target.name, settings.champion_alias, str(target.version))
 
     call_store(settings, _claim)
     warnings: list[str] = []

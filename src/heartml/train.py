@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -225,9 +226,15 @@ def _log_candidate(
             }
         )
         mlflow.log_metrics(fitted.metrics.as_dict())
-        mlflow.log_figure(plot_roc_curves(y_test, {fitted.name: fitted.probability}), "plots/roc_curve.png")
-        mlflow.log_figure(plot_confusion_matrix(y_test, fitted.probability), "plots/confusion_matrix.png")
-        mlflow.log_figure(plot_calibration(y_test, fitted.probability), "plots/calibration_curve.png")
+        mlflow.log_figure(
+            plot_roc_curves(y_test, {fitted.name: fitted.probability}), "plots/roc_curve.png"
+        )
+        mlflow.log_figure(
+            plot_confusion_matrix(y_test, fitted.probability), "plots/confusion_matrix.png"
+        )
+        mlflow.log_figure(
+            plot_calibration(y_test, fitted.probability), "plots/calibration_curve.png"
+        )
         kind, importance = feature_importance(fitted.model, x_test, y_test, config.split.seed)
         mlflow.log_figure(plot_importance(kind, importance), "plots/feature_importance.png")
         mlflow.log_dict({"kind": kind, "values": importance}, "feature_importance.json")
@@ -257,7 +264,9 @@ def _log_candidate(
 def _pip_requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "skops", "numpy", "pandas")]
+    return [
+        f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "skops", "numpy", "pandas")
+    ]
 
 
 def _log_parent_summary(
@@ -281,6 +290,18 @@ def _log_parent_summary(
     mlflow.set_tag("best_candidate", best.name)
 
 
+def _open_store(settings: Settings) -> str:
+    """Import what logging needs and make sure the experiment exists; returns its id."""
+    import mlflow.sklearn  # noqa: F401
+    import skops.io  # noqa: F401
+    from matplotlib.figure import Figure  # noqa: F401
+
+    from heartml import registry
+
+    registry.configure_mlflow(settings)
+    return registry.ensure_experiment(settings)
+
+
 def train_candidates(settings: Settings, *, promote: bool = True) -> TrainResult:
     """Run one training session: every candidate of the experiment, logged and registered.
 
@@ -288,7 +309,7 @@ def train_candidates(settings: Settings, *, promote: bool = True) -> TrainResult
     training attempts the promotion. A refused or failed promotion is reported in the result
     (``promotion_warning``) and never fails training: the pipeline's promote step decides.
     """
-    import mlflow
+    from concurrent.futures import ThreadPoolExecutor
 
     from heartml import registry
 
@@ -297,11 +318,18 @@ def train_candidates(settings: Settings, *, promote: bool = True) -> TrainResult
     features, target = split_features_target(dataset.frame)
     x_train, x_test, y_train, y_test = split_data(features, target, config)
 
-    fitted = fit_all(config, x_train, y_train, x_test, y_test)
+    # Opening the store (importing MLflow, migrating a new database) is slow Python work; the
+    # model fits mostly run in C without the GIL, so the two overlap well.
+    with ThreadPoolExecutor(max_workers=1) as opener:
+        store = opener.submit(_open_store, settings)
+        started = time.perf_counter()
+        fitted = fit_all(config, x_train, y_train, x_test, y_test)
+        logger.info("fitted %d candidates in %.1f s", len(fitted), time.perf_counter() - started)
+        experiment_id = store.result()
     best_fit = max(fitted, key=lambda f: rank_key(f, config))
 
-    registry.configure_mlflow(settings)
-    experiment_id = registry.ensure_experiment(settings)
+    import mlflow
+
     lineage = {
         "data_sha256": dataset.files.fingerprint,
         "data_sites": ",".join(config.data.sites),
@@ -319,17 +347,25 @@ def train_candidates(settings: Settings, *, promote: bool = True) -> TrainResult
         ]
         _log_parent_summary(fitted, y_test, best_fit)
         best = next(r for r in results if r.name == best_fit.name)
-        registry.tag_best_version(settings, best.model_name, best.model_version, best.metrics.roc_auc, best.name)
+        registry.tag_best_version(
+            settings, best.model_name, best.model_version, best.metrics.roc_auc, best.name
+        )
         for result in results:
             if result is not best:
                 registry.tag_candidate_version(
-                    settings, result.model_name, result.model_version, result.metrics.roc_auc, result.name
+                    settings,
+                    result.model_name,
+                    result.model_version,
+                    result.metrics.roc_auc,
+                    result.name,
                 )
 
     promotion, warning = None, None
     if promote:
         try:
-            promotion = registry.promote_best(settings, reason="training session " + parent.info.run_id)
+            promotion = registry.promote_best(
+                settings, reason="training session " + parent.info.run_id
+            )
             if promotion.refused:
                 warning = promotion.message
         except registry.RegistryError as exc:

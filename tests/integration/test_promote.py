@@ -6,6 +6,7 @@ and, for the main flows, on a real `mlflow server` started on a free port.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -16,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, MlflowServer, free_port, make_settings, settings_env
 from mlflow.tracking import MlflowClient
 
+from conftest import REPO, MlflowServer, free_port, make_settings, settings_env
 from heartml.registry import (
     PRODUCTION,
     FamilyState,
@@ -42,16 +43,16 @@ class Registry:
 
     def add(self, algorithm: str, roc_auc: float | None, *, best: bool = False) -> int:
         name = self.prefix + algorithm
-        try:
+        with contextlib.suppress(Exception):  # already registered
             self.client.create_registered_model(name)
-        except Exception:
-            pass  # already registered
         tags = {"model_type": algorithm}
         if roc_auc is not None:
             tags["roc_auc"] = f"{roc_auc:.4f}"
         if best:
             tags["best_model"] = "true"
-        version = self.client.create_model_version(name, source=f"s3://heartml-test-fixtures/{algorithm}", tags=tags)
+        version = self.client.create_model_version(
+            name, source=f"s3://heartml-test-fixtures/{algorithm}", tags=tags
+        )
         return int(version.version)
 
     def state(self) -> FamilyState:
@@ -108,9 +109,7 @@ def sqlite_registry(tmp_path: Path, empty_store: Path) -> Registry:
 
 
 @pytest.fixture(params=["sqlite", "server"])
-def registry(
-    request: pytest.FixtureRequest, tmp_path: Path, empty_store: Path
-) -> Registry:
+def registry(request: pytest.FixtureRequest, tmp_path: Path, empty_store: Path) -> Registry:
     if request.param == "sqlite":
         shutil.copy2(empty_store, tmp_path / "mlflow.db")
         return Registry(make_settings(tmp_path, tmp_path / "unused"))
@@ -118,7 +117,9 @@ def registry(
     # One server for the module; a prefix of its own keeps each test's family apart.
     prefix = f"hd{next(_prefixes)}x-"
     return Registry(
-        make_settings(tmp_path, tmp_path / "unused", mlflow_tracking_uri=server.uri, model_prefix=prefix)
+        make_settings(
+            tmp_path, tmp_path / "unused", mlflow_tracking_uri=server.uri, model_prefix=prefix
+        )
     )
 
 
@@ -143,11 +144,19 @@ def test_auto_promotes_the_best_and_archives_the_champion_of_another_model(
     result = registry.run("--auto")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert out.index("Before Promotion") < out.index("Auto-Promoting Best Model") < out.index(
-        "After Promotion"
+    assert (
+        out.index("Before Promotion")
+        < out.index("Auto-Promoting Best Model")
+        < out.index("After Promotion")
     )
-    assert f"✅ Found best model: {registry.prefix}logistic_regression v{best} (ROC-AUC: 0.9500)" in out
-    assert f"✅ Successfully promoted {registry.prefix}logistic_regression v{best} to Production!" in out
+    assert (
+        f"✅ Found best model: {registry.prefix}logistic_regression v{best} (ROC-AUC: 0.9500)"
+        in out
+    )
+    assert (
+        f"✅ Successfully promoted {registry.prefix}logistic_regression v{best} to Production!"
+        in out
+    )
 
     assert registry.assert_one_champion() == f"{registry.prefix}logistic_regression/{best}"
     old_version = registry.state().find(registry.prefix + "random_forest", old)
@@ -253,7 +262,11 @@ def test_dry_run_changes_nothing(registry: Registry) -> None:
     registry.add("knn", 0.95, best=True)
     before = registry.run("--list", "--json").stdout
 
-    for args in (["--auto", "--dry-run"], [registry.prefix + "knn", "--dry-run"], ["--rollback", "--dry-run"]):
+    for args in (
+        ["--auto", "--dry-run"],
+        [registry.prefix + "knn", "--dry-run"],
+        ["--rollback", "--dry-run"],
+    ):
         result = registry.run(*args)
         assert result.returncode in (0, 1), result.stderr
     auto = registry.run("--auto", "--dry-run", "--json")
@@ -334,7 +347,9 @@ def test_a_half_done_promotion_is_repaired_by_rerunning_it(sqlite_registry: Regi
     promote_version(sqlite_registry.settings, "heart-disease-svm", old)
     new = sqlite_registry.add("knn", 0.93)
     # Interrupted after the alias moved, before any stage changed.
-    sqlite_registry.client.set_model_version_tag("heart-disease-knn", str(new), "promoted_at", "2999-01-01T00:00:00.000000Z")
+    sqlite_registry.client.set_model_version_tag(
+        "heart-disease-knn", str(new), "promoted_at", "2999-01-01T00:00:00.000000Z"
+    )
     sqlite_registry.client.set_registered_model_alias("heart-disease-knn", "champion", str(new))
     state = sqlite_registry.state()
     assert state.champion is not None and state.champion.ref == f"heart-disease-knn/{new}"
@@ -390,7 +405,10 @@ GOLDEN_LIST = """\
 def test_list_prints_the_seed_layout(sqlite_registry: Registry) -> None:
     client = sqlite_registry.client
     for name, versions in (
-        ("heart-disease-logistic_regression", [{"roc_auc": "0.9400"}, {"best_model": "true", "roc_auc": "0.9665"}]),
+        (
+            "heart-disease-logistic_regression",
+            [{"roc_auc": "0.9400"}, {"best_model": "true", "roc_auc": "0.9665"}],
+        ),
         ("heart-disease-random_forest", [{"roc_auc": "0.9512"}]),
     ):
         client.create_registered_model(name)
@@ -406,7 +424,11 @@ def test_list_prints_the_seed_layout(sqlite_registry: Registry) -> None:
     assert script.stdout == GOLDEN_LIST
 
     data = json.loads(sqlite_registry.run("--list", "--json").stdout)
-    assert data["champion"] == {"name": "heart-disease-logistic_regression", "version": 2, "roc_auc": 0.9665}
+    assert data["champion"] == {
+        "name": "heart-disease-logistic_regression",
+        "version": 2,
+        "roc_auc": 0.9665,
+    }
     assert data["consistent"] is True
     assert [v["version"] for v in data["models"][0]["versions"]] == [2, 1]
 
@@ -432,7 +454,10 @@ def test_fast_reads_match_the_mlflow_client(registry: Registry) -> None:
 
 def test_unreachable_store_is_one_line_and_fast(tmp_path: Path) -> None:
     settings = make_settings(
-        tmp_path, tmp_path, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}", registry_retries=1
+        tmp_path,
+        tmp_path,
+        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
+        registry_retries=1,
     )
     registry = Registry.__new__(Registry)
     registry.settings, registry.prefix = settings, settings.model_prefix

@@ -12,8 +12,10 @@ def _frame(rows: list[dict[str, float]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*FEATURE_NAMES, "num"], dtype="float64")
 
 
-ROW = {"age": 60, "sex": 1, "cp": 4, "trestbps": 130, "chol": 250, "fbs": 0, "restecg": 2,
-       "thalach": 140, "exang": 1, "oldpeak": 1.5, "slope": 2, "ca": 1, "thal": 7, "num": 2}  # fmt: skip
+ROW = {
+    "age": 60, "sex": 1, "cp": 4, "trestbps": 130, "chol": 250, "fbs": 0, "restecg": 2,
+    "thalach": 140, "exang": 1, "oldpeak": 1.5, "slope": 2, "ca": 1, "thal": 7, "num": 2,
+}  # fmt: skip
 
 
 def test_one_hot_covers_every_code_even_when_unseen() -> None:
