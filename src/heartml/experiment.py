@@ -21,9 +21,7 @@ CANDIDATE_ESTIMATORS: dict[str, tuple[str, str]] = {
     "extra_trees": ("sklearn.ensemble", "ExtraTreesClassifier"),
 }
 
-Metric = Literal[
-    "roc_auc", "cv_roc_auc_mean", "accuracy", "precision", "recall", "f1"
-]
+Metric = Literal["roc_auc", "cv_roc_auc_mean", "accuracy", "precision", "recall", "f1"]
 
 
 class ConfigError(Exception):

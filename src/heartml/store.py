@@ -154,14 +154,18 @@ def _get_json(url: str, retries: int) -> dict[str, Any]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _search(base: str, endpoint: str, key: str, prefix: str, page_size: int, retries: int) -> list[dict[str, Any]]:
+def _search(
+    base: str, endpoint: str, key: str, prefix: str, page_size: int, retries: int
+) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     token = ""
     while True:
         query = {"filter": f"name LIKE '{prefix}%'", "max_results": str(page_size)}
         if token:
             query["page_token"] = token
-        page = _get_json(f"{base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}", retries)
+        page = _get_json(
+            f"{base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}", retries
+        )
         items.extend(page.get(key, []))
         token = page.get("next_page_token", "")
         if not token:

@@ -8,8 +8,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import free_port, make_settings, run_heartml
 
+from conftest import free_port, make_settings, run_heartml
 from heartml.data import SITE_FILES
 
 
@@ -125,9 +125,10 @@ def test_corrupted_cache_is_detected_refetched_and_never_trained_on(
     refused = run_heartml(settings, "train")
     assert refused.returncode == 1
     assert_one_line_error(refused.stderr, "processed.cleveland.data", "checksum")
-    assert not (tmp_path / "mlflow.db").exists() or "heart-disease" not in run_heartml(
-        settings, "promote", "--list"
-    ).stdout
+    assert (
+        not (tmp_path / "mlflow.db").exists()
+        or "heart-disease" not in run_heartml(settings, "promote", "--list").stdout
+    )
 
     validated = run_heartml(settings, "data", "validate")
     assert validated.returncode == 1

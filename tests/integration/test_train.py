@@ -5,9 +5,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import make_settings, run_heartml
 from mlflow.tracking import MlflowClient
 
+from conftest import make_settings, run_heartml
 from heartml.data import load_dataset
 from heartml.features import split_features_target
 from heartml.registry import read_with_client
@@ -30,7 +30,9 @@ def client_for(settings: Settings) -> MlflowClient:
 
 def best_versions(client: MlflowClient) -> list[tuple[str, int, dict[str, str]]]:
     family = read_with_client(client, "heart-disease-")
-    return [(v.name, v.version, v.tags) for v in family.versions if v.tags.get("best_model") == "true"]
+    return [
+        (v.name, v.version, v.tags) for v in family.versions if v.tags.get("best_model") == "true"
+    ]
 
 
 def test_cli_trains_registers_and_tags_the_best(tmp_path: Path, mirror: Path) -> None:
@@ -85,7 +87,9 @@ def test_runs_are_nested_and_fully_logged(trained_root: Path, mirror: Path) -> N
     assert len(parent.data.tags["data_sha256"]) == 64
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"comparison.json", "comparison.md", "plots"} <= parent_files
-    assert "plots/roc_curves.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/roc_curves.png" in {
+        a.path for a in client.list_artifacts(parent.info.run_id, "plots")
+    }
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert set(child.data.metrics) >= METRICS

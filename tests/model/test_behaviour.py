@@ -6,8 +6,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_settings
 
+from conftest import make_settings
 from heartml.data import load_dataset
 from heartml.features import split_features_target
 from heartml.registry import read_family
@@ -57,7 +57,9 @@ def risk_along(model: object, base: pd.DataFrame, column: str, values: list[floa
     return model.predict_proba(rows)[:, 1]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("column", "values"), [("oldpeak", [0.0, 1.0, 2.0, 3.0, 4.0]), ("ca", [0, 1, 2, 3])])
+@pytest.mark.parametrize(
+    ("column", "values"), [("oldpeak", [0.0, 1.0, 2.0, 3.0, 4.0]), ("ca", [0, 1, 2, 3])]
+)
 def test_linear_model_risk_rises_with(
     settings: Settings, features: pd.DataFrame, column: str, values: list[float]
 ) -> None:

@@ -33,9 +33,12 @@ def test_config_hash_changes_with_a_value(tmp_path: Path) -> None:
     a = load_experiment(write(tmp_path, "version: 1\ncandidates: {knn: {n_neighbors: 5}}\n"))
     b = load_experiment(write(tmp_path, "version: 1\ncandidates: {knn: {n_neighbors: 7}}\n"))
     assert a.config_hash != b.config_hash
-    assert a.config_hash == load_experiment(
-        write(tmp_path, "version: 1\ncandidates: {knn: {n_neighbors: 5}}\n")
-    ).config_hash
+    assert (
+        a.config_hash
+        == load_experiment(
+            write(tmp_path, "version: 1\ncandidates: {knn: {n_neighbors: 5}}\n")
+        ).config_hash
+    )
 
 
 @pytest.mark.parametrize(
@@ -49,7 +52,10 @@ def test_config_hash_changes_with_a_value(tmp_path: Path) -> None:
         ("candidates: {knn: {}}\n", "version"),
         ("version: 1\ncandidates: {}\n", "candidates"),
         ("version: 1\ncandidates: {knn: {}}\ndata: {sites: [mars]}\n", "data.sites"),
-        ("version: 1\ncandidates: {knn: {}}\nselection: {primary_metric: speed}\n", "primary_metric"),
+        (
+            "version: 1\ncandidates: {knn: {}}\nselection: {primary_metric: speed}\n",
+            "primary_metric",
+        ),
     ],
 )
 def test_bad_files_give_one_line_errors(tmp_path: Path, text: str, fragment: str) -> None:
