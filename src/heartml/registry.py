@@ -620,7 +620,9 @@ def promote_version(
 
     def _claim() -> None:
         # The claim (tags) comes first, then the alias: a reader that sees the alias always
-        # sees the promoted_at that orders it.
+        # sees the promoted_at that orders it. The alias leaves the old champion before it
+        # reaches the new one, so even an interrupted promotion never leaves two holders;
+        # in between, the old champion's Production stage still names it champion.
         tags = {
             TAG_PROMOTED_AT: when,
             TAG_PROMOTED_BY: event["by"],
@@ -632,6 +634,9 @@ def promote_version(
         }
         for key, value in tags.items():
             client.set_model_version_tag(target.name, str(target.version), key, str(value))
+        for holder in state.alias_holders:
+            if holder.name != target.name:  # within one model, setting the alias moves it
+                client.delete_registered_model_alias(holder.name, settings.champion_alias)
         client.set_registered_model_alias(target.name, settings.champion_alias, str(target.version))
 
     call_store(settings, _claim)

@@ -1,0 +1,14 @@
+# Server mode: the team's shared MLflow tracking server on PostgreSQL (see scripts/mlflow-server.sh).
+MLFLOW_PORT ?= 5001
+export MLFLOW_PORT
+
+.PHONY: mlflow-server mlflow-server-stop mlflow-server-status
+
+mlflow-server: install ## MLflow server on port 5001 over PostgreSQL (installed and initialised when absent) with the artifact proxy
+	@MLFLOW_BIN=$(abspath $(VENV)/bin/mlflow) scripts/mlflow-server.sh start
+
+mlflow-server-stop: ## Stop the MLflow server and its PostgreSQL
+	@scripts/mlflow-server.sh stop
+
+mlflow-server-status: ## Is the MLflow server (and its PostgreSQL) running?
+	@scripts/mlflow-server.sh status

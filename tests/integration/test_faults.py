@@ -1,0 +1,210 @@
+"""Faults between the CLI and a real tracking server: nothing is lost, nothing is left half-done.
+
+A small HTTP proxy on loopback stands between `heartml` and a real `mlflow server`. It forwards
+every request until its budget runs out, then drops the connection and stops listening, as a
+server that dies mid-promotion would. "The server returns" is the proxy listening again on the
+same port.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import MlflowServer, free_port, make_settings, run_heartml, settings_env
+from mlflow.tracking import MlflowClient
+
+from heartml.registry import promote_version, read_family
+from heartml.settings import Settings
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+
+
+class DyingProxy:
+    """Forwards up to ``budget`` HTTP requests to ``upstream``, then goes dark."""
+
+    def __init__(self, upstream_port: int, port: int, budget: int | None) -> None:
+        self.upstream_port = upstream_port
+        self.port = port
+        self.budget = budget
+        self.forwarded = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                with proxy.lock:
+                    allowed = proxy.budget is None or proxy.forwarded < proxy.budget
+                    if allowed:
+                        proxy.forwarded += 1
+                if not allowed:
+                    # The server died: no answer, connection gone, nobody listening.
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    threading.Thread(target=proxy.server.shutdown, daemon=True).start()
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                response = upstream.getresponse()
+                payload = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(payload)
+                self.close_connection = True
+                upstream.close()
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward  # noqa: N815
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    started = MlflowServer(tmp_path_factory.mktemp("fault-server"))
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def family_settings(tmp_path: Path, uri: str, prefix: str) -> Settings:
+    return make_settings(
+        tmp_path, tmp_path, mlflow_tracking_uri=uri, model_prefix=prefix, registry_retries=0
+    )
+
+
+def build_family(uri: str, prefix: str) -> None:
+    client = MlflowClient(uri, uri)
+    for algorithm, score in (("svm", 0.91), ("knn", 0.93)):
+        client.create_registered_model(prefix + algorithm)
+        client.create_model_version(
+            prefix + algorithm,
+            source=f"s3://heartml-test-fixtures/{algorithm}",
+            tags={"roc_auc": f"{score:.4f}", "best_model": str(algorithm == "knn").lower()},
+        )
+
+
+def assert_one_champion(settings: Settings, expected: str) -> None:
+    state = read_family(settings)
+    assert [v.ref for v in state.alias_holders] == [expected]
+    assert [v.ref for v in state.in_production] == [expected]
+
+
+@pytest.mark.slow
+# A full `promote --auto` makes 26 requests here; cut at points across the whole write path.
+@pytest.mark.parametrize("cut_after", [4, 7, 9, 11, 13, 16])
+def test_server_dying_mid_promotion_then_rerun_completes_it(
+    server: MlflowServer, tmp_path: Path, cut_after: int
+) -> None:
+    prefix = f"hdcut{cut_after}x-"
+    build_family(server.uri, prefix)
+    # The svm version is champion before the promotion that will be interrupted.
+    direct = family_settings(tmp_path, server.uri, prefix)
+    promote_version(direct, prefix + "svm", 1)
+
+    port = free_port()
+    proxy = DyingProxy(server.port, port, budget=cut_after)
+    through_proxy = family_settings(tmp_path, proxy.uri, prefix)
+    first = run_heartml(through_proxy, "promote", "--auto", timeout=120)
+    proxy.close()
+    if first.returncode != 0:
+        assert first.returncode == 1, first.stderr
+        lines = [line for line in first.stderr.splitlines() if line.strip()]
+        assert lines[-1].startswith("error: "), first.stderr
+        assert "unreachable" in lines[-1] or "registry error" in lines[-1]
+        assert "Traceback" not in first.stderr
+    # Whatever was written, at most one version holds the alias, and there is a champion to
+    # serve: the old one or the new one, never none.
+    interrupted = read_family(direct)
+    assert len(interrupted.alias_holders) <= 1
+    assert interrupted.champion is not None
+    assert interrupted.champion.ref in (f"{prefix}svm/1", f"{prefix}knn/1")
+
+    back = DyingProxy(server.port, port, budget=None)  # the server returns, same address
+    try:
+        again = run_heartml(through_proxy, "promote", "--auto", timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert_one_champion(direct, f"{prefix}knn/1")
+        assert read_family(direct).find(prefix + "svm", 1).stage == "Archived"
+    finally:
+        back.close()
+
+
+def test_list_through_a_dead_server_fails_fast_with_one_line(tmp_path: Path) -> None:
+    settings = family_settings(tmp_path, f"http://127.0.0.1:{free_port()}", "heart-disease-")
+    result = run_heartml(settings, "promote", "--list", timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: tracking store http://127.0.0.1:")
+    assert "unreachable" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_full_trainings_at_the_same_moment(
+    server: MlflowServer, tmp_path: Path, mirror: Path
+) -> None:
+    settings = make_settings(tmp_path, mirror, mlflow_tracking_uri=server.uri)
+    assert run_heartml(settings, "data", "download").returncode == 0
+    env = settings_env(settings)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "heartml", "train"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
+
+    client = MlflowClient(server.uri, server.uri)
+    experiment = client.get_experiment_by_name("heart-disease-classification")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2
+    for parent in parents:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 5
+        assert all(r.info.status == "FINISHED" for r in [parent, *children])
+        assert all(len(r.data.metrics) >= 9 for r in children)
+    versions = client.search_model_versions("name LIKE 'heart-disease-%'")
+    assert len(versions) == 10
+    state = read_family(settings)
+    assert len([v for v in state.versions if v.is_best]) == 1
+    assert len(state.alias_holders) == 1
+    assert state.in_production == state.alias_holders
