@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MlflowServer, free_port, make_settings, run_heartml, settings_env
 from mlflow.tracking import MlflowClient
 
+from conftest import MlflowServer, free_port, make_settings, run_heartml, settings_env
 from heartml.registry import promote_version, read_family
 from heartml.settings import Settings
 
