@@ -157,6 +157,7 @@ def _report_dict(report: ValidationReport) -> dict[str, object]:
         "rows": report.rows,
         "ok": report.ok,
         "missing": report.missing,
+        "missing_rows": {column: list(rows) for column, rows in report.missing_rows.items()},
         "violations": [
             {
                 "site": v.site,
@@ -173,8 +174,11 @@ def _report_dict(report: ValidationReport) -> dict[str, object]:
 def _print_report(report: ValidationReport) -> None:
     typer.echo(f"📋 {report.rows} rows checked against the UCI schema")
     if report.missing:
-        missing = ", ".join(f"{column} {count}" for column, count in report.missing.items())
-        typer.echo(f"   missing values (imputed in training): {missing}")
+        typer.echo("   missing values ('?' or a cleaned zero; imputed in training):")
+        for column, count in report.missing.items():
+            rows = report.missing_rows.get(column, ())
+            shown = ", ".join(rows[:8]) + (f", … {len(rows) - 8} more" if len(rows) > 8 else "")
+            typer.echo(f"     - {column}: {count} (rows {shown})")
     notes = [v for v in report.violations if not v.fatal]
     if notes:
         typer.echo(f"   {len(notes)} value(s) cleaned:")
@@ -493,3 +497,13 @@ def promote_main(args: list[str] | None = None) -> NoReturn:
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     single.command(help=PROMOTE_HELP)(promote)
     _run(typer.main.get_command(single), args)
+
+
+# --------------------------------------------------------------------------------------------
+# serve, export (heartml.serve.commands imports nothing heavy at module level)
+# --------------------------------------------------------------------------------------------
+
+from heartml.serve.commands import export, serve  # noqa: E402
+
+app.command()(serve)
+app.command()(export)

@@ -110,9 +110,12 @@ class Violation:
 
 @dataclass(frozen=True, slots=True)
 class ValidationReport:
+    """Row count, missing values (count and rows, ``site:line``) and every violation."""
+
     rows: int
     missing: dict[str, int]
     violations: tuple[Violation, ...] = field(default_factory=tuple)
+    missing_rows: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def fatal(self) -> tuple[Violation, ...]:
@@ -310,7 +313,28 @@ def validate_frame(raw: pd.DataFrame) -> ValidationReport:
             )
         )
     missing = {c: int(n) for c, n in frame[list(COLUMNS)].isna().sum().items() if n}
-    return ValidationReport(rows=len(frame), missing=missing, violations=tuple(violations))
+    missing_rows = {
+        column: tuple(
+            f"{site}:{line}"
+            for site, line in frame.loc[frame[column].isna(), ["site", "line"]].itertuples(
+                index=False
+            )
+        )
+        for column in missing
+    }
+    return ValidationReport(
+        rows=len(frame),
+        missing=missing,
+        violations=tuple(violations),
+        missing_rows=missing_rows,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedData:
+    frame: pd.DataFrame
+    files: DownloadResult
+    report: ValidationReport
 
 
 def load_dataset(settings: Settings, sites: Iterable[str] = DEFAULT_SITES) -> LoadedData:
@@ -323,10 +347,3 @@ def load_dataset(settings: Settings, sites: Iterable[str] = DEFAULT_SITES) -> Lo
         raise DataError(f"{len(report.fatal)} invalid value(s), first: {first}")
     frame, _ = clean_frame(raw)
     return LoadedData(frame=frame, files=files, report=report)
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedData:
-    frame: pd.DataFrame
-    files: DownloadResult
-    report: ValidationReport
