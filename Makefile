@@ -70,7 +70,7 @@ test: install ## Install what the tests need and run the whole suite
 test-fast: install ## Unit and data tests only
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/data
 
-lint: install ## ruff and mypy
+lint: install lint-delivery audit-if-reachable ## ruff, mypy, hadolint, shellcheck, pip-audit
 	$(VENV)/bin/ruff check src tests scripts bench
 	$(VENV)/bin/ruff format --check src tests scripts bench
 	$(VENV)/bin/mypy
@@ -79,7 +79,7 @@ format: install ## Format the code
 	$(VENV)/bin/ruff format src tests scripts bench
 	$(VENV)/bin/ruff check --fix src tests scripts bench
 
-clean: ## Remove the local store, artifacts, data cache and caches (not .venv)
-	rm -rf mlflow.db mlartifacts data exported-model .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove the local SQLite store, artifacts, data cache, build outputs (not .venv, not the PostgreSQL server data in .run)
+	rm -rf mlflow.db mlartifacts data exported-model .run/k8s .run/promotion .run/image .run/serve.log .pytest_cache .mypy_cache .ruff_cache
 
 -include mk/*.mk

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Smoke-test a running heartml API: /health, /ready, /model, /predict and /metrics.
+
+Used by `make smoke` (the local pipeline), `make image-test` (the built container) and
+`make verify` (the deployed Service). Standard library only, so it runs anywhere Python does.
+Prints one line per check; exits 0 when all pass and 1 on the first failure.
+
+    scripts/smoke-test.py --url http://127.0.0.1:8000 --expect exported-model/model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+# Cleveland row 1 (UCI coding): a 63-year-old man, typical angina, ST depression 2.3.
+PATIENT: dict[str, float | int] = {
+    "age": 63,
+    "sex": 1,
+    "cp": 1,
+    "trestbps": 145,
+    "chol": 233,
+    "fbs": 1,
+    "restecg": 2,
+    "thalach": 150,
+    "exang": 0,
+    "oldpeak": 2.3,
+    "slope": 3,
+    "ca": 0,
+    "thal": 6,
+}
+
+# Series the dashboards and alert rules are built on; each must be exported.
+REQUIRED_METRICS = ("heartml_model_loaded", "heartml_http_requests_total")
+
+
+class SmokeError(Exception):
+    """A check failed; the message says which and why."""
+
+
+def fetch(url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET, or POST ``body`` as JSON; return the status and body, also for 4xx and 5xx."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def wait_for(url: str, deadline: float) -> None:
+    """Poll ``url`` until it answers 200 or the deadline passes."""
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status, body = fetch(url, timeout=2.0)
+        except OSError as exc:
+            last = str(exc)
+        else:
+            if status == 200:
+                return
+            last = f"HTTP {status}: {body[:200].decode(errors='replace')}"
+        time.sleep(0.5)
+    raise SmokeError(f"{url} not 200 in time ({last})")
+
+
+def load_json(status: int, body: bytes, what: str) -> dict[str, Any]:
+    if status != 200:
+        raise SmokeError(f"{what}: HTTP {status}: {body[:300].decode(errors='replace')}")
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise SmokeError(f"{what}: not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise SmokeError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def expect_equal(what: str, actual: object, expected: str | None) -> None:
+    if expected is not None and str(actual) != expected:
+        raise SmokeError(f"{what} is {actual!r}, expected {expected!r}")
+
+
+def run_checks(base: str, name: str | None, version: str | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    wait_for(f"{base}/health", deadline)
+    print(f"✅ GET /health → 200 ({base})")
+    wait_for(f"{base}/ready", deadline)
+    print("✅ GET /ready → 200 (model loaded)")
+
+    model = load_json(*fetch(f"{base}/model"), "GET /model")
+    expect_equal("/model name", model.get("name"), name)
+    expect_equal("/model version", model.get("version"), version)
+    print(
+        f"✅ GET /model → {model.get('name')} v{model.get('version')} "
+        f"(source {model.get('source')}, roc_auc {model.get('roc_auc')})"
+    )
+
+    answer = load_json(*fetch(f"{base}/predict", PATIENT), "POST /predict")
+    missing = {"prediction", "probability", "label", "model_name", "model_version"} - answer.keys()
+    if missing:
+        raise SmokeError(f"POST /predict: missing {sorted(missing)} in {answer}")
+    if answer["prediction"] not in (0, 1):
+        raise SmokeError(f"POST /predict: prediction {answer['prediction']!r} is not 0 or 1")
+    probability = float(answer["probability"])
+    if not 0.0 <= probability <= 1.0:
+        raise SmokeError(f"POST /predict: probability {probability} outside [0, 1]")
+    expect_equal("/predict model_name", answer["model_name"], name)
+    expect_equal("/predict model_version", answer["model_version"], version)
+    print(
+        f"✅ POST /predict → prediction {answer['prediction']} ({answer['label']}), "
+        f"p={probability:.3f}, by {answer['model_name']} v{answer['model_version']}"
+    )
+
+    status, body = fetch(f"{base}/metrics")
+    if status != 200:
+        raise SmokeError(f"GET /metrics: HTTP {status}")
+    text = body.decode(errors="replace")
+    absent = [metric for metric in REQUIRED_METRICS if metric not in text]
+    if absent:
+        raise SmokeError(f"GET /metrics: {', '.join(absent)} not exported")
+    print(f"✅ GET /metrics → 200 ({', '.join(REQUIRED_METRICS)} present)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL")
+    parser.add_argument(
+        "--expect", type=Path, help="model.json from `heartml export`: name and version to expect"
+    )
+    parser.add_argument(
+        "--expect-name", help="registered model name to expect (overrides --expect)"
+    )
+    parser.add_argument("--expect-version", help="model version to expect (overrides --expect)")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for /health and /ready"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    name, version = args.expect_name, args.expect_version
+    if args.expect is not None:
+        try:
+            exported = json.loads(args.expect.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"❌ cannot read {args.expect}: {exc}", file=sys.stderr)
+            return 1
+        name = name or str(exported["name"])
+        version = version or str(exported["version"])
+    try:
+        run_checks(args.url.rstrip("/"), name, version, args.timeout)
+    except (SmokeError, OSError) as exc:
+        print(f"❌ smoke test failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"✅ smoke test passed: {args.url} serves {name or '?'} v{version or '?'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Server mode end to end: MLflow on PostgreSQL (scripts/mlflow-server.sh), reached over HTTP.
+
+train → promote → serve with reload → promote another → rollback, and the API follows every
+change. Skipped only where PostgreSQL is not installed and cannot be (not root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port, make_settings, run_heartml, settings_env, wait_for_http
+from heartml.registry import read_family
+from heartml.settings import Settings
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+SCRIPT = REPO / "scripts" / "mlflow-server.sh"
+PATIENT = {
+    "age": 63, "sex": 1, "cp": 1, "trestbps": 145, "chol": 233, "fbs": 1, "restecg": 2,
+    "thalach": 150, "exang": 0, "oldpeak": 2.3, "slope": 3, "ca": 0, "thal": 6,
+}  # fmt: skip
+
+
+def postgres_available() -> bool:
+    return bool(list(Path("/usr/lib/postgresql").glob("*/bin/postgres"))) or os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not postgres_available() or shutil.which("apt-get") is None:
+        pytest.skip("PostgreSQL is not installed and cannot be installed here (needs root + apt)")
+    run_dir = tmp_path_factory.mktemp("pg-server")
+    run_dir.chmod(0o755)  # the postgres user must reach its data directory
+    env = {
+        **os.environ,
+        "HEARTML_RUN_DIR": str(run_dir),
+        "MLFLOW_PORT": str(free_port()),
+        "MLFLOW_BIN": str(Path(sys.executable).with_name("mlflow")),
+    }
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    try:
+        assert started.returncode == 0, started.stderr + started.stdout
+        uri = (run_dir / "mlflow.uri").read_text().strip()
+        password = (run_dir / "pg.password").read_text().strip()
+        yield uri
+        # The database password never shows up in what the server logged.
+        for log in run_dir.glob("*.log"):
+            assert password not in log.read_text(errors="replace"), log
+    finally:
+        subprocess.run(
+            ["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120, check=False
+        )
+
+
+def get_json(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        data: dict[str, object] = json.loads(response.read())
+        return data
+
+
+def wait_for_version(api: str, version: int, timeout: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    model: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        model = get_json(f"{api}/model")
+        if model.get("version") in (version, str(version)):
+            return model
+        time.sleep(0.3)
+    raise AssertionError(f"API still serves {model} after {timeout} s, expected version {version}")
+
+
+def predict_version(api: str) -> str:
+    request = urllib.request.Request(
+        f"{api}/predict",
+        data=json.dumps(PATIENT).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(json.loads(response.read())["model_version"])
+
+
+def test_whole_flow_on_postgresql(postgres_server: str, tmp_path: Path, mirror: Path) -> None:
+    settings: Settings = make_settings(tmp_path, mirror, mlflow_tracking_uri=postgres_server)
+    assert run_heartml(settings, "data", "download").returncode == 0
+    trained = run_heartml(settings, "train")
+    assert trained.returncode == 0, trained.stderr
+    auto = run_heartml(settings, "promote", "--auto")
+    assert auto.returncode == 0, auto.stderr
+    champion = read_family(settings).champion
+    assert champion is not None
+
+    port = free_port()
+    env = settings_env(settings)
+    env.update({"HEARTML_RELOAD_INTERVAL_S": "0.5", "HEARTML_PORT": str(port)})
+    api = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "heartml", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_for_http(f"{api}/ready", timeout=90)
+        model = wait_for_version(api, champion.version)
+        assert model["name"] == champion.name
+        assert predict_version(api) == str(champion.version)
+
+        # A person promotes another algorithm; the API follows.
+        other = next(v for v in read_family(settings).versions if v.name != champion.name)
+        manual = run_heartml(settings, "promote", other.name, str(other.version))
+        assert manual.returncode == 0, manual.stderr
+        assert wait_for_version(api, other.version)["name"] == other.name
+
+        # Roll back: the previous champion is served again.
+        rolled = run_heartml(settings, "promote", "--rollback")
+        assert rolled.returncode == 0, rolled.stderr
+        assert wait_for_version(api, champion.version)["name"] == champion.name
+        assert predict_version(api) == str(champion.version)
+
+        history = json.loads(run_heartml(settings, "promote", "--history", "--json").stdout)
+        assert len(history) >= 3
+        assert history[0]["reason"].startswith("rollback from")
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
