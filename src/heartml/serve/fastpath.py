@@ -52,41 +52,78 @@ class _Block:
     scale: Matrix | None  # StandardScaler.scale_ (None: not scaled)
     codes: tuple[Matrix, ...] | None  # OneHotEncoder.categories_ (None: no encoding)
 
-    @property
-    def width(self) -> int:
-        if self.codes is None:
-            return len(self.columns)
-        return sum(len(c) for c in self.codes)
-
 
 @dataclass(frozen=True, slots=True)
 class Preprocessor:
-    """The fitted ColumnTransformer as arrays; ``transform`` gives the same matrix."""
+    """The fitted ColumnTransformer as arrays; ``transform`` gives the same matrix.
 
-    blocks: tuple[_Block, ...]
-    width: int
+    Every output column is either ``(x[source] - offset) / scale`` (scaled, or passed through
+    with offset 0 and scale 1, which leaves the value unchanged bit for bit) or the one-hot
+    ``x[source] == code``; so a whole transform is one gather and four element-wise steps,
+    whatever the number of rows.
+    """
+
+    fill: Matrix  # imputation value per input column (NaN: not imputed, NaN stays NaN)
+    source: NDArray[np.intp]  # input column of each output column
+    offset: Matrix
+    scale: Matrix
+    code: Matrix  # the code a one-hot column tests for (unused elsewhere)
+    onehot: NDArray[np.bool_]
+
+    @property
+    def width(self) -> int:
+        return len(self.source)
 
     def transform(self, x: Matrix) -> Matrix:
-        out = np.empty((x.shape[0], self.width), dtype=np.float64)
-        position = 0
-        for block in self.blocks:
-            values = x[:, block.columns]
+        missing = np.isnan(x)
+        if missing.any():
+            x = np.where(missing, self.fill, x)
+        values = x[:, self.source]
+        result: Matrix = np.where(
+            self.onehot, values == self.code, (values - self.offset) / self.scale
+        )
+        return result
+
+    @classmethod
+    def from_blocks(cls, blocks: Sequence[_Block]) -> Preprocessor:
+        fill = np.full(len(FEATURE_NAMES), np.nan)
+        source: list[int] = []
+        offset: list[float] = []
+        scale: list[float] = []
+        code: list[float] = []
+        onehot: list[bool] = []
+        for block in blocks:
             if block.fill is not None:
-                missing = np.isnan(values)
-                if missing.any():
-                    values = np.where(missing, block.fill, values)
-            if block.codes is None:
-                if block.mean is not None:
-                    values = values - block.mean
-                if block.scale is not None:
-                    values = values / block.scale
-                out[:, position : position + values.shape[1]] = values
-                position += values.shape[1]
+                for column, value in zip(block.columns, block.fill, strict=True):
+                    if not np.isnan(fill[column]) and fill[column] != value:
+                        raise UnsupportedModelError("one column imputed two different ways")
+                    fill[column] = value
+            if block.codes is not None:
+                for column, codes in zip(block.columns, block.codes, strict=True):
+                    for value in codes:
+                        source.append(int(column))
+                        offset.append(0.0)
+                        scale.append(1.0)
+                        code.append(float(value))
+                        onehot.append(True)
             else:
-                for j, codes in enumerate(block.codes):
-                    out[:, position : position + len(codes)] = values[:, j : j + 1] == codes
-                    position += len(codes)
-        return out
+                n = len(block.columns)
+                means = block.mean if block.mean is not None else np.zeros(n)
+                scales = block.scale if block.scale is not None else np.ones(n)
+                for j, column in enumerate(block.columns):
+                    source.append(int(column))
+                    offset.append(float(means[j]))
+                    scale.append(float(scales[j]))
+                    code.append(0.0)
+                    onehot.append(False)
+        return cls(
+            fill=fill,
+            source=np.array(source, dtype=np.intp),
+            offset=np.array(offset),
+            scale=np.array(scale),
+            code=np.array(code),
+            onehot=np.array(onehot, dtype=bool),
+        )
 
 
 def _compile_step(step: Any, block: dict[str, Any]) -> None:
@@ -164,8 +201,7 @@ def compile_preprocessor(transformer: Any) -> Preprocessor:
         if spec["codes"] is not None and len(spec["codes"]) != len(selected):
             raise UnsupportedModelError(f"transformer {name}: codes do not match its columns")
         blocks.append(_Block(**spec))
-    width = sum(b.width for b in blocks)
-    return Preprocessor(tuple(blocks), width)
+    return Preprocessor.from_blocks(blocks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +212,10 @@ Scorer = Callable[[Matrix], Matrix]
 
 
 def _two_columns(positive: Matrix) -> Matrix:
-    return np.stack([1.0 - positive, positive], axis=1)
+    out = np.empty((positive.shape[0], 2))
+    out[:, 1] = positive
+    out[:, 0] = 1.0 - positive
+    return out
 
 
 def _check_binary(estimator: Any) -> None:
@@ -205,13 +244,19 @@ def _rbf_decision(svc: Any) -> Scorer:
     intercept = float(svc.intercept_[0])
     gamma = float(svc._gamma)
 
+    support_norms = (support**2).sum(axis=1)
+
     def decision(z: Matrix) -> Matrix:
-        out = np.empty(z.shape[0], dtype=np.float64)
-        for start in range(0, z.shape[0], 256):  # bounds the (rows, vectors, features) temp
-            chunk = z[start : start + 256]
-            squared = ((chunk[:, None, :] - support[None, :, :]) ** 2).sum(axis=2)
-            out[start : start + 256] = np.exp(-gamma * squared) @ dual + intercept
-        return out
+        if z.shape[0] <= 32:
+            # libsvm's own sum of squared differences, for the few rows of a request.
+            squared = ((z[:, None, :] - support[None, :, :]) ** 2).sum(axis=2)
+        else:
+            # |z|² - 2 z·s + |s|² through one matrix product; the rounding differs from
+            # libsvm's by ~1e-15, far inside TOLERANCE (the probe rows check both branches).
+            squared = (z**2).sum(axis=1)[:, None] - 2.0 * (z @ support.T) + support_norms
+            np.maximum(squared, 0.0, out=squared)
+        result: Matrix = np.exp(-gamma * squared) @ dual + intercept
+        return result
 
     return decision
 
@@ -299,7 +344,8 @@ def _forest(estimator: Any) -> Scorer:
         value = np.asarray(t.value[:, 0, :], dtype=np.float64)
         total = value.sum(axis=1, keepdims=True)
         total[total == 0.0] = 1.0
-        return value / total
+        result: Matrix = value / total
+        return result
 
     forest = _Forest.from_trees(estimator.estimators_, normalised)
     count = float(len(estimator.estimators_))
@@ -329,6 +375,58 @@ def _boosting(estimator: Any) -> Scorer:
     return score
 
 
+# sklearn measures neighbours with the |x|² - 2x·y + |y|² expansion, so a row that duplicates a
+# training row can come out at a distance of 1e-8 instead of 0, which changes its weight; and
+# two neighbours at (almost) the same distance may be ordered either way. Rows that come near
+# either case are handed to sklearn itself; every other row is computed here.
+_KNN_ZERO = 1e-6
+_KNN_TIE = 1e-9
+
+
+def _neighbours(estimator: Any) -> Scorer:
+    _check_binary(estimator)
+    metric = estimator.effective_metric_
+    p = estimator.effective_metric_params_.get("p", 2)
+    if not (metric == "euclidean" or (metric == "minkowski" and p == 2)):
+        raise UnsupportedModelError("only euclidean neighbours are compiled")
+    if estimator.weights not in ("uniform", "distance") or estimator.outputs_2d_:
+        raise UnsupportedModelError("only uniform or distance weights are compiled")
+    fit = np.ascontiguousarray(estimator._fit_X, dtype=np.float64)
+    labels = np.asarray(estimator._y, dtype=np.intp)
+    k = int(estimator.n_neighbors)
+    if k >= len(fit):
+        raise UnsupportedModelError("more neighbours than training rows")
+    by_distance = estimator.weights == "distance"
+
+    def score(z: Matrix) -> Matrix:
+        out = np.empty((z.shape[0], 2), dtype=np.float64)
+        for start in range(0, z.shape[0], 128):
+            chunk = z[start : start + 128]
+            distance = np.sqrt(((chunk[:, None, :] - fit[None, :, :]) ** 2).sum(axis=2))
+            nearest = np.argpartition(distance, k, axis=1)[:, : k + 1]
+            near = np.take_along_axis(distance, nearest, axis=1)
+            order = np.argsort(near, axis=1)
+            nearest = np.take_along_axis(nearest, order, axis=1)
+            near = np.take_along_axis(near, order, axis=1)
+            ambiguous = (near[:, 0] < _KNN_ZERO) | (
+                near[:, k] - near[:, k - 1] <= _KNN_TIE * np.maximum(1.0, near[:, k])
+            )
+            votes = np.zeros((len(chunk), 2))
+            positive = labels[nearest[:, :k]] == 1
+            # A zero distance gives an infinite weight; such rows are ambiguous, redone below.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                weight = 1.0 / near[:, :k] if by_distance else np.ones((len(chunk), k))
+                votes[:, 1] = np.where(positive, weight, 0.0).sum(axis=1)
+                votes[:, 0] = np.where(positive, 0.0, weight).sum(axis=1)
+                result = votes / votes.sum(axis=1, keepdims=True)
+            if ambiguous.any():
+                result[ambiguous] = estimator.predict_proba(chunk[ambiguous])
+            out[start : start + 128] = result
+        return out
+
+    return score
+
+
 def compile_estimator(estimator: Any) -> tuple[str, Scorer]:
     """A numpy scorer for a fitted estimator, and its name; unknown estimators raise."""
     from sklearn.calibration import CalibratedClassifierCV
@@ -338,6 +436,7 @@ def compile_estimator(estimator: Any) -> tuple[str, Scorer]:
         RandomForestClassifier,
     )
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
 
     if isinstance(estimator, LogisticRegression):
         return "logistic", _logistic(estimator)
@@ -347,6 +446,8 @@ def compile_estimator(estimator: Any) -> tuple[str, Scorer]:
         return "forest", _forest(estimator)
     if isinstance(estimator, GradientBoostingClassifier):
         return "gradient_boosting", _boosting(estimator)
+    if isinstance(estimator, KNeighborsClassifier):
+        return "neighbours", _neighbours(estimator)
     raise UnsupportedModelError(f"no numpy form for {type(estimator).__name__}")
 
 
@@ -425,9 +526,7 @@ def compile_predictor(pipeline: Any, probe: Matrix | None = None) -> Predictor:
             raise UnsupportedModelError("expected exactly preprocess and model steps")
         try:
             name, compiled = compile_estimator(estimator)
-            candidates.append(
-                (f"numpy:{name}", lambda x: compiled(preprocess.transform(x)))
-            )
+            candidates.append((f"numpy:{name}", lambda x: compiled(preprocess.transform(x))))
         except UnsupportedModelError as exc:
             logger.info("estimator not compiled (%s); calling it on the numpy matrix", exc)
         candidates.append(

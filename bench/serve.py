@@ -1,0 +1,392 @@
+"""Benchmark heartml's API against `mlflow models serve` for the same champion.
+
+Both servers run on loopback, with the same number of workers, serving the registry's current
+champion; wrk drives them from a separate process with the same rows. For each server it
+prints requests/s, p50 and p99 at concurrency 1, 8 and 64 for one patient per request
+(heartml ``POST /predict``, MLflow ``POST /invocations``), rows/s for 1000-row batches, and
+heartml's ``/predict`` against its own ``GET /health``. It ends with the issue's targets at
+concurrency 8: at least 10x MLflow's throughput, p99 at most 10 ms, and ``/predict`` at
+least 70 % of ``/health``.
+
+    python bench/serve.py [--duration 5] [--workers 1] [--json results.json]
+
+The store is MLFLOW_TRACKING_URI (default sqlite:///mlflow.db): run `make pipeline` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"  # loopback only
+CONCURRENCY = (1, 8, 64)
+BATCH_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class Run:
+    server: str
+    endpoint: str
+    concurrency: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    rows_per_request: int = 1
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.requests_per_s * self.rows_per_request
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"error: server exited early; see {log}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    sys.exit(f"error: {url} not ready within {timeout:.0f} s; see {log}")
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopped with all its workers
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def sample_rows(count: int) -> list[dict[str, float]]:
+    """Valid patients spread over the schema (no missing values: the API requires all 13)."""
+    import numpy as np
+
+    from heartml.schema import FEATURES
+    from heartml.serve.fastpath import probe_rows
+
+    rows = probe_rows(count * 2, seed=7)
+    rows = rows[~np.isnan(rows).any(axis=1)][:count]
+    return [
+        {f.name: (int(v) if f.integer else float(v)) for f, v in zip(FEATURES, row, strict=True)}
+        for row in rows
+    ]
+
+
+def lua_script(directory: Path, name: str, path: str, bodies: list[str]) -> Path:
+    quoted = ",\n".join("[==[" + body + "]==]" for body in bodies)
+    script = directory / f"{name}.lua"
+    script.write_text(
+        f"local bodies = {{\n{quoted}\n}}\n"
+        "local i = 0\n"
+        'local headers = {["Content-Type"] = "application/json"}\n'
+        "request = function()\n"
+        "  i = (i % #bodies) + 1\n"
+        f'  return wrk.format("POST", "{path}", headers, bodies[i])\n'
+        "end\n"
+    )
+    return script
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip()).groups()  # type: ignore[union-attr]
+    return float(value) * _UNITS[unit]
+
+
+def drive(
+    url: str, concurrency: int, duration: float, script: Path | None, threads: int
+) -> tuple[float, float, float, int]:
+    """One wrk run: requests/s, p50 ms, p99 ms, failed requests (non-2xx, socket errors)."""
+    command = [
+        "wrk",
+        f"-t{min(threads, concurrency)}",
+        f"-c{concurrency}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "10s",
+        "--latency",
+    ]
+    if script is not None:
+        command += ["-s", str(script)]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    # The latency distribution lines ("     99%    1.23ms"), not the thread stats' "99.00%".
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)\s*$", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)\s*$", out, re.M).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if match := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        errors += int(match.group(1))
+    if match := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
+        errors += sum(int(g) for g in match.groups())
+    return rps, p50, p99, errors
+
+
+def post_json(url: str, payload: Any) -> Any:
+    request = urllib.request.Request(
+        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=1, help="workers of each server")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    if shutil.which("wrk") is None:
+        sys.exit("error: wrk is not installed (make bench installs it: apt-get install -y wrk)")
+
+    from heartml.registry import RegistryError, read_family
+    from heartml.schema import FEATURE_NAMES
+    from heartml.settings import Settings
+
+    settings = Settings()
+    try:
+        champion = read_family(settings).champion
+    except RegistryError as exc:
+        sys.exit(f"error: {exc}")
+    if champion is None:
+        sys.exit("error: no champion in the registry; run `make pipeline` first")
+    uri = f"models:/{champion.name}/{champion.version}"
+    print(
+        f"champion: {uri} ({champion.tags.get('model_type', '?')}), store "
+        f"{settings.mlflow_tracking_uri}, {os.cpu_count()} CPUs, {args.workers} worker(s)"
+    )
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTML_")}
+    env.update(
+        MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,
+        HEARTML_RELOAD_INTERVAL_S="30",
+        HEARTML_LOG_LEVEL="warning",
+        PYTHONUNBUFFERED="1",
+        # `mlflow models serve` execs `uvicorn` from PATH: the one next to this Python.
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    work = Path(tempfile.mkdtemp(prefix="heartml-bench-"))
+    heartml_port, mlflow_port = free_port(), free_port()
+    heartml_url, mlflow_url = f"http://{HOST}:{heartml_port}", f"http://{HOST}:{mlflow_port}"
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    servers = []
+    try:
+        heartml = start(
+            [
+                sys.executable,
+                "-m",
+                "heartml",
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(heartml_port),
+                "--workers",
+                str(args.workers),
+            ],
+            env,
+            work / "heartml.log",
+        )
+        servers.append(heartml)
+        mlflow = start(
+            [
+                mlflow_bin,
+                "models",
+                "serve",
+                "-m",
+                uri,
+                "--env-manager",
+                "local",
+                "-h",
+                HOST,
+                "-p",
+                str(mlflow_port),
+                "-w",
+                str(args.workers),
+            ],
+            env,
+            work / "mlflow.log",
+        )
+        servers.append(mlflow)
+        wait_for(f"{heartml_url}/ready", heartml, 120, work / "heartml.log")
+        wait_for(f"{mlflow_url}/ping", mlflow, 180, work / "mlflow.log")
+
+        rows = sample_rows(64)
+        columns = list(FEATURE_NAMES)
+
+        def frame(chunk: list[dict[str, float]]) -> dict[str, Any]:
+            return {
+                "dataframe_split": {
+                    "columns": columns,
+                    "data": [[r[c] for c in columns] for r in chunk],
+                }
+            }
+
+        # Same answers from both, or the comparison means nothing.
+        ours = post_json(f"{heartml_url}/predict/batch", {"instances": rows})["predictions"]
+        theirs = post_json(f"{mlflow_url}/invocations", frame(rows))["predictions"]
+        gap = max(abs(a["probability"] - b[1]) for a, b in zip(ours, theirs, strict=True))
+        print(f"same rows, largest probability difference heartml vs mlflow: {gap:.2e}")
+
+        batch = [rows[i % len(rows)] for i in range(BATCH_ROWS)]
+        scripts = {
+            "predict": lua_script(work, "predict", "/predict", [json.dumps(r) for r in rows]),
+            "invocations": lua_script(
+                work, "invocations", "/invocations", [json.dumps(frame([r])) for r in rows]
+            ),
+            "batch": lua_script(
+                work, "batch", "/predict/batch", [json.dumps({"instances": batch})]
+            ),
+            "mlflow_batch": lua_script(
+                work, "mlflow_batch", "/invocations", [json.dumps(frame(batch))]
+            ),
+        }
+        for url, script in (
+            (heartml_url + "/predict", "predict"),
+            (mlflow_url + "/invocations", "invocations"),
+        ):
+            drive(url, 8, 2, scripts[script], args.threads)  # warm up both
+
+        runs: list[Run] = []
+
+        def measure(
+            server: str, endpoint: str, url: str, c: int, script: str | None, rows_per: int = 1
+        ) -> None:
+            rps, p50, p99, errors = drive(
+                url, c, args.duration, scripts.get(script or ""), args.threads
+            )
+            run = Run(server, endpoint, c, rps, p50, p99, errors, rows_per)
+            runs.append(run)
+            print(
+                f"  {server:8s} {endpoint:15s} c={c:<3d} {rps:9.0f} req/s  "
+                f"{run.rows_per_s:10.0f} rows/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
+                + (f"  ERRORS {errors}" if errors else ""),
+                flush=True,
+            )
+
+        print(f"\nrunning (wrk, {args.duration:g} s each)...")
+        for c in CONCURRENCY:
+            measure("heartml", "/predict", heartml_url + "/predict", c, "predict")
+            measure("heartml", "/health", heartml_url + "/health", c, None)
+            measure("mlflow", "/invocations", mlflow_url + "/invocations", c, "invocations")
+        for c in (1, 8):
+            measure(
+                "heartml", "/predict/batch", heartml_url + "/predict/batch", c, "batch", BATCH_ROWS
+            )
+            measure(
+                "mlflow", "/invocations", mlflow_url + "/invocations", c, "mlflow_batch", BATCH_ROWS
+            )
+    finally:
+        for process in servers:
+            stop(process)
+
+    def find(server: str, endpoint: str, c: int, rows_per: int = 1) -> Run:
+        return next(
+            r
+            for r in runs
+            if (r.server, r.endpoint, r.concurrency, r.rows_per_request)
+            == (server, endpoint, c, rows_per)
+        )
+
+    print("\nsingle patient per request")
+    print(
+        f"{'c':>4} | {'heartml req/s':>13} {'p50':>8} {'p99':>8} | {'mlflow req/s':>12} {'p50':>8} "
+        f"{'p99':>8} | {'speed-up':>8} | {'/health req/s':>13} {'predict/health':>14}"
+    )
+    for c in CONCURRENCY:
+        ours, theirs, health = (
+            find("heartml", "/predict", c),
+            find("mlflow", "/invocations", c),
+            find("heartml", "/health", c),
+        )
+        print(
+            f"{c:>4} | {ours.requests_per_s:13.0f} {ours.p50_ms:7.2f}ms {ours.p99_ms:7.2f}ms | "
+            f"{theirs.requests_per_s:12.0f} {theirs.p50_ms:7.2f}ms {theirs.p99_ms:7.2f}ms | "
+            f"{ours.requests_per_s / theirs.requests_per_s:7.1f}x | {health.requests_per_s:13.0f} "
+            f"{ours.requests_per_s / health.requests_per_s:13.0%}"
+        )
+    print(f"\n{BATCH_ROWS}-row batches")
+    for c in (1, 8):
+        ours, theirs = (
+            find("heartml", "/predict/batch", c, BATCH_ROWS),
+            find("mlflow", "/invocations", c, BATCH_ROWS),
+        )
+        print(
+            f"{c:>4} | heartml {ours.rows_per_s:10.0f} rows/s (p99 {ours.p99_ms:.1f} ms) | mlflow "
+            f"{theirs.rows_per_s:10.0f} rows/s (p99 {theirs.p99_ms:.1f} ms) | "
+            f"{ours.rows_per_s / theirs.rows_per_s:.1f}x"
+        )
+
+    ours, theirs, health = (
+        find("heartml", "/predict", 8),
+        find("mlflow", "/invocations", 8),
+        find("heartml", "/health", 8),
+    )
+    targets = [
+        ("throughput >= 10x mlflow at c=8", ours.requests_per_s / theirs.requests_per_s, 10.0, "x"),
+        ("p99 <= 10 ms at c=8", ours.p99_ms, 10.0, "ms"),
+        (
+            "/predict >= 70% of /health at c=8",
+            ours.requests_per_s / health.requests_per_s,
+            0.70,
+            "",
+        ),
+    ]
+    print("\ntargets (2 cores, c=8)")
+    met = True
+    for label, value, bound, unit in targets:
+        ok = value <= bound if "<=" in label else value >= bound
+        met &= ok
+        shown = f"{value:.0%}" if not unit else f"{value:.2f}{unit}"
+        print(f"  {'PASS' if ok else 'MISS'}  {label}: {shown}")
+    errors = sum(r.errors for r in runs)
+    print(f"  {'PASS' if errors == 0 else 'MISS'}  failed requests: {errors}")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in runs], indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if met and errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+# Serving: run the API and benchmark it against mlflow models serve (export: see delivery.mk).
+# Included by the main Makefile (-include mk/*.mk); uses its $(PY), $(HEARTML) and install.
+
+.PHONY: serve bench
+
+BENCH_ARGS ?=
+
+serve: install ## Serve the champion on HEARTML_HOST:HEARTML_PORT (127.0.0.1:8000), following promotions
+	$(HEARTML) serve
+
+bench: install ## Benchmark /predict against mlflow models serve on the same champion (run `make pipeline` first)
+	@command -v wrk >/dev/null 2>&1 || { \
+		echo "wrk not found: installing it from Debian"; \
+		apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+	}
+	$(PY) bench/serve.py $(BENCH_ARGS)

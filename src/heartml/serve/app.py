@@ -1,0 +1,122 @@
+"""The FastAPI application: ``create_app(settings)`` wires settings, model holder and routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from pydantic.json_schema import models_json_schema
+
+import heartml
+from heartml.serve.deps import error_entries, json_response
+from heartml.serve.holder import ModelHolder, ModelSource, source_for
+from heartml.serve.metrics import ServeMetrics
+from heartml.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
+from heartml.serve.routes import admin, health, model, predict, schema
+from heartml.serve.routes import metrics as metrics_routes
+from heartml.serve.schemas import BatchRequest, PatientFeatures
+from heartml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Heart-disease risk from the 13 UCI features, served by the registry's champion.
+
+The model follows promotions: the champion (alias, else the Production stage) is checked every
+`HEARTML_RELOAD_INTERVAL_S` seconds and swapped in without dropping requests.
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    source: ModelSource | None = None,
+    follow: bool = True,
+) -> FastAPI:
+    """The API over ``settings``; ``source`` defaults to the registry or ``model_dir``.
+
+    ``follow=False`` skips the background loader (tests drive ``app.state.holder.check()``).
+    """
+    metrics = ServeMetrics()
+    holder = ModelHolder(source or source_for(settings), metrics, settings.reload_interval_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if follow:
+            holder.start()
+        try:
+            yield
+        finally:
+            holder.stop()
+
+    app = FastAPI(
+        title="heartml",
+        version=getattr(heartml, "__version__", "0.1.0"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.holder = holder
+    app.state.metrics = metrics
+
+    for router in (
+        predict.router,  # first: the router tries routes in order, and these are the hot ones
+        health.router,
+        model.router,
+        schema.router,
+        metrics_routes.router,
+        admin.router,
+    ):
+        app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        return json_response({"detail": error_entries(list(exc.errors()), ())}, 422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return json_response({"detail": f"internal error: {type(exc).__name__}"}, 500)
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s too
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            # The prediction bodies are parsed by the routes, so FastAPI does not see their
+            # models: add them to the components the routes' requestBody refers to.
+            _, extra = models_json_schema(
+                [(PatientFeatures, "validation"), (BatchRequest, "validation")],
+                ref_template="#/components/schemas/{model}",
+            )
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(extra["$defs"])
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: settings from the environment (``heartml serve`` sets it)."""
+    return create_app(Settings())

@@ -1,0 +1,65 @@
+"""What a route needs, as ``Annotated`` dependencies, and the error bodies routes return."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from heartml.serve.holder import ModelHolder
+from heartml.serve.metrics import ServeMetrics
+from heartml.settings import Settings
+
+# The providers are coroutines: FastAPI runs a plain `def` dependency in a worker thread, a
+# thread hop per dependency per request that costs more than the prediction itself.
+
+
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_holder(request: Request) -> ModelHolder:
+    holder: ModelHolder = request.app.state.holder
+    return holder
+
+
+async def get_metrics(request: Request) -> ServeMetrics:
+    metrics: ServeMetrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+MetricsDep = Annotated[ServeMetrics, Depends(get_metrics)]
+
+
+def json_response(content: Any, status_code: int = 200, **headers: str) -> Response:
+    """A JSON response without FastAPI's re-validation of what we just built."""
+    return Response(
+        json.dumps(content, separators=(",", ":")).encode(),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers or None,
+    )
+
+
+def problem(status_code: int, detail: str, **headers: str) -> Response:
+    """Every non-validation error: ``{"detail": "<one line>"}``."""
+    return json_response({"detail": detail}, status_code, **headers)
+
+
+def error_entries(errors: list[Any], prefix: tuple[str | int, ...] = ("body",)) -> list[Any]:
+    """Pydantic errors as ``{loc, msg, type}``: no echo of the input, one entry per field."""
+    return [
+        {"loc": [*prefix, *error["loc"]], "msg": error["msg"], "type": error["type"]}
+        for error in errors
+    ]
+
+
+def validation_problem(exc: ValidationError, prefix: tuple[str | int, ...] = ("body",)) -> Response:
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    return json_response({"detail": error_entries(errors, prefix)}, 422)

@@ -1,0 +1,317 @@
+"""The model being served, and how it follows the registry.
+
+``ModelHolder.current`` is one reference to an immutable :class:`ServedModel`. A request reads
+it once and uses that object to the end, so swapping the reference (atomic in CPython) changes
+what *new* requests get while requests in flight finish on the model they started with.
+
+Loading never happens on a request: a background thread looks for the champion every
+``reload_interval_s`` seconds (``POST /admin/reload`` asks for a look at once), loads a new
+champion beside the old one, compiles its fast path, and only then swaps. A failed look or
+load leaves the old model serving and is recorded for ``/model`` and ``/metrics``. Until a
+first model is loaded (the tracking server down at start, say) the thread retries with
+exponential back-off.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from heartml.serve.fastpath import Predictor
+    from heartml.serve.metrics import ServeMetrics
+    from heartml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FIRST_RETRY_S = 0.5
+MAX_RETRY_S = 30.0
+
+SourceKind = Literal["registry", "directory"]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """Which model a source names, with what ``/model`` shows about it."""
+
+    name: str
+    version: int
+    run_id: str
+    roc_auc: float | None
+    model_type: str | None
+    promoted_at: str | None
+    source: SourceKind
+    uri: str
+    stamp: str = ""  # changes when a directory is exported again over the same version
+
+    @property
+    def identity(self) -> tuple[str, int, str]:
+        return self.name, self.version, self.stamp
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    ref: ModelRef
+    predictor: Predictor
+    loaded_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOutcome:
+    result: Literal["reloaded", "unchanged", "failed"]
+    message: str
+
+
+class ModelSource(Protocol):
+    """Where models come from: the registry's champion, or an exported directory."""
+
+    kind: SourceKind
+
+    def describe(self) -> str: ...
+
+    def resolve(self) -> ModelRef | None:
+        """The model that should be served now (None: there is none); raises on failure."""
+        ...
+
+    def load(self, ref: ModelRef) -> Any:
+        """The fitted scikit-learn pipeline of ``ref``."""
+        ...
+
+
+class RegistrySource:
+    """The family's champion, resolved by :mod:`heartml.registry`'s rule."""
+
+    kind: SourceKind = "registry"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def describe(self) -> str:
+        return (
+            f"the champion of the {self.settings.model_prefix}* family "
+            f"in {self.settings.mlflow_tracking_uri}"
+        )
+
+    def resolve(self) -> ModelRef | None:
+        from heartml.registry import TAG_MODEL_TYPE, TAG_PROMOTED_AT, read_family
+
+        champion = read_family(self.settings).champion
+        if champion is None:
+            return None
+        return ModelRef(
+            name=champion.name,
+            version=champion.version,
+            run_id=champion.run_id,
+            roc_auc=champion.roc_auc,
+            model_type=champion.tags.get(TAG_MODEL_TYPE),
+            promoted_at=champion.tags.get(TAG_PROMOTED_AT),
+            source="registry",
+            uri=f"models:/{champion.name}/{champion.version}",
+        )
+
+    def load(self, ref: ModelRef) -> Any:
+        import mlflow.sklearn
+
+        from heartml.registry import configure_mlflow
+
+        configure_mlflow(self.settings)
+        return mlflow.sklearn.load_model(ref.uri)
+
+
+class DirectorySource:
+    """A model written by ``heartml export``: no tracking server involved."""
+
+    kind: SourceKind = "directory"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def describe(self) -> str:
+        return f"the exported model in {self.directory}"
+
+    def resolve(self) -> ModelRef | None:
+        from heartml.export import read_export_info
+
+        info = read_export_info(self.directory)
+        return ModelRef(
+            name=info.name,
+            version=info.version,
+            run_id=info.run_id,
+            roc_auc=info.roc_auc,
+            model_type=info.model_type,
+            promoted_at=info.promoted_at,
+            source="directory",
+            uri=str(self.directory.resolve()),
+            stamp=info.exported_at,
+        )
+
+    def load(self, ref: ModelRef) -> Any:
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(ref.uri)
+
+
+def source_for(settings: Settings) -> ModelSource:
+    if settings.model_dir is not None:
+        return DirectorySource(settings.model_dir)
+    return RegistrySource(settings)
+
+
+def _freeze_heap() -> None:
+    """Move everything alive now (MLflow, scikit-learn, the model) out of the GC's sight.
+
+    Otherwise every full collection walks those millions of objects: a 100+ ms pause, every
+    few seconds under load, that lands on some unlucky request's latency. Unfreezing first
+    lets this one collection (once per model load) reclaim a replaced model's cycles.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+class ModelHolder:
+    """The served model, the background thread that replaces it, and what happened so far."""
+
+    def __init__(
+        self, source: ModelSource, metrics: ServeMetrics, reload_interval_s: float
+    ) -> None:
+        self.source = source
+        self.metrics = metrics
+        self.reload_interval_s = reload_interval_s
+        self._current: ServedModel | None = None
+        self._check_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_check_at: str | None = None
+        self.last_check: str | None = None
+        self.last_error: str | None = None
+        self.reloads = 0
+        self.failed_reloads = 0
+
+    # --- what requests see -----------------------------------------------------------------
+
+    @property
+    def current(self) -> ServedModel | None:
+        return self._current
+
+    def not_ready_reason(self) -> str:
+        if self._current is not None:
+            return ""
+        if self.last_error:
+            return f"no model loaded yet: {self.last_error}"
+        if self.last_check:
+            return f"no model loaded yet: {self.last_check}"
+        return f"loading {self.source.describe()}"
+
+    # --- following the source --------------------------------------------------------------
+
+    def check(self) -> CheckOutcome:
+        """Look at the source once; load and swap in a different model. Never raises."""
+        with self._check_lock:
+            return self._check()
+
+    def _check(self) -> CheckOutcome:
+        self.last_check_at = now_iso()
+        try:
+            ref = self.source.resolve()
+        except Exception as exc:
+            self.metrics.registry_checks.labels("error").inc()
+            message = f"could not read {self.source.describe()}: {_one_line(exc)}"
+            return self._failed(message, check=True)
+        self.metrics.registry_checks.labels("ok").inc()
+
+        current = self._current
+        if ref is None:
+            self.last_check = f"there is no model to serve: {self.source.describe()} is empty"
+            if current is not None:
+                self.last_check += f"; still serving {current.ref.ref}"
+            return CheckOutcome("unchanged", self.last_check)
+        if current is not None and current.ref.identity == ref.identity:
+            if current.ref != ref:  # same model, new metadata (promoted again, say)
+                self._current = replace(current, ref=ref)
+            self.last_check = f"{ref.ref} is still the model to serve"
+            return CheckOutcome("unchanged", self.last_check)
+
+        started = time.perf_counter()
+        try:
+            from heartml.serve.fastpath import compile_predictor
+
+            predictor = compile_predictor(self.source.load(ref))
+        except Exception as exc:
+            keeping = f"; still serving {current.ref.ref}" if current else ""
+            return self._failed(f"could not load {ref.ref}: {_one_line(exc)}{keeping}")
+
+        previous = current.ref.ref if current else None
+        self._current = ServedModel(ref=ref, predictor=predictor, loaded_at=now_iso())
+        _freeze_heap()
+        self.reloads += 1
+        self.last_error = None
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.show_model(ref.name, ref.version, ref.source)
+        message = (
+            f"loaded {ref.ref} from {ref.source} in {time.perf_counter() - started:.2f} s "
+            f"(predictor: {predictor.mode})" + (f", replacing {previous}" if previous else "")
+        )
+        self.last_check = message
+        logger.info(message)
+        return CheckOutcome("reloaded", message)
+
+    def _failed(self, message: str, *, check: bool = False) -> CheckOutcome:
+        if message != self.last_error:
+            logger.warning(message)
+        self.last_error = message
+        self.last_check = message
+        if not check:
+            self.failed_reloads += 1
+            self.metrics.reloads.labels("failure").inc()
+        return CheckOutcome("failed", message)
+
+    # --- the background thread -------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="heartml-model-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        delay = FIRST_RETRY_S
+        ceiling = min(MAX_RETRY_S, self.reload_interval_s or MAX_RETRY_S)
+        while not self._stop.is_set():
+            self.check()
+            if self._current is None:
+                # Not serving yet: retry soon, backing off while the source stays down.
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, max(ceiling, FIRST_RETRY_S))
+                continue
+            if self.reload_interval_s <= 0:
+                return  # loaded, and periodic checks are off: only /admin/reload from now on
+            if self._stop.wait(self.reload_interval_s):
+                return

@@ -1,0 +1,111 @@
+"""Pure ASGI middleware (no per-request task or copy, unlike BaseHTTPMiddleware)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.exceptions import HTTPException
+
+from heartml.serve.metrics import KNOWN_ENDPOINTS
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from heartml.serve.metrics import ServeMetrics
+
+
+class MetricsMiddleware:
+    """Count every HTTP request by endpoint, method and status, and time it."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope["path"]
+        endpoint = path if path in KNOWN_ENDPOINTS else "other"
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            key = (endpoint, scope["method"], status)
+            counter = self._counters.get(key)
+            if counter is None:
+                method = scope["method"] if endpoint != "other" else "other"
+                counter = self.metrics.requests.labels(endpoint, method, str(status))
+                self._counters[key] = counter
+            counter.inc()
+            timer = self._timers.get(endpoint)
+            if timer is None:
+                timer = self._timers[endpoint] = self.metrics.latency.labels(endpoint)
+            timer.observe(time.perf_counter() - started)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with 413, declared (Content-Length) or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_bytes:
+                    await self._refuse(send)
+                    return
+                break
+
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # Raised inside the route's body read: FastAPI answers it as a 413.
+                    raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _detail(self) -> str:
+        return f"request body larger than {self.max_bytes} bytes"
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": self._detail()}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

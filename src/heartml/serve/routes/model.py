@@ -1,0 +1,53 @@
+"""What is being served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from heartml.serve.deps import HolderDep, json_response, problem
+from heartml.serve.holder import ModelHolder
+from heartml.serve.schemas import ModelInfo, Problem
+
+router = APIRouter(tags=["model"])
+
+
+def model_info(holder: ModelHolder) -> dict[str, Any] | None:
+    """The ``ModelInfo`` of the served model, or None when none is loaded."""
+    served = holder.current
+    if served is None:
+        return None
+    ref = served.ref
+    return {
+        "name": ref.name,
+        "version": ref.version,
+        "run_id": ref.run_id,
+        "roc_auc": ref.roc_auc,
+        "model_type": ref.model_type,
+        "promoted_at": ref.promoted_at,
+        "loaded_at": served.loaded_at,
+        "source": ref.source,
+        "uri": ref.uri,
+        "predictor": served.predictor.mode,
+        "reload_interval_s": holder.reload_interval_s,
+        "last_check_at": holder.last_check_at,
+        "last_check": holder.last_check,
+        "last_error": holder.last_error,
+        "reloads": holder.reloads,
+        "failed_reloads": holder.failed_reloads,
+    }
+
+
+@router.get(
+    "/model",
+    response_model=ModelInfo,
+    summary="The served model: name, version, run, score, provenance, reload status",
+    responses={503: {"model": Problem, "description": "No model loaded yet"}},
+)
+async def get_model(holder: HolderDep) -> Response:
+    info = model_info(holder)
+    if info is None:
+        return problem(503, holder.not_ready_reason())
+    return json_response(info)

@@ -1,0 +1,212 @@
+"""The API's request and response models, generated from :mod:`heartml.schema`.
+
+No field name, range or code is written here: ``PatientFeatures`` is built from
+``heartml.schema.FEATURES``, so the API accepts exactly the coding the models were trained on.
+A value is rejected, with one error entry per bad field, when it is missing, extra, not a
+JSON number (strings and booleans are not coerced), fractional where the schema wants an
+integer, outside the schema's range, or not one of a coded column's codes (``cp`` 0,
+``thal`` 2).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
+
+from heartml.schema import FEATURES, NEGATIVE_LABEL, POSITIVE_LABEL, Feature
+
+
+def _reject_non_numbers(value: Any) -> Any:
+    # JSON true/false and "63" are client bugs, not numbers: say so instead of coercing.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError(
+            "number_type", "Input should be a JSON number, got {kind}", {"kind": _kind(value)}
+        )
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _code_check(feature: Feature) -> AfterValidator:
+    allowed = frozenset(feature.codes)
+    listed = ", ".join(str(c) for c in feature.codes)
+
+    def check(value: int) -> int:
+        if value not in allowed:
+            raise PydanticCustomError(
+                "unknown_code",
+                "Input should be one of the codes {codes} ({description})",
+                {"codes": listed, "description": feature.description},
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _field(feature: Feature) -> tuple[Any, Any]:
+    """The annotated type and Field of one feature."""
+    description = feature.description + (f" ({feature.unit})" if feature.unit else "")
+    extra: dict[str, Any] = {"x-kind": feature.kind.value}
+    base: Any = int if feature.integer else float
+    metadata: list[Any] = [BeforeValidator(_reject_non_numbers)]
+    if feature.codes:
+        # A coded column is checked against its codes only, so that cp 0 and thal 2 are
+        # reported as unknown codes (with the list of valid ones), not as out of range.
+        metadata.append(_code_check(feature))
+        extra.update(enum=list(feature.codes), minimum=feature.minimum, maximum=feature.maximum)
+        bounds: dict[str, Any] = {}
+    else:
+        bounds = {"ge": feature.minimum, "le": feature.maximum}
+    annotated = Annotated[base, *metadata]
+    field = Field(
+        ...,
+        description=description,
+        allow_inf_nan=False,
+        json_schema_extra=extra,
+        **bounds,
+    )
+    return annotated, field
+
+
+def _example() -> dict[str, Any]:
+    sample = {
+        "age": 63,
+        "sex": 1,
+        "cp": 1,
+        "trestbps": 145,
+        "chol": 233,
+        "fbs": 1,
+        "restecg": 2,
+        "thalach": 150,
+        "exang": 0,
+        "oldpeak": 2.3,
+        "slope": 3,
+        "ca": 0,
+        "thal": 6,
+    }
+    # Only schema fields, in schema order: a renamed feature cannot leave a stale example.
+    return {f.name: sample.get(f.name, f.codes[0] if f.codes else f.minimum) for f in FEATURES}
+
+
+EXAMPLE_PATIENT = _example()
+
+PatientFeatures: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "PatientFeatures",
+    __config__=ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"examples": [EXAMPLE_PATIENT]},
+    ),
+    __doc__="One patient in UCI coding: the 13 features the models were trained on.",
+    **{f.name: _field(f) for f in FEATURES},
+)
+
+
+class BatchRequest(BaseModel):
+    """Several patients at once; the limit is the server's ``max_batch_size``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instances: list[PatientFeatures] = Field(
+        ..., min_length=1, description="The patients, at least one."
+    )
+
+
+class RiskPrediction(BaseModel):
+    """The model's answer for one patient."""
+
+    prediction: Literal[0, 1] = Field(description="1: heart disease predicted")
+    probability: float = Field(ge=0.0, le=1.0, description="Probability of heart disease")
+    label: Literal["heart disease", "no heart disease"]
+    model_name: str
+    model_version: int
+
+
+class BatchPrediction(BaseModel):
+    """One prediction per instance, in the order of the request."""
+
+    predictions: list[RiskPrediction]
+    count: int
+    model_name: str
+    model_version: int
+
+
+class ModelInfo(BaseModel):
+    """What is served, where it came from, and how following the registry is going."""
+
+    name: str
+    version: int
+    run_id: str
+    roc_auc: float | None
+    model_type: str | None
+    promoted_at: str | None
+    loaded_at: str
+    source: Literal["registry", "directory"]
+    uri: str
+    predictor: str = Field(description="How predictions are computed: numpy, estimator or pipeline")
+    reload_interval_s: float
+    last_check_at: str | None
+    last_check: str | None = Field(description="Outcome of the last look at the registry")
+    last_error: str | None = Field(description="The last failed check or load, if any")
+    reloads: int = Field(description="Successful loads since start")
+    failed_reloads: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    model: str | None = None
+    reason: str | None = None
+
+
+class ReloadResult(BaseModel):
+    """The outcome of ``POST /admin/reload``."""
+
+    result: Literal["reloaded", "unchanged", "failed"]
+    message: str
+    model: ModelInfo | None
+
+
+class ErrorEntry(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """422: one entry per bad field."""
+
+    detail: list[ErrorEntry]
+
+
+class Problem(BaseModel):
+    """Any other error: a one-line reason."""
+
+    detail: str
+
+
+LABELS: tuple[str, str] = (NEGATIVE_LABEL, POSITIVE_LABEL)

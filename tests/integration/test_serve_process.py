@@ -1,0 +1,236 @@
+"""`heartml serve` and `heartml export` as real processes.
+
+* A tracking server that is down at start: the API lives (/health 200), is not ready (/ready
+  503 with the reason), and becomes ready by itself once the server is up with a champion.
+* `heartml export DIR` then `heartml serve --model-dir DIR --workers 2` with no tracking server.
+* Failures are one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import (
+    HEARTML,
+    MlflowServer,
+    free_port,
+    make_settings,
+    run_heartml,
+    settings_env,
+)
+from heartml.registry import (
+    configure_mlflow,
+    ensure_experiment,
+    promote_version,
+    read_family,
+    tag_candidate_version,
+)
+from heartml.serve.schemas import EXAMPLE_PATIENT
+from heartml.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+LR = "heart-disease-logistic_regression"
+
+
+@contextmanager
+def heartml_serve(
+    settings: Settings, *args: str, env: dict[str, str] | None = None, log: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    environment = {**settings_env(settings), "HEARTML_RELOAD_INTERVAL_S": "1", **(env or {})}
+    process = subprocess.Popen(
+        [*HEARTML, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        env=environment,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                httpx.get(f"{url}/health", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "heartml serve did not listen"
+                time.sleep(0.2)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_ready(url: str, timeout: float, log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{url}/ready", timeout=5)
+        if response.status_code == 200:
+            model: dict[str, Any] = httpx.get(f"{url}/model", timeout=5).json()
+            return model
+        time.sleep(0.2)
+    raise AssertionError(f"not ready within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def copy_champion(source: Settings, target: Settings) -> int:
+    """Register the trained logistic regression in ``target`` and make it champion."""
+    import mlflow
+    import mlflow.sklearn
+
+    from heartml.train import SKOPS_TRUSTED_TYPES
+
+    configure_mlflow(source)
+    pipeline = mlflow.sklearn.load_model(f"models:/{LR}/1")
+    configure_mlflow(target)
+    experiment = ensure_experiment(target)
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            serialization_format="skops",
+            skops_trusted_types=sorted(SKOPS_TRUSTED_TYPES),
+            pip_requirements=["scikit-learn"],
+            registered_model_name=LR,
+        )
+    version = str(info.registered_model_version)
+    tag_candidate_version(target, LR, version, 0.95, "logistic_regression")
+    promote_version(target, LR, int(version), reason="test: champion on the new server")
+    return int(version)
+
+
+@pytest.mark.server
+def test_unreachable_tracking_server_at_start_then_ready(
+    trained_settings: Settings, tmp_path: Path, mirror: Path
+) -> None:
+    server = MlflowServer(tmp_path / "server")  # its port is chosen, nothing listens yet
+    remote = make_settings(tmp_path / "remote", mirror, mlflow_tracking_uri=server.uri)
+    log = tmp_path / "serve.log"
+    with heartml_serve(remote, log=log, env={"HEARTML_REGISTRY_RETRIES": "1"}) as (url, _):
+        assert httpx.get(f"{url}/health").status_code == 200
+        time.sleep(1.0)
+        ready = httpx.get(f"{url}/ready")
+        assert ready.status_code == 503
+        assert "unreachable" in ready.json()["reason"]
+        assert httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).status_code == 503
+        assert 'heartml_registry_checks_total{result="error"}' in httpx.get(f"{url}/metrics").text
+
+        server.start()
+        try:
+            version = copy_champion(trained_settings, remote)
+            model = wait_ready(url, 90, log)
+            assert (model["name"], model["version"]) == (LR, version)
+            assert model["source"] == "registry"
+            answer = httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).json()
+            assert answer["model_name"] == LR
+        finally:
+            server.stop()
+        # The server going away again changes nothing for what is served.
+        assert httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).status_code == 200
+    assert "Traceback" not in log.read_text()
+
+
+def test_export_then_serve_the_directory_without_tracking_server(
+    trained_settings: Settings, tmp_path: Path
+) -> None:
+    export_dir = tmp_path / "exported-model"
+    done = run_heartml(trained_settings, "export", str(export_dir))
+    assert done.returncode == 0, done.stderr
+    champion = read_family(trained_settings).champion
+    assert champion is not None
+    info = json.loads((export_dir / "model.json").read_text())
+    assert info["name"] == champion.name
+    assert info["version"] == champion.version
+    assert info["run_id"] == champion.run_id
+    assert info["roc_auc"] == champion.roc_auc
+    assert info["model_type"] == champion.tags["model_type"]
+    assert info["promoted_at"] == champion.tags["promoted_at"]
+    assert info["exported_at"]
+    assert (export_dir / "MLmodel").is_file()
+
+    # Exporting again replaces the export; a directory holding anything else is refused.
+    again = run_heartml(trained_settings, "export", str(export_dir))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((export_dir / "model.json").read_text())["exported_at"] != info["exported_at"]
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    refused = run_heartml(trained_settings, "export", str(occupied))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
+    assert (occupied / "notes.txt").read_text() == "mine"
+
+    # No tracking server: the URI points at a port nobody listens on.
+    offline = make_settings(
+        tmp_path / "offline",
+        trained_settings.data_source,
+        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
+    )
+    log = tmp_path / "serve.log"
+    with heartml_serve(offline, "--model-dir", str(export_dir), "--workers", "2", log=log) as (
+        url,
+        _,
+    ):
+        model = wait_ready(url, 90, log)
+        assert model["source"] == "directory"
+        assert (model["name"], model["version"]) == (champion.name, champion.version)
+        answers = [httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT) for _ in range(20)]
+        assert {a.status_code for a in answers} == {200}
+        assert {a.json()["model_version"] for a in answers} == {champion.version}
+        # Two workers, one set of metrics: every request counted whichever worker served it.
+        deadline = time.monotonic() + 30
+        while True:
+            metrics = httpx.get(f"{url}/metrics").text
+            if "heartml_model_loaded 1.0" in metrics:
+                break
+            assert time.monotonic() < deadline, "both workers should load the model"
+            time.sleep(0.3)
+        count = next(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith('heartml_http_requests_total{endpoint="/predict",method="POST"')
+        )
+        assert count == 20
+    assert "Traceback" not in log.read_text()
+
+
+def test_failures_are_one_line_and_exit_1(settings: Settings, tmp_path: Path) -> None:
+    def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+        return lines[0]
+
+    # An empty store: nothing to export.
+    assert "no champion" in one_line_error(run_heartml(settings, "export", str(tmp_path / "x")))
+    # Not an export.
+    message = one_line_error(
+        run_heartml(settings, "serve", "--model-dir", str(tmp_path), "--port", str(free_port()))
+    )
+    assert "model.json" in message
+    # The port is taken.
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        message = one_line_error(run_heartml(settings, "serve", "--port", str(port), timeout=60))
+        assert "in use" in message

@@ -1,0 +1,368 @@
+"""Every endpoint of the app over a small synthetic model: no registry, no network."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from heartml.schema import FEATURE_NAMES
+from heartml.serve.app import create_app
+from heartml.serve.fastpath import probe_rows
+from heartml.serve.holder import ModelRef
+from heartml.serve.schemas import EXAMPLE_PATIENT
+from heartml.settings import Settings
+from heartml.train import build_candidate
+
+TOKEN = "unit-test-token"
+
+
+class StaticSource:
+    """A registry stand-in: ``version`` says which pipeline is champion; errors on demand."""
+
+    kind = "registry"
+
+    def __init__(self, pipelines: dict[int, Any]) -> None:
+        self.pipelines = pipelines
+        self.version: int | None = min(pipelines)
+        self.resolve_error: Exception | None = None
+        self.load_error: Exception | None = None
+
+    def describe(self) -> str:
+        return "the test registry"
+
+    def resolve(self) -> ModelRef | None:
+        if self.resolve_error is not None:
+            raise self.resolve_error
+        if self.version is None:
+            return None
+        return ModelRef(
+            name="heart-disease-test",
+            version=self.version,
+            run_id=f"run{self.version}",
+            roc_auc=0.9,
+            model_type="logistic_regression",
+            promoted_at="2026-01-01T00:00:00Z",
+            source="registry",
+            uri=f"models:/heart-disease-test/{self.version}",
+        )
+
+    def load(self, ref: ModelRef) -> Any:
+        if self.load_error is not None:
+            raise self.load_error
+        return self.pipelines[ref.version]
+
+
+def fit_pipeline(seed: int) -> Any:
+    x = probe_rows(150, seed=seed)
+    target = (np.nan_to_num(x[:, 9]) > 2).astype(np.int64)
+    frame = pd.DataFrame(x, columns=list(FEATURE_NAMES))
+    return build_candidate("logistic_regression", {"max_iter": 500}, 42).fit(frame, target)
+
+
+@pytest.fixture(scope="module")
+def pipelines() -> dict[int, Any]:
+    return {1: fit_pipeline(1), 2: fit_pipeline(2)}
+
+
+@pytest.fixture
+def source(pipelines: dict[int, Any]) -> StaticSource:
+    return StaticSource(pipelines)
+
+
+def unit_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "mlflow_tracking_uri": "sqlite:///unused.db",
+        "admin_token": TOKEN,
+        "reload_interval_s": 0,
+        "max_batch_size": 10,
+        "max_body_bytes": 4096,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def client(source: StaticSource) -> Iterator[TestClient]:
+    app = create_app(unit_settings(), source=source, follow=False)
+    app.state.holder.check()
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def metric(client: TestClient, sample: str) -> float:
+    """The value of one sample, named exactly as exposed (labels included)."""
+    for line in client.get("/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    raise AssertionError(f"no sample {sample}")
+
+
+# --- endpoints -------------------------------------------------------------------------------
+
+
+def test_health_ready_and_model(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["model"] == "heart-disease-test/1"
+    info = client.get("/model").json()
+    assert info["name"] == "heart-disease-test"
+    assert info["version"] == 1
+    assert info["run_id"] == "run1"
+    assert info["roc_auc"] == 0.9
+    assert info["model_type"] == "logistic_regression"
+    assert info["promoted_at"] == "2026-01-01T00:00:00Z"
+    assert info["source"] == "registry"
+    assert info["loaded_at"]
+    assert info["predictor"] == "numpy:logistic"
+    assert TOKEN not in json.dumps(info)
+
+
+def test_predict_returns_the_pipelines_probability(
+    client: TestClient, pipelines: dict[int, Any]
+) -> None:
+    response = client.post("/predict", json=EXAMPLE_PATIENT)
+    assert response.status_code == 200
+    body = response.json()
+    frame = pd.DataFrame([EXAMPLE_PATIENT], columns=list(FEATURE_NAMES)).astype(float)
+    expected = pipelines[1].predict_proba(frame)[0, 1]
+    assert body["probability"] == pytest.approx(expected, abs=1e-12)
+    assert body["prediction"] == int(expected > 0.5)
+    assert body["label"] == ("heart disease" if body["prediction"] else "no heart disease")
+    assert (body["model_name"], body["model_version"]) == ("heart-disease-test", 1)
+
+
+def test_batch_predicts_every_row_in_order(client: TestClient) -> None:
+    rows = [{**EXAMPLE_PATIENT, "oldpeak": v} for v in (0.0, 2.0, 4.0, 6.0)]
+    single = [client.post("/predict", json=r).json()["probability"] for r in rows]
+    response = client.post("/predict/batch", json={"instances": rows})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["count"] == 4
+    assert [p["probability"] for p in body["predictions"]] == pytest.approx(single, abs=1e-12)
+
+
+def test_schema_is_the_shared_schema(client: TestClient) -> None:
+    body = client.get("/schema").json()
+    assert [f["name"] for f in body["features"]] == list(FEATURE_NAMES)
+    thal = next(f for f in body["features"] if f["name"] == "thal")
+    assert thal["codes"] == [3, 6, 7]
+    assert body["max_batch_size"] == 10
+
+
+def test_openapi_documents_the_bodies(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["$ref"] == "#/components/schemas/PatientFeatures"
+    assert set(spec["components"]["schemas"]["PatientFeatures"]["properties"]) == set(FEATURE_NAMES)
+    assert "BatchRequest" in spec["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_metrics_use_the_agreed_names(client: TestClient) -> None:
+    client.post("/predict", json=EXAMPLE_PATIENT)
+    client.post("/predict", json={**EXAMPLE_PATIENT, "cp": 0})
+    text = client.get("/metrics").text
+    for name in (
+        'heartml_http_requests_total{endpoint="/predict",method="POST",status="200"}',
+        'heartml_http_requests_total{endpoint="/predict",method="POST",status="422"}',
+        'heartml_http_request_duration_seconds_bucket{endpoint="/predict",le="0.01"}',
+        'heartml_predictions_total{prediction="0"}',
+        'heartml_predictions_total{prediction="1"}',
+        'heartml_model_info{name="heart-disease-test",source="registry",version="1"} 1.0',
+        "heartml_model_version 1.0",
+        "heartml_model_loaded 1.0",
+        'heartml_model_reloads_total{result="success"} 1.0',
+        'heartml_model_reloads_total{result="failure"} 0.0',
+        'heartml_registry_checks_total{result="ok"} 1.0',
+        'heartml_registry_checks_total{result="error"} 0.0',
+    ):
+        assert name in text, name
+
+
+def test_unknown_paths_are_one_metric_series(client: TestClient) -> None:
+    for path in ("/a", "/b", "/c/d"):
+        assert client.get(path).status_code == 404
+    text = client.get("/metrics").text
+    assert 'heartml_http_requests_total{endpoint="other",method="other",status="404"} 3.0' in text
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "locs"),
+    [
+        ({**EXAMPLE_PATIENT, "cp": 0}, [["body", "cp"]]),
+        ({**EXAMPLE_PATIENT, "thal": 2}, [["body", "thal"]]),
+        ({**EXAMPLE_PATIENT, "age": "sixty"}, [["body", "age"]]),
+        ({**EXAMPLE_PATIENT, "chol": 1000}, [["body", "chol"]]),
+        ({**EXAMPLE_PATIENT, "extra": 1}, [["body", "extra"]]),
+        ({k: v for k, v in EXAMPLE_PATIENT.items() if k != "sex"}, [["body", "sex"]]),
+        (
+            {**EXAMPLE_PATIENT, "cp": 0, "thal": 2, "bogus": 1},
+            [["body", f] for f in ("cp", "thal", "bogus")],
+        ),
+    ],
+)
+def test_invalid_patients_are_422_with_one_entry_per_field(
+    client: TestClient, payload: dict[str, Any], locs: list[list[str]]
+) -> None:
+    response = client.post("/predict", json=payload)
+    assert response.status_code == 422
+    assert sorted(e["loc"] for e in response.json()["detail"]) == sorted(locs)
+    assert all({"loc", "msg", "type"} == set(e) for e in response.json()["detail"])
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"{'age': 1}", b"[]", b"null", b'"x"', b"[" * 4000])
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+def test_malformed_json_is_422(client: TestClient, path: str, raw: bytes) -> None:
+    response = client.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        ({"instances": []}, 422),
+        ({"instances": "x"}, 422),
+        ({}, 422),
+        ({"instances": [EXAMPLE_PATIENT], "more": 1}, 422),
+        ({"instances": [EXAMPLE_PATIENT] * 10}, 200),
+        ({"instances": [EXAMPLE_PATIENT] * 11}, 413),
+    ],
+)
+def test_batch_limits(client: TestClient, payload: dict[str, Any], status: int) -> None:
+    assert client.post("/predict/batch", json=payload).status_code == status
+
+
+def test_batch_errors_name_the_row(client: TestClient) -> None:
+    rows = [EXAMPLE_PATIENT, {**EXAMPLE_PATIENT, "cp": 0}, {**EXAMPLE_PATIENT, "ca": 9}]
+    response = client.post("/predict/batch", json={"instances": rows})
+    assert response.status_code == 422
+    locs = [e["loc"] for e in response.json()["detail"]]
+    assert locs == [["body", "instances", 1, "cp"], ["body", "instances", 2, "ca"]]
+
+
+def test_bodies_over_the_limit_are_413_declared_or_streamed(client: TestClient) -> None:
+    big = b"{" + b" " * 5000 + b"}"
+    assert client.post("/predict", content=big).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(10):
+            yield b" " * 1000
+
+    streamed = client.post("/predict", content=chunks())  # chunked: no Content-Length
+    assert streamed.status_code == 413
+    assert client.post("/predict", json=EXAMPLE_PATIENT).status_code == 200
+
+
+# --- no model, reloads, admin ------------------------------------------------------------------
+
+
+def test_without_a_model_ready_model_and_predict_say_why(source: StaticSource) -> None:
+    source.resolve_error = ConnectionError("Connection refused")
+    app = create_app(unit_settings(), source=source, follow=False)
+    app.state.holder.check()
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        for response in (
+            client.get("/ready"),
+            client.get("/model"),
+            client.post("/predict", json=EXAMPLE_PATIENT),
+            client.post("/predict/batch", json={"instances": [EXAMPLE_PATIENT]}),
+        ):
+            assert response.status_code == 503
+            reason = response.json().get("reason") or response.json()["detail"]
+            assert "Connection refused" in reason
+        # Bad input is still bad input.
+        assert client.post("/predict", json={"cp": 0}).status_code == 422
+        assert metric(client, "heartml_model_loaded") == 0.0
+        assert metric(client, 'heartml_registry_checks_total{result="error"}') == 1.0
+
+
+def test_a_new_champion_is_swapped_in_and_a_failed_load_keeps_the_old(
+    client: TestClient, source: StaticSource
+) -> None:
+    holder = client.app.state.holder  # type: ignore[attr-defined]
+    source.version = 2
+    assert holder.check().result == "reloaded"
+    assert client.get("/model").json()["version"] == 2
+    assert client.post("/predict", json=EXAMPLE_PATIENT).json()["model_version"] == 2
+
+    source.version = 1
+    source.load_error = OSError("artifact store unreachable")
+    outcome = holder.check()
+    assert outcome.result == "failed"
+    info = client.get("/model").json()
+    assert info["version"] == 2  # still serving the old one
+    assert "artifact store unreachable" in info["last_error"]
+    assert info["failed_reloads"] == 1
+    assert client.post("/predict", json=EXAMPLE_PATIENT).status_code == 200
+    assert metric(client, 'heartml_model_reloads_total{result="failure"}') == 1.0
+    text = client.get("/metrics").text
+    assert 'heartml_model_info{name="heart-disease-test",source="registry",version="2"} 1.0' in text
+    assert 'version="1"' not in text.split("heartml_model_info")[-1].split("\n")[0]
+
+
+def test_admin_reload_needs_the_token(client: TestClient, source: StaticSource) -> None:
+    assert client.post("/admin/reload").status_code == 401
+    wrong = client.post("/admin/reload", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert wrong.headers["WWW-Authenticate"] == "Bearer"
+    assert TOKEN not in wrong.text
+    source.version = 2
+    ok = client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+    assert ok.json()["result"] == "reloaded"
+    assert ok.json()["model"]["version"] == 2
+    again = client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert again.json()["result"] == "unchanged"
+    source.resolve_error = ConnectionError("down")
+    failed = client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert failed.status_code == 502
+    assert failed.json()["model"]["version"] == 2
+
+
+def test_admin_is_disabled_without_a_token(source: StaticSource) -> None:
+    app = create_app(unit_settings(admin_token=None), source=source, follow=False)
+    with TestClient(app) as client:
+        response = client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
+        assert response.status_code == 404
+        assert "HEARTML_ADMIN_TOKEN" in response.json()["detail"]
+
+
+def test_cors_only_when_configured(source: StaticSource) -> None:
+    origin = {"Origin": "https://dash.example"}
+    app = create_app(unit_settings(), source=source, follow=False)
+    with TestClient(app) as client:
+        assert "access-control-allow-origin" not in client.get("/health", headers=origin).headers
+    app = create_app(
+        unit_settings(cors_origins=["https://dash.example"]), source=source, follow=False
+    )
+    with TestClient(app) as client:
+        allowed = client.get("/health", headers=origin).headers
+        assert allowed["access-control-allow-origin"] == "https://dash.example"
+
+
+def test_the_background_loader_retries_until_the_source_answers(source: StaticSource) -> None:
+    import time
+
+    source.resolve_error = ConnectionError("down")
+    app = create_app(unit_settings(), source=source)
+    with TestClient(app) as client:
+        time.sleep(0.3)
+        assert client.get("/ready").status_code == 503
+        source.resolve_error = None
+        deadline = time.monotonic() + 10
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.1)
