@@ -1,7 +1,7 @@
 # Serving: run the API and benchmark it against mlflow models serve (export: see delivery.mk).
 # Included by the main Makefile (-include mk/*.mk); uses its $(PY), $(HEARTML) and install.
 
-.PHONY: serve bench
+.PHONY: serve bench soak
 
 BENCH_ARGS ?=
 
@@ -14,3 +14,6 @@ bench: install ## Benchmark /predict against mlflow models serve on the same cha
 		apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
 	}
 	$(PY) bench/serve.py $(BENCH_ARGS)
+
+soak: install ## Soak: 5 min at concurrency 32 against heartml serve with a promotion every 30 s (prints the figures)
+	$(PY) bench/soak.py $(SOAK_ARGS)

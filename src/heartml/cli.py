@@ -207,10 +207,15 @@ def train(
     ] = True,
 ) -> None:
     """Train every candidate, log and register them in MLflow, tag and promote the best."""
+    from rich.console import Console
+
     from heartml.train import train_candidates
 
     settings = _settings(experiment_config=config)
-    with _user_errors():
+    with (
+        _user_errors(),
+        Console(stderr=True).status("Training, evaluating and registering the candidates…"),
+    ):
         result = train_candidates(settings, promote=promote)
     _print_training(result)
 
@@ -329,6 +334,7 @@ def promote(
                     f"✅ Found best model: {best.name} v{best.version} "
                     f"(ROC-AUC: {_score(best.roc_auc)})"
                 )
+                typer.echo(f" Looking for model: {best.name}")
             result = registry.promote_best(settings, force=force, dry_run=dry_run)
         elif rollback:
             result = registry.rollback(settings, dry_run=dry_run)
@@ -411,7 +417,10 @@ def format_family(state: FamilyState) -> str:
         lines += ["", "⚠️  The champion alias and the Production stage disagree:"]
         lines += [f"   - {note}" for note in notes]
         if champion is not None:
-            lines.append(f"   Resolve with: heartml promote {champion.name} {champion.version}")
+            lines.append(
+                f"   Resolve with: heartml promote {champion.name} {champion.version}"
+                "  (or NAME VERSION of the version you want as champion)"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -191,6 +191,7 @@ def fetch_file(spec: SourceFile, settings: Settings, *, force: bool = False) -> 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=cache)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o644)  # mkstemp makes it private; the cache is ordinary readable data
     try:
         _fetch_to(settings.data_source, spec.filename, tmp, settings.download_timeout_s)
         actual = sha256_of(tmp)

@@ -13,6 +13,7 @@ family converges to exactly one champion, which is the only version in Productio
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
@@ -152,7 +153,10 @@ class FamilyState:
             )
         for other in self.alias_holders:
             if other is not champion:
-                notes.append(f"{other.ref} also holds '{self.alias}' (an interrupted promotion)")
+                notes.append(
+                    f"{other.ref} also holds '{self.alias}' (set by hand, or an interrupted "
+                    "promotion)"
+                )
         if champion.stage != PRODUCTION:
             notes.append(f"champion {champion.ref} is in stage {champion.stage}, not {PRODUCTION}")
         for other in self.in_production:
@@ -512,21 +516,41 @@ def _transition(client: MlflowClient, version: VersionInfo, stage: str) -> str |
     return None
 
 
+RECONCILE_PASSES = 3
+
+
 def reconcile_family(
     settings: Settings, client: MlflowClient
 ) -> tuple[FamilyState, list[str], list[str]]:
     """Demote every claim but the winning one; put the winner in Production.
 
-    Returns the state read, what was archived, and warnings of stage moves that failed.
+    Reads, acts, and reads again until the family is consistent (a few passes at most): a
+    concurrent promotion may have moved things between the read and the writes, and the pass
+    after it repairs whatever a stale read got wrong. Returns the last state read, what was
+    archived, and warnings of stage moves that failed.
     """
-    state = read_family(settings, client)
-    champion = state.champion
     archived: list[str] = []
     warnings: list[str] = []
-    if champion is None:
-        return state, archived, warnings
+    state = read_family(settings, client)
+    for _ in range(RECONCILE_PASSES):
+        champion = state.champion
+        if champion is None or state.consistent:
+            break
+        warnings = []
+        _reconcile_once(settings, client, state, champion, archived, warnings)
+        state = read_family(settings, client)
+    return state, sorted(set(archived)), warnings
 
-    def _reconcile() -> None:
+
+def _reconcile_once(
+    settings: Settings,
+    client: MlflowClient,
+    state: FamilyState,
+    champion: VersionInfo,
+    archived: list[str],
+    warnings: list[str],
+) -> None:
+    def _act() -> None:
         for other in state.alias_holders:
             if other is not champion:
                 client.delete_registered_model_alias(other.name, settings.champion_alias)
@@ -537,6 +561,8 @@ def reconcile_family(
         losers = {v.ref: v for v in (*state.alias_holders, *state.in_production)}
         losers.pop(champion.ref, None)
         for loser in losers.values():
+            if loser.stage == ARCHIVED:
+                continue
             if (warning := _transition(client, loser, ARCHIVED)) is not None:
                 warnings.append(warning)
             else:
@@ -547,8 +573,7 @@ def reconcile_family(
         ):
             warnings.append(warning)
 
-    call_store(settings, _reconcile)
-    return state, archived, warnings
+    call_store(settings, _act)
 
 
 def promote_version(
@@ -626,12 +651,16 @@ def promote_version(
         tags = {
             TAG_PROMOTED_AT: when,
             TAG_PROMOTED_BY: event["by"],
-            TAG_PREVIOUS: event["previous"] or "",
             TAG_REASON: reason,
             EVENT_PREFIX + when.replace(":", "").replace("-", "").replace(".", ""): json.dumps(
                 event, sort_keys=True
             ),
         }
+        if event["previous"]:
+            tags[TAG_PREVIOUS] = event["previous"]
+        else:  # a first promotion, or again after the family had no champion
+            with contextlib.suppress(Exception):
+                client.delete_model_version_tag(target.name, str(target.version), TAG_PREVIOUS)
         for key, value in tags.items():
             client.set_model_version_tag(target.name, str(target.version), key, str(value))
         for holder in state.alias_holders:
@@ -724,7 +753,7 @@ def rollback(settings: Settings, *, dry_run: bool = False) -> PromotionResult:
     if not previous or "/" not in previous:
         raise NotFoundError(f"champion {current.ref} has no previous champion to roll back to")
     name, _, version = previous.rpartition("/")
-    return promote_version(
+    result = promote_version(
         settings,
         name,
         int(version),
@@ -732,6 +761,20 @@ def rollback(settings: Settings, *, dry_run: bool = False) -> PromotionResult:
         dry_run=dry_run,
         state=state,
     )
+    if result.outcome is Outcome.PROMOTED:
+        # The restored version becomes the one tagged best, so the next `--auto` (every
+        # pipeline run) confirms the rollback instead of promoting the rolled-back version
+        # again; a new training session tags its own winner as usual.
+        client = get_client(settings)
+
+        def _move_best() -> None:
+            client.set_model_version_tag(name, version, TAG_BEST, "true")
+            for other in read_family(settings, client).versions:
+                if other.is_best and other.ref != result.target.ref:
+                    client.set_model_version_tag(other.name, str(other.version), TAG_BEST, "false")
+
+        call_store(settings, _move_best)
+    return result
 
 
 def resolve_champion(settings: Settings) -> VersionInfo | None:

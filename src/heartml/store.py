@@ -80,7 +80,10 @@ def _read_sqlite(uri: str, prefix: str) -> RawFamily | None:
         # A store that does not exist yet: let MLflow create and migrate it.
         return None
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, isolation_level=None)
+        try:
+            # One read transaction: the four SELECTs see one snapshot of the registry.
+            db.execute("BEGIN")
             names = [
                 row[0]
                 for row in db.execute("SELECT name FROM registered_models ORDER BY name")
@@ -115,6 +118,8 @@ def _read_sqlite(uri: str, prefix: str) -> RawFamily | None:
                 )
                 if name in wanted
             )
+        finally:
+            db.close()
     except sqlite3.Error:
         # A schema this reader does not know (a newer MLflow): the client knows better.
         return None

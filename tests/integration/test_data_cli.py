@@ -39,6 +39,15 @@ def test_download_then_reuse_the_verified_cache(tmp_path: Path, mirror: Path) ->
     assert cache_listing(settings.data_dir) == ["processed.cleveland.data"]
 
 
+def test_source_flag_overrides_the_environment(tmp_path: Path, mirror: Path) -> None:
+    settings = make_settings(tmp_path, tmp_path / "not-a-mirror")
+    refused = run_heartml(settings, "data", "download")
+    assert refused.returncode == 1
+    flagged = run_heartml(settings, "data", "download", "--source", str(mirror))
+    assert flagged.returncode == 0, flagged.stderr
+    assert (settings.data_dir / "processed.cleveland.data").stat().st_mode & 0o044 == 0o044
+
+
 def test_all_sites_and_validate(tmp_path: Path, mirror: Path) -> None:
     settings = make_settings(tmp_path, mirror)
     assert run_heartml(settings, "data", "download", "--all-sites").returncode == 0

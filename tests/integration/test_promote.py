@@ -262,13 +262,11 @@ def test_dry_run_changes_nothing(registry: Registry) -> None:
     registry.add("knn", 0.95, best=True)
     before = registry.run("--list", "--json").stdout
 
-    for args in (
-        ["--auto", "--dry-run"],
-        [registry.prefix + "knn", "--dry-run"],
-        ["--rollback", "--dry-run"],
-    ):
-        result = registry.run(*args)
-        assert result.returncode in (0, 1), result.stderr
+    # svm was the first champion: there is nothing to roll back to (exit 1).
+    expected = {"--auto": 0, registry.prefix + "knn": 0, "--rollback": 1}
+    for first_arg, code in expected.items():
+        result = registry.run(first_arg, "--dry-run")
+        assert result.returncode == code, (first_arg, result.stdout, result.stderr)
     auto = registry.run("--auto", "--dry-run", "--json")
     assert json.loads(auto.stdout)["outcome"] == "dry_run"
     assert f"would archive {registry.prefix}svm/{first}" in json.loads(auto.stdout)["message"]
@@ -301,6 +299,12 @@ def test_rollback_restores_the_previous_champion_and_history_lists_both(
     assert rolled.returncode == 0, rolled.stderr
     assert registry.assert_one_champion() == f"{registry.prefix}svm/{first}"
     assert registry.state().find(registry.prefix + "logistic_regression").stage == "Archived"
+
+    # The next pipeline run's `--auto` confirms the rollback instead of undoing it.
+    again = registry.run("--auto")
+    assert again.returncode == 0, again.stderr
+    assert "already champion" in again.stdout
+    assert registry.assert_one_champion() == f"{registry.prefix}svm/{first}"
 
     text = registry.run("--history").stdout
     assert text.count(f"{registry.prefix}svm v{first}") == 2

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from conftest import make_settings, run_heartml
 from heartml.data import load_dataset
 from heartml.features import split_features_target
-from heartml.registry import read_with_client
+from heartml.registry import configure_mlflow, read_with_client
 from heartml.settings import Settings
 from heartml.train import train_candidates
 
@@ -24,7 +24,8 @@ CANDIDATES = {"logistic_regression", "random_forest", "gradient_boosting", "svm"
 
 
 def client_for(settings: Settings) -> MlflowClient:
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    # Both URIs: an earlier test in this process may have pointed the registry elsewhere.
+    configure_mlflow(settings)
     return MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
 
 
@@ -111,6 +112,18 @@ def test_best_model_loads_with_pyfunc_and_scores_all_rows(trained_root: Path, mi
     assert scores.shape == (303, 2)
     assert np.allclose(scores.sum(axis=1), 1.0)
     assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_every_candidate_loads_with_pyfunc_as_serving_loads_it(
+    trained_root: Path, mirror: Path
+) -> None:
+    settings = make_settings(trained_root, mirror)
+    client = client_for(settings)
+    features, _ = split_features_target(load_dataset(settings).frame)
+    for version in client.search_model_versions("name LIKE 'heart-disease-%'"):
+        model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+        scores = np.asarray(model.predict(features.head(50)))
+        assert scores.shape == (50, 2), version.name
 
 
 def test_second_session_adds_versions_keeps_one_best_and_same_metrics(

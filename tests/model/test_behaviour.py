@@ -10,7 +10,7 @@ import pytest
 from conftest import make_settings
 from heartml.data import load_dataset
 from heartml.features import split_features_target
-from heartml.registry import read_family
+from heartml.registry import configure_mlflow, read_family
 from heartml.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def settings(trained_root: Path, mirror: Path) -> Settings:
     settings = make_settings(trained_root, mirror)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    # Both URIs: an earlier test in this process may have pointed the registry elsewhere.
+    configure_mlflow(settings)
     return settings
 
 
