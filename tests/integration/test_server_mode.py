@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -39,8 +40,9 @@ def postgres_available() -> bool:
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not postgres_available() or shutil.which("apt-get") is None:
         pytest.skip("PostgreSQL is not installed and cannot be installed here (needs root + apt)")
-    run_dir = tmp_path_factory.mktemp("pg-server")
-    run_dir.chmod(0o755)  # the postgres user must reach its data directory
+    # Not under pytest's private (0700) temp tree: the postgres user must reach its data.
+    run_dir = Path(tempfile.mkdtemp(prefix="heartml-pg-"))
+    run_dir.chmod(0o755)
     env = {
         **os.environ,
         "HEARTML_RUN_DIR": str(run_dir),
@@ -67,6 +69,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         subprocess.run(
             ["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120, check=False
         )
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def get_json(url: str) -> dict[str, object]:
