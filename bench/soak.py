@@ -39,10 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PATIENT = {
-    "age": 63, "sex": 1, "cp": 1, "trestbps": 145, "chol": 233, "fbs": 1, "restecg": 2,
-    "thalach": 150, "exang": 0, "oldpeak": 2.3, "slope": 3, "ca": 0, "thal": 6,
-}  # fmt: skip
 TOKEN = "soak-admin-token"
 
 
@@ -131,7 +127,9 @@ async def drive(
     latencies: list[float] = []
     failures = 0
     wrong: list[str] = []
-    body = json.dumps(PATIENT)
+    from heartml.schema import EXAMPLE_PATIENT
+
+    body = json.dumps(EXAMPLE_PATIENT)
     deadline = time.monotonic() + duration
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=api, limits=limits, timeout=30) as client:

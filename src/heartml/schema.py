@@ -121,6 +121,13 @@ CATEGORICAL_FEATURES: tuple[str, ...] = tuple(
 )
 BINARY_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.kind is Kind.BINARY)
 
+# Cleveland row 1 (a 63-year-old man, typical angina, ST depression 2.3): the example in the
+# API's documentation, the benchmarks and the tests.
+EXAMPLE_PATIENT: dict[str, float | int] = {
+    "age": 63, "sex": 1, "cp": 1, "trestbps": 145, "chol": 233, "fbs": 1, "restecg": 2,
+    "thalach": 150, "exang": 0, "oldpeak": 2.3, "slope": 3, "ca": 0, "thal": 6,
+}  # fmt: skip
+
 POSITIVE_LABEL = "heart disease"
 NEGATIVE_LABEL = "no heart disease"
 

@@ -21,15 +21,13 @@ import pytest
 
 from conftest import REPO, free_port, make_settings, run_heartml, settings_env, wait_for_http
 from heartml.registry import read_family
+from heartml.schema import EXAMPLE_PATIENT
 from heartml.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 SCRIPT = REPO / "scripts" / "mlflow-server.sh"
-PATIENT = {
-    "age": 63, "sex": 1, "cp": 1, "trestbps": 145, "chol": 233, "fbs": 1, "restecg": 2,
-    "thalach": 150, "exang": 0, "oldpeak": 2.3, "slope": 3, "ca": 0, "thal": 6,
-}  # fmt: skip
+PATIENT = EXAMPLE_PATIENT
 
 
 def postgres_available() -> bool:

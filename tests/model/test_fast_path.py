@@ -67,8 +67,7 @@ def test_risk_rises_with_st_depression_through_the_served_model(
     predictor = compile_predictor(
         mlflow.sklearn.load_model(f"models:/{champion.name}/{champion.version}")
     )
-    from heartml.schema import FEATURE_NAMES
-    from heartml.serve.schemas import EXAMPLE_PATIENT
+    from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES
 
     base = np.array([[EXAMPLE_PATIENT[n] for n in FEATURE_NAMES]], dtype=np.float64)
     oldpeak = FEATURE_NAMES.index("oldpeak")

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from heartml.schema import FEATURES, NEGATIVE_LABEL, POSITIVE_LABEL, Feature
+from heartml.schema import EXAMPLE_PATIENT, FEATURES, NEGATIVE_LABEL, POSITIVE_LABEL, Feature
 
 
 def _reject_non_numbers(value: Any) -> Any:
@@ -89,34 +89,12 @@ def _field(feature: Feature) -> tuple[Any, Any]:
     return annotated, field
 
 
-def _example() -> dict[str, Any]:
-    sample = {
-        "age": 63,
-        "sex": 1,
-        "cp": 1,
-        "trestbps": 145,
-        "chol": 233,
-        "fbs": 1,
-        "restecg": 2,
-        "thalach": 150,
-        "exang": 0,
-        "oldpeak": 2.3,
-        "slope": 3,
-        "ca": 0,
-        "thal": 6,
-    }
-    # Only schema fields, in schema order: a renamed feature cannot leave a stale example.
-    return {f.name: sample.get(f.name, f.codes[0] if f.codes else f.minimum) for f in FEATURES}
-
-
-EXAMPLE_PATIENT = _example()
-
 PatientFeatures: type[BaseModel] = create_model(  # type: ignore[call-overload]
     "PatientFeatures",
     __config__=ConfigDict(
         extra="forbid",
         frozen=True,
-        json_schema_extra={"examples": [EXAMPLE_PATIENT]},
+        json_schema_extra={"examples": [dict(EXAMPLE_PATIENT)]},
     ),
     __doc__="One patient in UCI coding: the 13 features the models were trained on.",
     **{f.name: _field(f) for f in FEATURES},
