@@ -10,7 +10,9 @@ It then prints:
 - how many responses carried a model version that was *not* champion when they were answered.
   A promotion is a window (from the first registry write to the end of the reload that follows
   it) in which either the old or the new champion is correct; outside such windows the answer
-  must come from the champion of the moment.
+  must come from the champion of the moment. The server answers somewhere between a request's
+  send and its receipt, so a response is correct if its version was champion at any moment of
+  that span (a request in flight during a swap finishes on the old model, by design).
 
     .venv/bin/python bench/soak.py [--duration 300] [--concurrency 32] [--every 30]
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import json
 import os
 import shutil
@@ -49,17 +50,20 @@ class Timeline:
     changes: list[tuple[float, float, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def acceptable(self, answered_at: float) -> set[str]:
+    def acceptable(self, sent_at: float, answered_at: float) -> set[str]:
+        """Versions that were champion at some moment while this request was being answered.
+
+        Champion i is correct from the start of its promotion window until the end of the
+        next one; the server answered somewhere between the request's send and its receipt.
+        """
         with self.lock:
-            starts = [c[0] for c in self.changes]
-            index = bisect.bisect_right(starts, answered_at) - 1
-            if index < 0:
-                return set()
-            _, end, ref = self.changes[index]
-            allowed = {ref}
-            if answered_at <= end and index > 0:
-                allowed.add(self.changes[index - 1][2])  # still inside the promotion window
-            return allowed
+            changes = list(self.changes)
+        allowed = set()
+        for index, (start, _, ref) in enumerate(changes):
+            until = changes[index + 1][1] if index + 1 < len(changes) else float("inf")
+            if start <= answered_at and until >= sent_at:
+                allowed.add(ref)
+        return allowed
 
 
 def free_port() -> int:
@@ -152,7 +156,7 @@ async def drive(
                 latencies.append(answered - sent)
                 data = response.json()
                 ref = f"{data['model_name']}/{data['model_version']}"
-                if ref not in timeline.acceptable(answered):
+                if ref not in timeline.acceptable(sent, answered):
                     wrong.append(f"{ref} at +{answered:.1f}")
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))

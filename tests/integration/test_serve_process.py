@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -36,7 +37,7 @@ from heartml.registry import (
     read_family,
     tag_candidate_version,
 )
-from heartml.serve.schemas import EXAMPLE_PATIENT
+from heartml.schema import EXAMPLE_PATIENT
 from heartml.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -144,6 +145,57 @@ def test_unreachable_tracking_server_at_start_then_ready(
             server.stop()
         # The server going away again changes nothing for what is served.
         assert httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).status_code == 200
+    assert "Traceback" not in log.read_text()
+
+
+def registry_errors(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(r'heartml_registry_checks_total\{result="error"\} ([0-9.e+]+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.server
+def test_tracking_server_stopping_while_serving(
+    trained_settings: Settings, tmp_path: Path, mirror: Path
+) -> None:
+    """The server dies under a running API: it keeps serving, says so, and catches up."""
+    server = MlflowServer(tmp_path / "server")
+    remote = make_settings(tmp_path / "remote", mirror, mlflow_tracking_uri=server.uri)
+    log = tmp_path / "serve.log"
+    token = "never-print-this-admin-token"
+    server.start()
+    try:
+        version = copy_champion(trained_settings, remote)
+        env = {"HEARTML_REGISTRY_RETRIES": "0", "HEARTML_ADMIN_TOKEN": token}
+        with heartml_serve(remote, log=log, env=env) as (url, _):
+            assert wait_ready(url, 90, log)["version"] == version
+            server.stop()
+            before = registry_errors(url)
+            time.sleep(3.0)  # several checks at a 1 s interval, all failing
+            for _ in range(20):
+                answer = httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT)
+                assert answer.status_code == 200
+                assert answer.json()["model_version"] == version
+            assert httpx.get(f"{url}/ready").status_code == 200
+            model = httpx.get(f"{url}/model").json()
+            assert model["version"] == version
+            assert model["last_error"], model
+            assert registry_errors(url) > before
+
+            server.start()  # the server returns on the same address, with the same store
+            newer = copy_champion(trained_settings, remote)  # promoted after the return
+            assert newer != version
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{url}/model").json()["version"] != newer:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.3)
+            assert (
+                httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).json()["model_version"] == newer
+            )
+            assert token not in httpx.get(f"{url}/model").text
+    finally:
+        server.stop()
+    assert token not in log.read_text()
     assert "Traceback" not in log.read_text()
 
 

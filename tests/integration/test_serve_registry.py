@@ -18,9 +18,8 @@ from conftest import free_port
 from heartml.data import load_dataset
 from heartml.features import split_features_target
 from heartml.registry import configure_mlflow, get_client, promote_version, read_family
-from heartml.schema import FEATURE_NAMES
+from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES
 from heartml.serve.app import create_app
-from heartml.serve.schemas import EXAMPLE_PATIENT
 from heartml.settings import Settings
 
 pytestmark = pytest.mark.slow

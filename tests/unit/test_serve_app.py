@@ -11,11 +11,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from heartml.schema import FEATURE_NAMES
+from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES
 from heartml.serve.app import create_app
 from heartml.serve.fastpath import probe_rows
 from heartml.serve.holder import ModelRef
-from heartml.serve.schemas import EXAMPLE_PATIENT
 from heartml.settings import Settings
 from heartml.train import build_candidate
 
