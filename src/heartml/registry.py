@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -775,20 +774,3 @@ def rollback(settings: Settings, *, dry_run: bool = False) -> PromotionResult:
 
         call_store(settings, _move_best)
     return result
-
-
-def resolve_champion(settings: Settings) -> VersionInfo | None:
-    """The version serving should load: the alias holder, else the Production version."""
-    return read_family(settings).champion
-
-
-def wait_for_store(settings: Settings, attempts: int = 30, delay_s: float = 1.0) -> None:
-    """Block until the store answers (used by pre-start checks)."""
-    for attempt in range(attempts):
-        try:
-            read_family(settings)
-            return
-        except StoreUnavailableError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(delay_s)
