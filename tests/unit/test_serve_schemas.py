@@ -8,14 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from heartml.schema import (
-    EXAMPLE_PATIENT,
-    FEATURE_NAMES,
-    FEATURES,
-    FEATURES_BY_NAME,
-    BatchRequest,
-    PatientFeatures,
-)
+from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES, FEATURES, FEATURES_BY_NAME
+from heartml.serve.schemas import BatchRequest, PatientFeatures
 
 
 def errors_of(payload: Any) -> list[dict[str, Any]]:
