@@ -123,6 +123,18 @@ def trained_settings(trained_root: Path, tmp_path: Path, mirror: Path) -> Settin
     return make_settings(root, mirror, artifact_dir=trained_root / "mlartifacts")
 
 
+def assert_one_champion(settings: Settings) -> str:
+    """Exactly one version holds the champion alias and it is the only one in Production."""
+    from heartml.registry import read_family
+
+    state = read_family(settings)
+    holders = [v.ref for v in state.alias_holders]
+    production = [v.ref for v in state.in_production]
+    assert len(holders) == 1, holders
+    assert production == holders, (production, holders)
+    return holders[0]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -335,7 +335,7 @@ def promote(
                     f"(ROC-AUC: {_score(best.roc_auc)})"
                 )
                 typer.echo(f" Looking for model: {best.name}")
-            result = registry.promote_best(settings, force=force, dry_run=dry_run)
+            result = registry.promote_best(settings, force=force, dry_run=dry_run, state=before)
         elif rollback:
             result = registry.rollback(settings, dry_run=dry_run)
         else:

@@ -100,7 +100,7 @@ def _replace_directory(staged: Path, directory: Path) -> None:
 
 def export_champion(settings: Settings, directory: Path) -> ExportResult:
     """Write the champion's model files and ``model.json`` to ``directory``."""
-    from heartml.registry import TAG_MODEL_TYPE, TAG_PROMOTED_AT, configure_mlflow, read_family
+    from heartml.registry import configure_mlflow, read_family
     from heartml.serve.holder import now_iso
 
     champion = read_family(settings).champion
@@ -117,7 +117,7 @@ def export_champion(settings: Settings, directory: Path) -> ExportResult:
         import mlflow.sklearn
 
         configure_mlflow(settings)
-        uri = f"models:/{champion.name}/{champion.version}"
+        uri = champion.uri
         try:
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staged))
             # What is exported must load the way serving loads it.
@@ -132,8 +132,8 @@ def export_champion(settings: Settings, directory: Path) -> ExportResult:
             version=champion.version,
             run_id=champion.run_id,
             roc_auc=champion.roc_auc,
-            model_type=champion.tags.get(TAG_MODEL_TYPE),
-            promoted_at=champion.tags.get(TAG_PROMOTED_AT),
+            model_type=champion.model_type,
+            promoted_at=champion.promoted_at,
             exported_at=now_iso(),
         )
         (staged / MODEL_INFO_FILE).write_text(

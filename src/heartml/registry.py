@@ -91,13 +91,25 @@ class VersionInfo:
             return None
 
     @property
+    def model_type(self) -> str | None:
+        return self.tags.get(TAG_MODEL_TYPE)
+
+    @property
+    def promoted_at(self) -> str | None:
+        return self.tags.get(TAG_PROMOTED_AT)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
     def is_best(self) -> bool:
         return self.tags.get(TAG_BEST, "").lower() == "true"
 
     @property
     def claim_key(self) -> tuple[str, str, int]:
         """Order of champion claims: the latest promotion wins; name and version break ties."""
-        return self.tags.get(TAG_PROMOTED_AT, ""), self.name, self.version
+        return self.promoted_at or "", self.name, self.version
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,16 +451,19 @@ def tag_best_version(
     def _tag() -> None:
         tag_candidate_version(settings, name, version, roc_auc, model_type)
         client.set_model_version_tag(name, version, TAG_BEST, "true")
-        state = read_family(settings, client)
-        marked = [v for v in state.versions if v.is_best]
-        if not marked:
-            return
-        newest = max(marked, key=lambda v: (v.created_ms, v.name, v.version))
-        for other in marked:
-            if other is not newest:
-                client.set_model_version_tag(other.name, str(other.version), TAG_BEST, "false")
+        marked = [v for v in read_family(settings, client).versions if v.is_best]
+        if marked:
+            newest = max(marked, key=lambda v: (v.created_ms, v.name, v.version))
+            _untag_best_except(client, marked, newest.ref)
 
     call_store(settings, _tag)
+
+
+def _untag_best_except(client: MlflowClient, marked: list[VersionInfo], keep: str) -> None:
+    """Set ``best_model=false`` on every marked version but ``keep`` (a ``name/version``)."""
+    for other in marked:
+        if other.ref != keep:
+            client.set_model_version_tag(other.name, str(other.version), TAG_BEST, "false")
 
 
 # --------------------------------------------------------------------------------------------
@@ -700,9 +715,10 @@ def promote_best(
     reason: str = "auto-promotion of the best model",
     force: bool = False,
     dry_run: bool = False,
+    state: FamilyState | None = None,
 ) -> PromotionResult:
     """Find the version tagged ``best_model=true`` and promote it through the gate."""
-    state = read_family(settings)
+    state = state or read_family(settings)
     best = state.best_tagged()
     return promote_version(
         settings,
@@ -768,9 +784,8 @@ def rollback(settings: Settings, *, dry_run: bool = False) -> PromotionResult:
 
         def _move_best() -> None:
             client.set_model_version_tag(name, version, TAG_BEST, "true")
-            for other in read_family(settings, client).versions:
-                if other.is_best and other.ref != result.target.ref:
-                    client.set_model_version_tag(other.name, str(other.version), TAG_BEST, "false")
+            marked = [v for v in read_family(settings, client).versions if v.is_best]
+            _untag_best_except(client, marked, result.target.ref)
 
         call_store(settings, _move_best)
     return result

@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import MlflowServer, free_port, make_settings, run_heartml, settings_env
+from conftest import (
+    MlflowServer,
+    assert_one_champion,
+    free_port,
+    make_settings,
+    run_heartml,
+    settings_env,
+)
 from heartml.registry import promote_version, read_family
 from heartml.settings import Settings
 
@@ -116,12 +123,6 @@ def build_family(uri: str, prefix: str) -> None:
         )
 
 
-def assert_one_champion(settings: Settings, expected: str) -> None:
-    state = read_family(settings)
-    assert [v.ref for v in state.alias_holders] == [expected]
-    assert [v.ref for v in state.in_production] == [expected]
-
-
 @pytest.mark.slow
 # A full `promote --auto` makes 26 requests here; cut at points across the whole write path.
 @pytest.mark.parametrize("cut_after", [4, 7, 9, 11, 13, 16])
@@ -156,7 +157,7 @@ def test_server_dying_mid_promotion_then_rerun_completes_it(
     try:
         again = run_heartml(through_proxy, "promote", "--auto", timeout=120)
         assert again.returncode == 0, again.stderr
-        assert_one_champion(direct, f"{prefix}knn/1")
+        assert assert_one_champion(direct) == f"{prefix}knn/1"
         assert read_family(direct).find(prefix + "svm", 1).stage == "Archived"
     finally:
         back.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, MlflowServer, free_port, make_settings, settings_env
+from conftest import REPO, MlflowServer, assert_one_champion, free_port, make_settings, settings_env
 from heartml.registry import (
     PRODUCTION,
     FamilyState,
@@ -63,12 +63,7 @@ class Registry:
         return champion.ref if champion else None
 
     def assert_one_champion(self) -> str:
-        state = self.state()
-        holders = [v.ref for v in state.alias_holders]
-        production = [v.ref for v in state.in_production]
-        assert len(holders) == 1, holders
-        assert production == holders, (production, holders)
-        return holders[0]
+        return assert_one_champion(self.settings)
 
     def run(self, *args: str, script: bool = False) -> subprocess.CompletedProcess[str]:
         command = (

@@ -107,7 +107,7 @@ class RegistrySource:
         )
 
     def resolve(self) -> ModelRef | None:
-        from heartml.registry import TAG_MODEL_TYPE, TAG_PROMOTED_AT, read_family
+        from heartml.registry import read_family
 
         champion = read_family(self.settings).champion
         if champion is None:
@@ -117,10 +117,10 @@ class RegistrySource:
             version=champion.version,
             run_id=champion.run_id,
             roc_auc=champion.roc_auc,
-            model_type=champion.tags.get(TAG_MODEL_TYPE),
-            promoted_at=champion.tags.get(TAG_PROMOTED_AT),
+            model_type=champion.model_type,
+            promoted_at=champion.promoted_at,
             source="registry",
-            uri=f"models:/{champion.name}/{champion.version}",
+            uri=champion.uri,
         )
 
     def load(self, ref: ModelRef) -> Any:
