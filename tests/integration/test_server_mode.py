@@ -76,25 +76,27 @@ def get_json(url: str) -> dict[str, object]:
         return data
 
 
-def wait_for_version(api: str, version: int, timeout: float = 30) -> dict[str, object]:
+def wait_for_model(api: str, name: str, version: int, timeout: float = 30) -> dict[str, object]:
+    # Every family starts at version 1, so only the (name, version) pair identifies a model.
     deadline = time.monotonic() + timeout
     model: dict[str, object] = {}
     while time.monotonic() < deadline:
         model = get_json(f"{api}/model")
-        if model.get("version") in (version, str(version)):
+        if model.get("name") == name and model.get("version") in (version, str(version)):
             return model
         time.sleep(0.3)
-    raise AssertionError(f"API still serves {model} after {timeout} s, expected version {version}")
+    raise AssertionError(f"API still serves {model} after {timeout} s, expected {name}/{version}")
 
 
-def predict_version(api: str) -> str:
+def predicted_by(api: str) -> tuple[str, str]:
     request = urllib.request.Request(
         f"{api}/predict",
         data=json.dumps(PATIENT).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
-        return str(json.loads(response.read())["model_version"])
+        answer = json.loads(response.read())
+    return str(answer["model_name"]), str(answer["model_version"])
 
 
 def test_whole_flow_on_postgresql(postgres_server: str, tmp_path: Path, mirror: Path) -> None:
@@ -120,21 +122,21 @@ def test_whole_flow_on_postgresql(postgres_server: str, tmp_path: Path, mirror: 
     )
     try:
         wait_for_http(f"{api}/ready", timeout=90)
-        model = wait_for_version(api, champion.version)
-        assert model["name"] == champion.name
-        assert predict_version(api) == str(champion.version)
+        wait_for_model(api, champion.name, champion.version)
+        assert predicted_by(api) == (champion.name, str(champion.version))
 
         # A person promotes another algorithm; the API follows.
         other = next(v for v in read_family(settings).versions if v.name != champion.name)
         manual = run_heartml(settings, "promote", other.name, str(other.version))
         assert manual.returncode == 0, manual.stderr
-        assert wait_for_version(api, other.version)["name"] == other.name
+        wait_for_model(api, other.name, other.version)
+        assert predicted_by(api) == (other.name, str(other.version))
 
         # Roll back: the previous champion is served again.
         rolled = run_heartml(settings, "promote", "--rollback")
         assert rolled.returncode == 0, rolled.stderr
-        assert wait_for_version(api, champion.version)["name"] == champion.name
-        assert predict_version(api) == str(champion.version)
+        wait_for_model(api, champion.name, champion.version)
+        assert predicted_by(api) == (champion.name, str(champion.version))
 
         history = json.loads(run_heartml(settings, "promote", "--history", "--json").stdout)
         assert len(history) >= 3
