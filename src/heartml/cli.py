@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -207,17 +207,41 @@ def train(
     ] = True,
 ) -> None:
     """Train every candidate, log and register them in MLflow, tag and promote the best."""
-    from rich.console import Console
-
+    from heartml.experiment import load_experiment
     from heartml.train import train_candidates
 
     settings = _settings(experiment_config=config)
-    with (
-        _user_errors(),
-        Console(stderr=True).status("Training, evaluating and registering the candidates…"),
-    ):
-        result = train_candidates(settings, promote=promote)
+    with _user_errors():
+        candidates = len(load_experiment(settings.experiment_config).candidates)
+        # Fit and register each candidate, then promote.
+        with _step_progress(2 * candidates + int(promote), "Training") as progress:
+            result = train_candidates(settings, promote=promote, progress=progress)
     _print_training(result)
+
+
+@contextmanager
+def _step_progress(steps: int, title: str) -> Iterator[Callable[[str], None]]:
+    """A progress bar moved by the stage's events (each candidate fitted, each registered)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn(f"{title} [progress.description]{{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        auto_refresh=False,  # redrawn on each event; nothing moves in between
+        transient=True,
+    )
+    task = bar.add_task("…", total=steps)
+
+    def advance(step: str) -> None:
+        bar.update(task, advance=1, description=step)
+        bar.refresh()
+
+    with bar:
+        bar.refresh()
+        yield advance
 
 
 def _print_training(result: TrainResult) -> None:

@@ -59,6 +59,15 @@ def _figure(width: float = 5.0, height: float = 4.0, left: float = 0.14) -> Figu
     return fig
 
 
+def render_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes: plots are rendered where the model is fitted, logged elsewhere."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def plot_roc_curves(y_true: np.ndarray, curves: dict[str, np.ndarray]) -> Figure:
     """ROC curves of one or several candidates on the same held-out rows."""
     from sklearn.metrics import roc_auc_score, roc_curve

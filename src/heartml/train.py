@@ -6,8 +6,14 @@ import importlib
 import logging
 import os
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from heartml.data import load_dataset
@@ -18,12 +24,15 @@ from heartml.evaluate import (
     plot_confusion_matrix,
     plot_importance,
     plot_roc_curves,
+    render_png,
     score_predictions,
 )
 from heartml.experiment import CANDIDATE_ESTIMATORS, ExperimentConfig, load_experiment
 from heartml.features import build_preprocessor, split_features_target
 
 if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+
     import numpy as np
     import pandas as pd
     from sklearn.pipeline import Pipeline
@@ -49,19 +58,27 @@ SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset(
 )
 
 
+# Called with one line each time training moves on: a candidate fitted, one registered, the
+# promotion attempted. The CLI draws a progress bar from it.
+Progress = Callable[[str], None]
+
+
 class TrainingError(Exception):
     """Training could not complete; the message is one line for the user."""
 
 
 @dataclass(frozen=True, slots=True)
 class FittedCandidate:
-    """A candidate fitted on the training rows and scored on the held-out rows."""
+    """A candidate fitted on the training rows, scored on the held-out rows, its plots drawn."""
 
     name: str
     params: dict[str, Any]
     model: Pipeline
     probability: np.ndarray
     metrics: Metrics
+    importance_kind: str
+    importance: dict[str, float]
+    plots: dict[str, bytes]  # artifact path -> PNG
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +113,10 @@ def build_candidate(name: str, params: dict[str, Any], seed: int) -> Pipeline:
         kwargs.setdefault("random_state", seed)
     try:
         estimator = estimator_class(**kwargs)
-    except TypeError as exc:
+        # Checked here, against the estimator itself: once wrapped (calibration, CV), a bad
+        # value is reported as a parameter of cross_val_predict.
+        estimator._validate_params()
+    except (TypeError, ValueError) as exc:
         raise TrainingError(f"candidate {name}: {exc}") from exc
     if name == "svm":
         # Risk scores need probabilities: Platt scaling fitted on cross-validated decision
@@ -132,47 +152,111 @@ def fit_candidate(
     x_test: pd.DataFrame,
     y_test: np.ndarray,
 ) -> FittedCandidate:
-    """Cross-validate on the training rows, fit on all of them, score on the held-out rows."""
+    """Cross-validate on the training rows, fit on all of them, score on the held-out rows.
+
+    The feature importance and the plots are computed here too, so that everything heavy about
+    a candidate happens in the worker process that fitted it (see ``candidate_pool``).
+    """
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     model = build_candidate(name, params, config.split.seed)
     folds = StratifiedKFold(n_splits=config.cv.folds, shuffle=True, random_state=config.split.seed)
     try:
-        cv_scores = cross_val_score(clone(model), x_train, y_train, cv=folds, scoring="roc_auc")
+        # error_score="raise": a fold that fails is a broken candidate, not a score to average.
+        cv_scores = cross_val_score(
+            clone(model), x_train, y_train, cv=folds, scoring="roc_auc", error_score="raise"
+        )
         model.fit(x_train, y_train)
     except ValueError as exc:
-        raise TrainingError(f"candidate {name}: {str(exc).splitlines()[0]}") from exc
+        first_line = next((line for line in str(exc).splitlines() if line.strip()), repr(exc))
+        raise TrainingError(f"candidate {name}: {first_line.strip()}") from exc
     probability = model.predict_proba(x_test)[:, 1]
+    kind, importance = feature_importance(model, x_test, y_test, config.split.seed)
+    plots = {
+        "roc_curve.png": plot_roc_curves(y_test, {name: probability}),
+        "confusion_matrix.png": plot_confusion_matrix(y_test, probability),
+        "calibration_curve.png": plot_calibration(y_test, probability),
+        "feature_importance.png": plot_importance(kind, importance),
+    }
     return FittedCandidate(
         name=name,
         params=params,
         model=model,
         probability=probability,
         metrics=score_predictions(y_test, probability, cv_scores),
+        importance_kind=kind,
+        importance=importance,
+        plots={path: render_png(fig) for path, fig in plots.items()},
     )
 
 
-def fit_all(
-    config: ExperimentConfig,
-    x_train: pd.DataFrame,
-    y_train: np.ndarray,
-    x_test: pd.DataFrame,
-    y_test: np.ndarray,
-) -> list[FittedCandidate]:
-    """Fit the candidates two at a time: the heavy parts (trees, libsvm, BLAS) release the GIL.
+def worker_context() -> BaseContext:
+    """How the candidate workers start: forked by a fork server, started early.
 
-    Each candidate has its own seeded estimator and folds, so threads change nothing in the
-    results, only the wall time.
+    Not plain ``fork``: by the time training forks, this process may run native threads
+    (OpenMP's pool, once scikit-learn used it, deadlocks a forked child) or Python ones (a
+    caller's). The fork server is a fresh single-threaded interpreter that imports pandas,
+    scikit-learn, matplotlib and the candidates' estimators once; every worker it forks
+    inherits them. ``spawn`` where there is no fork server.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import multiprocessing
+    import multiprocessing.forkserver
 
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        futures = [
-            pool.submit(fit_candidate, name, params, config, x_train, y_train, x_test, y_test)
-            for name, params in config.candidates.items()
-        ]
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    estimators = sorted({module for module, _ in CANDIDATE_ESTIMATORS.values()})
+    context.set_forkserver_preload([*WORKER_PRELOAD, *estimators])
+    # Starts the server now (a no-op once it runs), so that it imports while this process
+    # loads the data and imports MLflow.
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
+# What every worker needs, imported once by the fork server.
+WORKER_PRELOAD = [
+    "heartml.train",
+    "pandas",
+    "sklearn.pipeline",
+    "sklearn.compose",
+    "sklearn.impute",
+    "sklearn.preprocessing",
+    "sklearn.model_selection",
+    "sklearn.metrics",
+    "sklearn.calibration",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+]
+
+
+@contextmanager
+def candidate_pool(
+    candidates: int, context: BaseContext | None = None
+) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes for the candidates, one per core (at most two: the machines have two).
+
+    Fitting a candidate on 300 rows is mostly scikit-learn's Python overhead, and drawing its
+    plots is all Python, so threads would queue on the GIL. Processes fit two candidates at once
+    while this process imports MLflow and opens the store.
+    """
+    workers = max(1, min(2, candidates, os.cpu_count() or 1))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context or worker_context())
+    try:
+        yield pool
+    except BaseException:
+        # Do not fit the candidates nobody will log; the running ones finish on their own.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def collect_fits(futures: list[Future[FittedCandidate]]) -> list[FittedCandidate]:
+    """The fitted candidates in config order; a worker that died becomes a TrainingError."""
+    try:
         return [future.result() for future in futures]
+    except BrokenProcessPool as exc:
+        raise TrainingError(f"a training worker process died ({exc})") from exc
 
 
 def rank_key(candidate: FittedCandidate, config: ExperimentConfig) -> tuple[float, float, str]:
@@ -202,8 +286,6 @@ def _log_candidate(
     settings: Settings,
     config: ExperimentConfig,
     x_train: pd.DataFrame,
-    x_test: pd.DataFrame,
-    y_test: np.ndarray,
     lineage: dict[str, str],
     experiment_id: str,
 ) -> CandidateResult:
@@ -226,18 +308,14 @@ def _log_candidate(
             }
         )
         mlflow.log_metrics(fitted.metrics.as_dict())
-        mlflow.log_figure(
-            plot_roc_curves(y_test, {fitted.name: fitted.probability}), "plots/roc_curve.png"
+        with tempfile.TemporaryDirectory(prefix="heartml-plots-") as plots:
+            for path, png in fitted.plots.items():
+                Path(plots, path).write_bytes(png)
+            mlflow.log_artifacts(plots, "plots")
+        mlflow.log_dict(
+            {"kind": fitted.importance_kind, "values": fitted.importance},
+            "feature_importance.json",
         )
-        mlflow.log_figure(
-            plot_confusion_matrix(y_test, fitted.probability), "plots/confusion_matrix.png"
-        )
-        mlflow.log_figure(
-            plot_calibration(y_test, fitted.probability), "plots/calibration_curve.png"
-        )
-        kind, importance = feature_importance(fitted.model, x_test, y_test, config.split.seed)
-        mlflow.log_figure(plot_importance(kind, importance), "plots/feature_importance.png")
-        mlflow.log_dict({"kind": kind, "values": importance}, "feature_importance.json")
 
         example = x_train.head(5)
         signature = infer_signature(example, fitted.model.predict_proba(example))
@@ -290,11 +368,20 @@ def _log_parent_summary(
     mlflow.set_tag("best_candidate", best.name)
 
 
+def _on_fitted(name: str, report: Progress) -> Callable[[Future[FittedCandidate]], None]:
+    """A done-callback that reports a fitted candidate (it runs in the pool's own thread)."""
+
+    def on_done(future: Future[FittedCandidate]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            report(f"fitted {name}")
+
+    return on_done
+
+
 def _open_store(settings: Settings) -> str:
     """Import what logging needs and make sure the experiment exists; returns its id."""
     import mlflow.sklearn  # noqa: F401
     import skops.io  # noqa: F401
-    from matplotlib.figure import Figure  # noqa: F401
 
     from heartml import registry
 
@@ -302,30 +389,39 @@ def _open_store(settings: Settings) -> str:
     return registry.ensure_experiment(settings)
 
 
-def train_candidates(settings: Settings, *, promote: bool = True) -> TrainResult:
+def train_candidates(
+    settings: Settings, *, promote: bool = True, progress: Progress | None = None
+) -> TrainResult:
     """Run one training session: every candidate of the experiment, logged and registered.
 
     The best version is tagged ``best_model=true``; then, like the seed's training script,
     training attempts the promotion. A refused or failed promotion is reported in the result
     (``promotion_warning``) and never fails training: the pipeline's promote step decides.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from heartml import registry
 
+    workers = worker_context()
     config = load_experiment(settings.experiment_config)
     dataset = load_dataset(settings, config.data.sites)
     features, target = split_features_target(dataset.frame)
     x_train, x_test, y_train, y_test = split_data(features, target, config)
 
-    # Opening the store (importing MLflow, migrating a new database) is slow Python work; the
-    # model fits mostly run in C without the GIL, so the two overlap well.
-    with ThreadPoolExecutor(max_workers=1) as opener:
-        store = opener.submit(_open_store, settings)
-        started = time.perf_counter()
-        fitted = fit_all(config, x_train, y_train, x_test, y_test)
-        logger.info("fitted %d candidates in %.1f s", len(fitted), time.perf_counter() - started)
-        experiment_id = store.result()
+    report = progress or (lambda _step: None)
+
+    # The candidates are fitted in worker processes while this one imports MLflow and opens
+    # the store (and migrates a new database): both are seconds of Python work.
+    started = time.perf_counter()
+    with candidate_pool(len(config.candidates), workers) as pool:
+        futures = []
+        for name, params in config.candidates.items():
+            future = pool.submit(
+                fit_candidate, name, params, config, x_train, y_train, x_test, y_test
+            )
+            future.add_done_callback(_on_fitted(name, report))
+            futures.append(future)
+        experiment_id = _open_store(settings)
+        fitted = collect_fits(futures)
+    logger.info("fitted %d candidates in %.1f s", len(fitted), time.perf_counter() - started)
     best_fit = max(fitted, key=lambda f: rank_key(f, config))
 
     import mlflow
@@ -341,10 +437,11 @@ def train_candidates(settings: Settings, *, promote: bool = True) -> TrainResult
         experiment_id=experiment_id, run_name="training-session", tags=lineage
     ) as parent:
         mlflow.log_params({"candidates": ",".join(config.candidates), "rows": len(features)})
-        results = [
-            _log_candidate(f, settings, config, x_train, x_test, y_test, lineage, experiment_id)
-            for f in fitted
-        ]
+        results = []
+        for candidate in fitted:
+            result = _log_candidate(candidate, settings, config, x_train, lineage, experiment_id)
+            report(f"registered {result.model_name} v{result.model_version}")
+            results.append(result)
         _log_parent_summary(fitted, y_test, best_fit)
         best = next(r for r in results if r.name == best_fit.name)
         registry.tag_best_version(
@@ -362,6 +459,7 @@ def train_candidates(settings: Settings, *, promote: bool = True) -> TrainResult
 
     promotion, warning = None, None
     if promote:
+        report("promoting the best version")
         try:
             promotion = registry.promote_best(
                 settings, reason="training session " + parent.info.run_id

@@ -1,6 +1,7 @@
 """`heartml data download|validate` through the CLI: mirrors, caching, and every failure."""
 
 import http.server
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -157,3 +158,27 @@ def test_malformed_experiment_yaml(tmp_path: Path, mirror: Path) -> None:
     result = run_heartml(settings, "train", "--config", str(bad))
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "bad.yaml", "not valid YAML")
+
+
+@pytest.mark.parametrize(
+    ("candidate", "expected"),
+    [
+        # The SVM is wrapped in calibration: the message still names the estimator.
+        ("svm: {C: -1}", "The 'C' parameter of SVC"),
+        ("random_forest: {n_estimators: 0}", "'n_estimators' parameter of RandomForestClassifier"),
+        ("knn: {neighbours: 5}", "unexpected keyword argument 'neighbours'"),
+    ],
+)
+def test_a_bad_hyper_parameter_fails_training_in_one_line_and_registers_nothing(
+    tmp_path: Path, mirror: Path, candidate: str, expected: str
+) -> None:
+    settings = make_settings(tmp_path, mirror)
+    assert run_heartml(settings, "data", "download").returncode == 0
+    bad = tmp_path / "bad-params.yaml"
+    bad.write_text(f"version: 1\ncandidates:\n  logistic_regression: {{}}\n  {candidate}\n")
+    result = run_heartml(settings, "train", "--config", str(bad))
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "candidate", expected)
+    listed = run_heartml(settings, "promote", "--list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["models"] == []

@@ -1,0 +1,40 @@
+"""How training starts its worker processes, and what happens when one dies."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from heartml.train import TrainingError, collect_fits, worker_context
+
+
+def test_workers_are_forked_by_a_fork_server_that_preloads_the_estimators() -> None:
+    # Whatever threads this process runs (OpenMP's pool, a caller's), the workers come from
+    # a single-threaded fork server.
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)
+    other.start()
+    try:
+        assert worker_context().get_start_method() == "forkserver"
+    finally:
+        release.set()
+        other.join()
+    with ProcessPoolExecutor(max_workers=1, mp_context=worker_context()) as pool:
+        preloaded = pool.submit(loaded_modules, ["sklearn.ensemble", "sklearn.svm"]).result()
+    assert preloaded == {"sklearn.ensemble": True, "sklearn.svm": True}
+
+
+def loaded_modules(names: list[str]) -> dict[str, bool]:
+    return {name: name in sys.modules for name in names}
+
+
+def test_a_dead_worker_is_a_one_line_training_error() -> None:
+    with ProcessPoolExecutor(max_workers=1, mp_context=worker_context()) as pool:
+        futures = [pool.submit(os._exit, 3)]
+        with pytest.raises(TrainingError, match="a training worker process died") as error:
+            collect_fits(futures)  # type: ignore[arg-type]
+    assert "\n" not in str(error.value)
