@@ -237,7 +237,7 @@ def main() -> int:
 
         def sample() -> None:
             while not stop.wait(2.0):
-                memory.append((time.monotonic(), rss_kib(server.pid)))  # type: ignore[union-attr]
+                memory.append((time.monotonic(), rss_kib(server.pid)))
 
         threading.Thread(target=sample, daemon=True).start()
         promotions = threading.Thread(
@@ -262,10 +262,9 @@ def main() -> int:
         wrong = result["wrong_version"]
         assert isinstance(wrong, list)
         print()
-        print(
-            f"requests          {result['requests']} in {elapsed:.0f} s "
-            f"({int(result['requests']) / elapsed:.0f} req/s)"
-        )  # type: ignore[call-overload]
+        requests = result["requests"]
+        assert isinstance(requests, int)
+        print(f"requests          {requests} in {elapsed:.0f} s ({requests / elapsed:.0f} req/s)")
         print(f"failed requests   {result['failed']}")
         print(f"latency           p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
         print(f"promotions        {len(timeline.changes) - 1}")

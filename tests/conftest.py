@@ -7,12 +7,13 @@ shared data folder); tests that need them skip with a reason when no mirror is c
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,11 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("HEARTML_") and key != "HEARTML_DATA_SOURCE":
             monkeypatch.delenv(key)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # MLflow settings too: the library sets some (request retries) in this process, and a
+    # test must not inherit what an earlier one configured.
+    for key in list(os.environ):
+        if key.startswith("MLFLOW_"):
+            monkeypatch.delenv(key)
 
 
 @pytest.fixture
@@ -135,17 +140,50 @@ def assert_one_champion(settings: Settings) -> str:
     return holders[0]
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port below the ephemeral range.
+
+    The port is bound later, by another process. Below the range the kernel hands out to
+    outgoing connections, no client socket opened in between can take it.
+    """
+    low = _ephemeral_low()
+    candidates = random.sample(range(max(1024, low - 12000), low), 200)
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
-def wait_for_http(url: str, timeout: float = 60.0) -> None:
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> float:
+    """Poll ``check`` until it is truthy; returns the seconds it took. Fails after ``timeout``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def wait_for_http(
+    url: str, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until ``url`` answers; fails at once if ``process`` (the server) has exited."""
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -186,7 +224,12 @@ class MlflowServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for_http(f"{self.uri}/health", timeout=90)
+        try:
+            wait_for_http(f"{self.uri}/health", timeout=90, process=self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            tail = (self.root / "server.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"mlflow server did not start: {exc}\n{tail}") from exc
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

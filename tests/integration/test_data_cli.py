@@ -135,10 +135,10 @@ def test_corrupted_cache_is_detected_refetched_and_never_trained_on(
     refused = run_heartml(settings, "train")
     assert refused.returncode == 1
     assert_one_line_error(refused.stderr, "processed.cleveland.data", "checksum")
-    assert (
-        not (tmp_path / "mlflow.db").exists()
-        or "heart-disease" not in run_heartml(settings, "promote", "--list").stdout
-    )
+    # Training never ran on unverified data: nothing was registered.
+    listed = run_heartml(settings, "promote", "--list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["models"] == []
 
     validated = run_heartml(settings, "data", "validate")
     assert validated.returncode == 1

@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -63,12 +64,16 @@ def server_pid(rows: dict[str, str]) -> int | None:
 
 
 def assert_stopped(pid: int | None) -> None:
+    """The server's whole process group is gone: make, `heartml serve` and its workers."""
     assert pid is not None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return
-    raise AssertionError(f"server process {pid} still runs after the pipeline")
+    deadline = time.monotonic() + 10  # killed children may wait a moment to be reaped
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"process group {pid} (the served model) still runs after the pipeline")
 
 
 @pytest.mark.slow

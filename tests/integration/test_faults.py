@@ -60,7 +60,7 @@ class DyingProxy:
                     # The server died: no answer, connection gone, nobody listening.
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
-                    threading.Thread(target=proxy.server.shutdown, daemon=True).start()
+                    threading.Thread(target=proxy.close, daemon=True).start()
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
@@ -92,6 +92,7 @@ class DyingProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
+        """Stop listening: later connections are refused, as by a dead server (idempotent)."""
         self.server.shutdown()
         self.server.server_close()
 
@@ -140,6 +141,7 @@ def test_server_dying_mid_promotion_then_rerun_completes_it(
     through_proxy = family_settings(tmp_path, proxy.uri, prefix)
     first = run_heartml(through_proxy, "promote", "--auto", timeout=120)
     proxy.close()
+    assert proxy.forwarded == cut_after, "the server should have died mid-promotion"
     if first.returncode != 0:
         assert first.returncode == 1, first.stderr
         lines = [line for line in first.stderr.splitlines() if line.strip()]
@@ -189,7 +191,13 @@ def test_two_full_trainings_at_the_same_moment(
         )
         for _ in range(2)
     ]
-    outputs = [p.communicate(timeout=300) for p in processes]
+    try:
+        outputs = [p.communicate(timeout=300) for p in processes]
+    finally:
+        for process in processes:  # never leave a training running into the next tests
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
 
     client = MlflowClient(server.uri, server.uri)

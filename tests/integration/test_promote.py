@@ -336,8 +336,14 @@ def test_two_simultaneous_promotions_leave_exactly_one_champion(registry: Regist
             )
             for algorithm in ("svm", "knn")
         ]
-        codes = [p.wait(timeout=120) for p in processes]
-        assert codes == [0, 0], [p.stderr.read() if p.stderr else "" for p in processes]
+        try:
+            errors = [p.communicate(timeout=120)[1] for p in processes]
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        assert [p.returncode for p in processes] == [0, 0], errors
         registry.assert_one_champion()
 
 

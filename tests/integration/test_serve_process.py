@@ -29,6 +29,7 @@ from conftest import (
     make_settings,
     run_heartml,
     settings_env,
+    wait_until,
 )
 from heartml.registry import (
     configure_mlflow,
@@ -126,12 +127,15 @@ def test_unreachable_tracking_server_at_start_then_ready(
     log = tmp_path / "serve.log"
     with heartml_serve(remote, log=log, env={"HEARTML_REGISTRY_RETRIES": "1"}) as (url, _):
         assert httpx.get(f"{url}/health").status_code == 200
-        time.sleep(1.0)
-        ready = httpx.get(f"{url}/ready")
-        assert ready.status_code == 503
-        assert "unreachable" in ready.json()["reason"]
+        # Until the first check has failed, the reason is still "loading".
+        wait_until(
+            lambda: "unreachable" in httpx.get(f"{url}/ready").json()["reason"],
+            30,
+            "/ready names the unreachable server",
+        )
+        assert httpx.get(f"{url}/ready").status_code == 503
         assert httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).status_code == 503
-        assert 'heartml_registry_checks_total{result="error"}' in httpx.get(f"{url}/metrics").text
+        assert registry_errors(url) > 0
 
         server.start()
         try:
@@ -168,30 +172,37 @@ def test_tracking_server_stopping_while_serving(
         version = copy_champion(trained_settings, remote)
         env = {"HEARTML_REGISTRY_RETRIES": "0", "HEARTML_ADMIN_TOKEN": token}
         with heartml_serve(remote, log=log, env=env) as (url, _):
-            assert wait_ready(url, 90, log)["version"] == version
+            model = wait_ready(url, 90, log)
+            assert (model["name"], model["version"]) == (LR, version)
             server.stop()
             before = registry_errors(url)
-            time.sleep(3.0)  # several checks at a 1 s interval, all failing
+            # Checks every second, all failing: /model and /metrics say so.
+            wait_until(
+                lambda: (
+                    registry_errors(url) > before and httpx.get(f"{url}/model").json()["last_error"]
+                ),
+                30,
+                "the failed checks show in /metrics and /model",
+            )
             for _ in range(20):
                 answer = httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT)
                 assert answer.status_code == 200
-                assert answer.json()["model_version"] == version
+                served = answer.json()
+                assert (served["model_name"], served["model_version"]) == (LR, version)
             assert httpx.get(f"{url}/ready").status_code == 200
             model = httpx.get(f"{url}/model").json()
-            assert model["version"] == version
-            assert model["last_error"], model
-            assert registry_errors(url) > before
+            assert (model["name"], model["version"]) == (LR, version)
 
             server.start()  # the server returns on the same address, with the same store
             newer = copy_champion(trained_settings, remote)  # promoted after the return
             assert newer != version
-            deadline = time.monotonic() + 30
-            while httpx.get(f"{url}/model").json()["version"] != newer:
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.3)
-            assert (
-                httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).json()["model_version"] == newer
+            wait_until(
+                lambda: httpx.get(f"{url}/model").json()["version"] == newer,
+                90,
+                f"the API serves {LR}/{newer} ({log})",
             )
+            answer = httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).json()
+            assert (answer["model_name"], answer["model_version"]) == (LR, newer)
             assert token not in httpx.get(f"{url}/model").text
     finally:
         server.stop()
@@ -240,20 +251,23 @@ def test_export_then_serve_the_directory_without_tracking_server(
         url,
         _,
     ):
-        model = wait_ready(url, 90, log)
+        wait_ready(url, 90, log)
+        # /ready answered by one worker; the gauge is the minimum over both.
+        wait_until(
+            lambda: "heartml_model_loaded 1.0" in httpx.get(f"{url}/metrics").text,
+            90,
+            "both workers load the model",
+        )
+        model = httpx.get(f"{url}/model").json()
         assert model["source"] == "directory"
         assert (model["name"], model["version"]) == (champion.name, champion.version)
         answers = [httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT) for _ in range(20)]
         assert {a.status_code for a in answers} == {200}
-        assert {a.json()["model_version"] for a in answers} == {champion.version}
+        assert {(a.json()["model_name"], a.json()["model_version"]) for a in answers} == {
+            (champion.name, champion.version)
+        }
         # Two workers, one set of metrics: every request counted whichever worker served it.
-        deadline = time.monotonic() + 30
-        while True:
-            metrics = httpx.get(f"{url}/metrics").text
-            if "heartml_model_loaded 1.0" in metrics:
-                break
-            assert time.monotonic() < deadline, "both workers should load the model"
-            time.sleep(0.3)
+        metrics = httpx.get(f"{url}/metrics").text
         count = next(
             float(line.rsplit(" ", 1)[1])
             for line in metrics.splitlines()

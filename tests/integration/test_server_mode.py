@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,7 +77,7 @@ def get_json(url: str) -> dict[str, object]:
         return data
 
 
-def wait_for_model(api: str, name: str, version: int, timeout: float = 30) -> dict[str, object]:
+def wait_for_model(api: str, name: str, version: int, timeout: float = 90) -> dict[str, object]:
     # Every family starts at version 1, so only the (name, version) pair identifies a model.
     deadline = time.monotonic() + timeout
     model: dict[str, object] = {}
@@ -113,11 +114,12 @@ def test_whole_flow_on_postgresql(postgres_server: str, tmp_path: Path, mirror: 
     env = settings_env(settings)
     env.update({"HEARTML_RELOAD_INTERVAL_S": "0.5", "HEARTML_PORT": str(port)})
     api = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
     server = subprocess.Popen(
         [sys.executable, "-m", "heartml", "serve", "--port", str(port)],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -142,5 +144,10 @@ def test_whole_flow_on_postgresql(postgres_server: str, tmp_path: Path, mirror: 
         assert len(history) >= 3
         assert history[0]["reason"].startswith("rollback from")
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert "Traceback" not in log.read_text(errors="replace"), log.read_text()[-3000:]

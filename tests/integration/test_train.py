@@ -48,14 +48,15 @@ def test_cli_trains_registers_and_tags_the_best(tmp_path: Path, mirror: Path) ->
     models = client.search_registered_models("name LIKE 'heart-disease-%'")
     assert {m.name for m in models} == {f"heart-disease-{c}" for c in CANDIDATES}
     for model in models:
-        for version in client.search_model_versions(f"name = '{model.name}'"):
-            info = mlflow.models.get_model_info(f"models:/{model.name}/{version.version}")
+        for registered in client.search_model_versions(f"name = '{model.name}'"):
+            info = mlflow.models.get_model_info(f"models:/{model.name}/{registered.version}")
             assert info.signature is not None
             assert info.signature.inputs.input_names()[:3] == ["age", "sex", "cp"]
-            assert version.tags["model_type"] == model.name.removeprefix("heart-disease-")
+            assert registered.tags["model_type"] == model.name.removeprefix("heart-disease-")
 
     [(name, version, tags)] = best_versions(client)
     run_id = client.get_model_version(name, str(version)).run_id
+    assert run_id is not None
     run = client.get_run(run_id)
     assert tags["roc_auc"] == f"{run.data.metrics['roc_auc']:.4f}"
     assert tags["model_type"] == name.removeprefix("heart-disease-")
@@ -120,7 +121,9 @@ def test_every_candidate_loads_with_pyfunc_as_serving_loads_it(
     settings = make_settings(trained_root, mirror)
     client = client_for(settings)
     features, _ = split_features_target(load_dataset(settings).frame)
-    for version in client.search_model_versions("name LIKE 'heart-disease-%'"):
+    versions = client.search_model_versions("name LIKE 'heart-disease-%'")
+    assert len(versions) >= 5
+    for version in versions:
         model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
         scores = np.asarray(model.predict(features.head(50)))
         assert scores.shape == (50, 2), version.name
@@ -131,7 +134,7 @@ def test_second_session_adds_versions_keeps_one_best_and_same_metrics(
 ) -> None:
     client = client_for(trained_settings)
     before = {
-        v.tags["model_type"]: client.get_run(v.run_id).data.metrics
+        v.tags["model_type"]: client.get_run(str(v.run_id)).data.metrics
         for v in client.search_model_versions("name LIKE 'heart-disease-%'")
     }
     result = train_candidates(trained_settings)

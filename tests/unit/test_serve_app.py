@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ TOKEN = "unit-test-token"
 class StaticSource:
     """A registry stand-in: ``version`` says which pipeline is champion; errors on demand."""
 
-    kind = "registry"
+    kind: Literal["registry", "directory"] = "registry"
 
     def __init__(self, pipelines: dict[int, Any]) -> None:
         self.pipelines = pipelines

@@ -16,7 +16,7 @@ from heartml.schema import FEATURE_NAMES
 from heartml.serve.fastpath import TOLERANCE, compile_predictor, probe_rows
 from heartml.train import build_candidate
 
-SMALL = {
+SMALL: dict[str, dict[str, Any]] = {
     "logistic_regression": {"C": 0.3, "max_iter": 500},
     "random_forest": {"n_estimators": 15, "max_depth": 4},
     "gradient_boosting": {"n_estimators": 20, "max_depth": 2, "subsample": 0.8},

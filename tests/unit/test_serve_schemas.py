@@ -16,7 +16,7 @@ def errors_of(payload: Any) -> list[dict[str, Any]]:
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     with pytest.raises(ValidationError) as caught:
         PatientFeatures.model_validate_json(raw)
-    return list(caught.value.errors())
+    return [dict(error) for error in caught.value.errors()]
 
 
 def test_fields_come_from_the_schema_in_order() -> None:
