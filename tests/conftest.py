@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,6 +167,19 @@ def free_port() -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
+def stop_group(process: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """Stop a server started with ``start_new_session=True``: its whole process group
+    (workers included), politely first, then for good."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def wait_until(check: Callable[[], object], timeout: float, what: str) -> float:
     """Poll ``check`` until it is truthy; returns the seconds it took. Fails after ``timeout``."""
     started = time.monotonic()
@@ -232,13 +247,8 @@ class MlflowServer:
             raise AssertionError(f"mlflow server did not start: {exc}\n{tail}") from exc
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+        if self.process is not None:
+            stop_group(self.process)
         self.process = None
 
 

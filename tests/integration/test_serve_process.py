@@ -9,9 +9,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,6 +27,7 @@ from conftest import (
     make_settings,
     run_heartml,
     settings_env,
+    stop_group,
     wait_until,
 )
 from heartml.registry import (
@@ -72,13 +71,7 @@ def heartml_serve(
                 time.sleep(0.2)
         yield url, process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process)
 
 
 def wait_ready(url: str, timeout: float, log: Path) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port, make_settings, run_heartml, settings_env, wait_for_http
+from conftest import (
+    REPO,
+    free_port,
+    make_settings,
+    run_heartml,
+    settings_env,
+    stop_group,
+    wait_for_http,
+)
 from heartml.registry import read_family
 from heartml.schema import EXAMPLE_PATIENT
 from heartml.settings import Settings
@@ -144,10 +151,5 @@ def test_whole_flow_on_postgresql(postgres_server: str, tmp_path: Path, mirror: 
         assert len(history) >= 3
         assert history[0]["reason"].startswith("rollback from")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, timeout=30)
     assert "Traceback" not in log.read_text(errors="replace"), log.read_text()[-3000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -13,17 +12,11 @@ from heartml.train import TrainingError, collect_fits, worker_context
 
 
 def test_workers_are_forked_by_a_fork_server_that_preloads_the_estimators() -> None:
-    # Whatever threads this process runs (OpenMP's pool, a caller's), the workers come from
-    # a single-threaded fork server.
-    release = threading.Event()
-    other = threading.Thread(target=release.wait, daemon=True)
-    other.start()
-    try:
-        assert worker_context().get_start_method() == "forkserver"
-    finally:
-        release.set()
-        other.join()
-    with ProcessPoolExecutor(max_workers=1, mp_context=worker_context()) as pool:
+    # Never forked from this process: it may run threads (OpenMP's pool once scikit-learn used
+    # it, a caller's) whose locks a forked child would inherit held.
+    context = worker_context()
+    assert context.get_start_method() == "forkserver"
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         preloaded = pool.submit(loaded_modules, ["sklearn.ensemble", "sklearn.svm"]).result()
     assert preloaded == {"sklearn.ensemble": True, "sklearn.svm": True}
 
