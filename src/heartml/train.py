@@ -397,6 +397,10 @@ def train_candidates(
     The best version is tagged ``best_model=true``; then, like the seed's training script,
     training attempts the promotion. A refused or failed promotion is reported in the result
     (``promotion_warning``) and never fails training: the pipeline's promote step decides.
+
+    The candidates are fitted in worker processes (``candidate_pool``). As with any use of
+    multiprocessing, a script that calls this must keep its top-level code under
+    ``if __name__ == "__main__":`` (the ``heartml`` command, ``python -m heartml`` and pytest do).
     """
     from heartml import registry
 
