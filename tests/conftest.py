@@ -156,14 +156,16 @@ def free_port() -> int:
     outgoing connections, no client socket opened in between can take it.
     """
     low = _ephemeral_low()
-    candidates = random.sample(range(max(1024, low - 12000), low), 200)
+    below = range(max(1024, low - 12000), low)
+    # Where the ephemeral range starts too low to leave room, let the kernel choose.
+    candidates = random.sample(below, 200) if len(below) >= 1000 else [0]
     for port in candidates:
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+            return int(sock.getsockname()[1])
     raise RuntimeError("no free port below the ephemeral range")
 
 

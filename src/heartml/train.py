@@ -59,7 +59,8 @@ SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset(
 
 
 # Called with one line each time training moves on: a candidate fitted, one registered, the
-# promotion attempted. The CLI draws a progress bar from it.
+# promotion attempted. The CLI draws a progress bar from it. "fitted" events come from the
+# worker pool's own thread, so the callback must be thread-safe (Rich's Progress is).
 Progress = Callable[[str], None]
 
 
@@ -117,7 +118,7 @@ def build_candidate(name: str, params: dict[str, Any], seed: int) -> Pipeline:
         # value is reported as a parameter of cross_val_predict.
         estimator._validate_params()
     except (TypeError, ValueError) as exc:
-        raise TrainingError(f"candidate {name}: {exc}") from exc
+        raise TrainingError(f"candidate {name}: {_first_line(exc)}") from exc
     if name == "svm":
         # Risk scores need probabilities: Platt scaling fitted on cross-validated decision
         # values, the replacement scikit-learn recommends for SVC(probability=True).
@@ -125,6 +126,11 @@ def build_candidate(name: str, params: dict[str, Any], seed: int) -> Pipeline:
 
         estimator = CalibratedClassifierCV(estimator, method="sigmoid", ensemble=False, cv=5)
     return Pipeline([("preprocess", build_preprocessor()), ("model", estimator)])
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-blank line of an error (scikit-learn's may start with a newline)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), repr(exc))
 
 
 def split_data(
@@ -169,8 +175,7 @@ def fit_candidate(
         )
         model.fit(x_train, y_train)
     except ValueError as exc:
-        first_line = next((line for line in str(exc).splitlines() if line.strip()), repr(exc))
-        raise TrainingError(f"candidate {name}: {first_line.strip()}") from exc
+        raise TrainingError(f"candidate {name}: {_first_line(exc)}") from exc
     probability = model.predict_proba(x_test)[:, 1]
     kind, importance = feature_importance(model, x_test, y_test, config.split.seed)
     plots = {
@@ -240,13 +245,18 @@ def candidate_pool(
     plots is all Python, so threads would queue on the GIL. Processes fit two candidates at once
     while this process imports MLflow and opens the store.
     """
-    workers = max(1, min(2, candidates, os.cpu_count() or 1))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context or worker_context())
+    size = max(1, min(2, candidates, os.cpu_count() or 1))
+    pool = ProcessPoolExecutor(max_workers=size, mp_context=context or worker_context())
     try:
         yield pool
     except BaseException:
-        # Do not fit the candidates nobody will log; the running ones finish on their own.
+        # Nobody will log the candidates still queued or running: stop them now rather than
+        # keep the user waiting for fits whose results are thrown away.
+        # (No public API before Python 3.14's terminate_workers(); _processes is the pool's own.)
+        running = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
+        for worker in running:
+            worker.terminate()
         raise
     pool.shutdown(wait=True)
 

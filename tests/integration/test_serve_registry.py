@@ -108,7 +108,7 @@ def test_serves_the_registry_champion(live: Settings) -> None:
         ) in metrics
 
 
-def test_a_promotion_is_served_within_the_reload_interval(live: Settings) -> None:
+def test_a_promotion_is_picked_up_by_the_periodic_check(live: Settings) -> None:
     with running(live) as url:
         wait_until(lambda: served_ref(url) is not None, 60, "first model")
         before = served_ref(url)

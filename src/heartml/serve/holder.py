@@ -261,18 +261,18 @@ class ModelHolder:
             return self._failed(f"could not load {ref.ref}: {_one_line(exc)}{keeping}")
 
         previous = current.ref.ref if current else None
-        # The bookkeeping first: whoever sees the new model in /model also sees its reload.
-        self.reloads += 1
-        self.last_error = None
-        self.metrics.reloads.labels("success").inc()
-        self.metrics.show_model(ref.name, ref.version, ref.source)
-        self._current = ServedModel(ref=ref, predictor=predictor, loaded_at=now_iso())
-        _freeze_heap()
         message = (
             f"loaded {ref.ref} from {ref.source} in {time.perf_counter() - started:.2f} s "
             f"(predictor: {predictor.mode})" + (f", replacing {previous}" if previous else "")
         )
+        # The bookkeeping first: whoever sees the new model in /model also sees its reload.
+        self.reloads += 1
+        self.last_error = None
         self.last_check = message
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.show_model(ref.name, ref.version, ref.source)
+        self._current = ServedModel(ref=ref, predictor=predictor, loaded_at=now_iso())
+        _freeze_heap()
         logger.info(message)
         return CheckOutcome("reloaded", message)
 
