@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -253,12 +253,9 @@ class MlflowServer:
             stop_group(self.process)
         self.process = None
 
+    def __enter__(self) -> MlflowServer:
+        self.start()
+        return self
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path / "server")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

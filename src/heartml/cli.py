@@ -207,36 +207,35 @@ def train(
     ] = True,
 ) -> None:
     """Train every candidate, log and register them in MLflow, tag and promote the best."""
-    from heartml.experiment import load_experiment
     from heartml.train import train_candidates
 
     settings = _settings(experiment_config=config)
-    with _user_errors():
-        candidates = len(load_experiment(settings.experiment_config).candidates)
-        # Fit and register each candidate, then promote.
-        with _step_progress(2 * candidates + int(promote), "Training") as progress:
-            result = train_candidates(settings, promote=promote, progress=progress)
+    with _user_errors(), _step_progress("Training") as progress:
+        result = train_candidates(settings, promote=promote, progress=progress)
     _print_training(result)
 
 
 @contextmanager
-def _step_progress(steps: int, title: str) -> Iterator[Callable[[str], None]]:
-    """A progress bar moved by the stage's events (each candidate fitted, each registered)."""
+def _step_progress(title: str) -> Iterator[Callable[[str, int], None]]:
+    """A progress bar moved by the stage's events (each candidate fitted, each registered);
+    each event also says how many steps there are."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    console = Console(stderr=True)
     bar = Progress(
         TextColumn(f"{title} [progress.description]{{task.description}}"),
         BarColumn(),
         MofNCompleteColumn(),
-        console=Console(stderr=True),
+        console=console,
         auto_refresh=False,  # redrawn on each event; nothing moves in between
         transient=True,
+        disable=not console.is_terminal,  # logs and CI get no bar and no stray blank line
     )
-    task = bar.add_task("…", total=steps)
+    task = bar.add_task("…", total=None)
 
-    def advance(step: str) -> None:
-        bar.update(task, advance=1, description=step)
+    def advance(step: str, steps: int) -> None:
+        bar.update(task, total=steps, advance=1, description=step)
         bar.refresh()
 
     with bar:

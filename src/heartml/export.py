@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from heartml.registry import ModelCard, utc_now_iso
+
 if TYPE_CHECKING:
     from heartml.settings import Settings
 
@@ -30,15 +32,9 @@ class ExportError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class ExportInfo:
-    """The contents of ``model.json``."""
+class ExportInfo(ModelCard):
+    """The contents of ``model.json``: the champion's card and when it was exported."""
 
-    name: str
-    version: int
-    run_id: str
-    roc_auc: float | None
-    model_type: str | None
-    promoted_at: str | None
     exported_at: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,7 +97,6 @@ def _replace_directory(staged: Path, directory: Path) -> None:
 def export_champion(settings: Settings, directory: Path) -> ExportResult:
     """Write the champion's model files and ``model.json`` to ``directory``."""
     from heartml.registry import configure_mlflow, read_family
-    from heartml.serve.holder import now_iso
 
     champion = read_family(settings).champion
     if champion is None:
@@ -128,13 +123,7 @@ def export_champion(settings: Settings, directory: Path) -> ExportResult:
         if not (staged / "MLmodel").is_file():
             raise ExportError(f"{uri} has no MLmodel file")
         info = ExportInfo(
-            name=champion.name,
-            version=champion.version,
-            run_id=champion.run_id,
-            roc_auc=champion.roc_auc,
-            model_type=champion.model_type,
-            promoted_at=champion.promoted_at,
-            exported_at=now_iso(),
+            **champion.card.card_fields(), exported_at=utc_now_iso(timespec="milliseconds")
         )
         (staged / MODEL_INFO_FILE).write_text(
             json.dumps(info.as_dict(), indent=2) + "\n", encoding="utf-8"

@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -66,6 +66,27 @@ class StoreUnavailableError(RegistryError):
 # --------------------------------------------------------------------------------------------
 
 
+def utc_now_iso(timespec: str = "microseconds") -> str:
+    """Now, in UTC, ISO-8601 with a ``Z``: the one timestamp format of tags, exports and /model."""
+    return datetime.now(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """A registered version and what travels with it: into ``model.json``, into ``/model``."""
+
+    name: str
+    version: int
+    run_id: str
+    roc_auc: float | None
+    model_type: str | None
+    promoted_at: str | None
+
+    def card_fields(self) -> dict[str, Any]:
+        """The card's own fields (not a subclass's), in order."""
+        return {f.name: getattr(self, f.name) for f in fields(ModelCard)}
+
+
 @dataclass(frozen=True, slots=True)
 class VersionInfo:
     """One model version as heartml sees it."""
@@ -101,6 +122,12 @@ class VersionInfo:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+    @property
+    def card(self) -> ModelCard:
+        return ModelCard(
+            self.name, self.version, self.run_id, self.roc_auc, self.model_type, self.promoted_at
+        )
 
     @property
     def is_best(self) -> bool:
@@ -471,10 +498,6 @@ def _untag_best_except(client: MlflowClient, marked: list[VersionInfo], keep: st
 # --------------------------------------------------------------------------------------------
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def whoami() -> str:
     """Who promotes: HEARTML_PROMOTED_BY (Jenkins sets its build tag), else user@host."""
     if explicit := os.environ.get("HEARTML_PROMOTED_BY"):
@@ -648,7 +671,7 @@ def promote_version(
         )
 
     client = get_client(settings)
-    when = _now_iso()
+    when = utc_now_iso()
     event = {
         "at": when,
         "by": whoami(),

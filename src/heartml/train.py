@@ -58,10 +58,11 @@ SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset(
 )
 
 
-# Called with one line each time training moves on: a candidate fitted, one registered, the
-# promotion attempted. The CLI draws a progress bar from it. "fitted" events come from the
-# worker pool's own thread, so the callback must be thread-safe (Rich's Progress is).
-Progress = Callable[[str], None]
+# Called each time training moves on (a candidate fitted, one registered, the promotion
+# attempted) with a line saying so and the session's number of steps. The CLI draws a progress
+# bar from it. "fitted" events come from the worker pool's own thread, so the callback must be
+# thread-safe (Rich's Progress is).
+Progress = Callable[[str, int], None]
 
 
 class TrainingError(Exception):
@@ -378,7 +379,9 @@ def _log_parent_summary(
     mlflow.set_tag("best_candidate", best.name)
 
 
-def _on_fitted(name: str, report: Progress) -> Callable[[Future[FittedCandidate]], None]:
+def _on_fitted(
+    name: str, report: Callable[[str], None]
+) -> Callable[[Future[FittedCandidate]], None]:
     """A done-callback that reports a fitted candidate (it runs in the pool's own thread)."""
 
     def on_done(future: Future[FittedCandidate]) -> None:
@@ -420,7 +423,11 @@ def train_candidates(
     features, target = split_features_target(dataset.frame)
     x_train, x_test, y_train, y_test = split_data(features, target, config)
 
-    report = progress or (lambda _step: None)
+    steps = 2 * len(config.candidates) + int(promote)  # fit and register each, then promote
+
+    def report(step: str) -> None:
+        if progress is not None:
+            progress(step, steps)
 
     # The candidates are fitted in worker processes while this one imports MLflow and opens
     # the store (and migrates a new database): both are seconds of Python work.

@@ -366,24 +366,24 @@ def test_make_dry_run_of_image_and_deploy(tmp_path: Path) -> None:
     (export / "model.json").write_text(
         json.dumps({"name": "heart-disease-svm", "version": 3, "roc_auc": 0.96, "run_id": "abc"})
     )
-    result = subprocess.run(
-        ["make", "-n", "-C", str(REPO), "image", f"EXPORT_DIR={export}", "GIT_SHA=0123abcd"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "--build-arg MODEL_VERSION=3" in result.stdout
-    assert "--build-arg MODEL_ROC_AUC=0.96" in result.stdout
-    assert "heartml-api:0123abcd-heart-disease-svm-v3" in result.stdout
-    assert "heartml-api:0123abcd " in result.stdout
-    result = subprocess.run(
-        ["make", "-n", "-C", str(REPO), "deploy", f"EXPORT_DIR={export}", "OVERLAY=prod"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "deploy/scripts/k8s-deploy.sh deploy" in result.stdout
-    assert "heart-disease-svm-v3" in result.stdout
+
+    def dry_run(*args: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", "-C", str(REPO), *args, f"EXPORT_DIR={export}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout
+
+    image = dry_run("image", "GIT_SHA=0123abcd")
+    assert "--build-arg MODEL_VERSION=3" in image
+    assert "--build-arg MODEL_ROC_AUC=0.96" in image
+    assert "heartml-api:0123abcd-heart-disease-svm-v3" in image
+    assert "heartml-api:0123abcd " in image
+    deploy = dry_run("deploy", "OVERLAY=prod")
+    assert "deploy/scripts/k8s-deploy.sh deploy" in deploy
+    assert "heart-disease-svm-v3" in deploy
 
 
 @pytest.mark.parametrize("script", ["scripts/smoke-test.py"])

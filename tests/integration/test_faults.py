@@ -99,12 +99,8 @@ class DyingProxy:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    started = MlflowServer(tmp_path_factory.mktemp("fault-server"))
-    started.start()
-    try:
+    with MlflowServer(tmp_path_factory.mktemp("fault-server")) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def family_settings(tmp_path: Path, uri: str, prefix: str) -> Settings:

@@ -89,12 +89,8 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("promote-server"))
-    server.start()
-    try:
+    with MlflowServer(tmp_path_factory.mktemp("promote-server")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

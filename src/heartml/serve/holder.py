@@ -19,9 +19,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from heartml.registry import ModelCard, utc_now_iso
 
 if TYPE_CHECKING:
     from heartml.serve.fastpath import Predictor
@@ -36,20 +37,10 @@ MAX_RETRY_S = 30.0
 SourceKind = Literal["registry", "directory"]
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True, slots=True)
-class ModelRef:
-    """Which model a source names, with what ``/model`` shows about it."""
+class ModelRef(ModelCard):
+    """Which model a source names: its card, and where it is loaded from."""
 
-    name: str
-    version: int
-    run_id: str
-    roc_auc: float | None
-    model_type: str | None
-    promoted_at: str | None
     source: SourceKind
     uri: str
     stamp: str = ""  # changes when a directory is exported again over the same version
@@ -112,16 +103,7 @@ class RegistrySource:
         champion = read_family(self.settings).champion
         if champion is None:
             return None
-        return ModelRef(
-            name=champion.name,
-            version=champion.version,
-            run_id=champion.run_id,
-            roc_auc=champion.roc_auc,
-            model_type=champion.model_type,
-            promoted_at=champion.promoted_at,
-            source="registry",
-            uri=champion.uri,
-        )
+        return ModelRef(**champion.card.card_fields(), source="registry", uri=champion.uri)
 
     def load(self, ref: ModelRef) -> Any:
         import mlflow.sklearn
@@ -148,12 +130,7 @@ class DirectorySource:
 
         info = read_export_info(self.directory)
         return ModelRef(
-            name=info.name,
-            version=info.version,
-            run_id=info.run_id,
-            roc_auc=info.roc_auc,
-            model_type=info.model_type,
-            promoted_at=info.promoted_at,
+            **info.card_fields(),
             source="directory",
             uri=str(self.directory.resolve()),
             stamp=info.exported_at,
@@ -230,7 +207,7 @@ class ModelHolder:
             return self._check()
 
     def _check(self) -> CheckOutcome:
-        self.last_check_at = now_iso()
+        self.last_check_at = utc_now_iso(timespec="milliseconds")
         try:
             ref = self.source.resolve()
         except Exception as exc:
@@ -271,7 +248,9 @@ class ModelHolder:
         self.last_check = message
         self.metrics.reloads.labels("success").inc()
         self.metrics.show_model(ref.name, ref.version, ref.source)
-        self._current = ServedModel(ref=ref, predictor=predictor, loaded_at=now_iso())
+        self._current = ServedModel(
+            ref=ref, predictor=predictor, loaded_at=utc_now_iso(timespec="milliseconds")
+        )
         _freeze_heap()
         logger.info(message)
         return CheckOutcome("reloaded", message)

@@ -21,12 +21,7 @@ def model_info(holder: ModelHolder) -> dict[str, Any] | None:
         return None
     ref = served.ref
     return {
-        "name": ref.name,
-        "version": ref.version,
-        "run_id": ref.run_id,
-        "roc_auc": ref.roc_auc,
-        "model_type": ref.model_type,
-        "promoted_at": ref.promoted_at,
+        **ref.card_fields(),
         "loaded_at": served.loaded_at,
         "source": ref.source,
         "uri": ref.uri,
