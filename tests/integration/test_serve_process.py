@@ -90,7 +90,7 @@ def copy_champion(source: Settings, target: Settings) -> int:
     import mlflow
     import mlflow.sklearn
 
-    from heartml.train import SKOPS_TRUSTED_TYPES
+    from heartml.tracking import SKOPS_TRUSTED_TYPES
 
     configure_mlflow(source)
     pipeline = mlflow.sklearn.load_model(f"models:/{LR}/1")

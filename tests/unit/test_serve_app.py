@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from heartml.candidates import build_candidate
 from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES
 from heartml.serve.app import create_app
 from heartml.serve.fastpath import probe_rows
 from heartml.serve.holder import ModelRef
 from heartml.settings import Settings
-from heartml.train import build_candidate
 
 TOKEN = "unit-test-token"
 

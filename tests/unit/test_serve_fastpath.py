@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from heartml.candidates import build_candidate
 from heartml.experiment import CANDIDATE_ESTIMATORS
 from heartml.schema import FEATURE_NAMES
 from heartml.serve.fastpath import TOLERANCE, compile_predictor, probe_rows
-from heartml.train import build_candidate
 
 SMALL: dict[str, dict[str, Any]] = {
     "logistic_regression": {"C": 0.3, "max_iter": 500},

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from heartml.experiment import ExperimentConfig
-from heartml.train import split_data
+from heartml.fit import split_data
 
 
 def config(seed: int = 42) -> ExperimentConfig:
@@ -24,20 +24,20 @@ def test_same_seed_same_split() -> None:
     features, target = data()
     first = split_data(features, target, config())
     second = split_data(features, target, config())
-    assert first[0].index.equals(second[0].index)
-    assert first[1].index.equals(second[1].index)
+    assert first.x_train.index.equals(second.x_train.index)
+    assert first.x_test.index.equals(second.x_test.index)
 
 
 def test_other_seed_other_split() -> None:
     features, target = data()
-    assert not split_data(features, target, config(1))[1].index.equals(
-        split_data(features, target, config(2))[1].index
+    assert not split_data(features, target, config(1)).x_test.index.equals(
+        split_data(features, target, config(2)).x_test.index
     )
 
 
 def test_split_is_stratified_and_twenty_percent() -> None:
     features, target = data()
-    _, x_test, y_train, y_test = split_data(features, target, config())
-    assert len(x_test) == 40
-    assert abs(y_test.mean() - target.mean()) < 0.02
-    assert abs(y_train.mean() - target.mean()) < 0.02
+    split = split_data(features, target, config())
+    assert len(split.x_test) == 40
+    assert abs(split.y_test.mean() - target.mean()) < 0.02
+    assert abs(split.y_train.mean() - target.mean()) < 0.02

@@ -8,7 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from heartml.train import TrainingError, collect_fits, worker_context
+from heartml.candidates import TrainingError
+from heartml.workers import collect_results, worker_context
 
 
 def test_workers_are_forked_by_a_fork_server_that_preloads_the_estimators() -> None:
@@ -29,5 +30,5 @@ def test_a_dead_worker_is_a_one_line_training_error() -> None:
     with ProcessPoolExecutor(max_workers=1, mp_context=worker_context()) as pool:
         futures = [pool.submit(os._exit, 3)]
         with pytest.raises(TrainingError, match="a training worker process died") as error:
-            collect_fits(futures)  # type: ignore[arg-type]
+            collect_results(futures)
     assert "\n" not in str(error.value)

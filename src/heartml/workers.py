@@ -1,0 +1,90 @@
+"""The worker processes that fit, score, draw and convert the candidates, one per core.
+
+Fitting a candidate on 300 rows is mostly scikit-learn's Python overhead, and drawing its
+plots is all Python, so threads would queue on the GIL. Processes fit two candidates at once
+while the main process imports MLflow and opens the store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+from heartml.candidates import TrainingError
+from heartml.experiment import CANDIDATE_ESTIMATORS
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+
+T = TypeVar("T")
+
+# What every worker needs, imported once by the fork server.
+WORKER_PRELOAD = [
+    "heartml.train",
+    "pandas",
+    "sklearn.pipeline",
+    "sklearn.compose",
+    "sklearn.impute",
+    "sklearn.preprocessing",
+    "sklearn.model_selection",
+    "sklearn.metrics",
+    "sklearn.calibration",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+]
+
+
+def worker_context() -> BaseContext:
+    """How the candidate workers start: forked by a fork server, started early.
+
+    Not plain ``fork``: by the time training forks, this process may run native threads
+    (OpenMP's pool, once scikit-learn used it, deadlocks a forked child) or Python ones (a
+    caller's). The fork server is a fresh single-threaded interpreter that imports pandas,
+    scikit-learn, matplotlib and the candidates' estimators once; every worker it forks
+    inherits them. ``spawn`` where there is no fork server.
+    """
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    estimators = sorted({module for module, _ in CANDIDATE_ESTIMATORS.values()})
+    context.set_forkserver_preload([*WORKER_PRELOAD, *estimators])
+    # Starts the server now (a no-op once it runs), so that it imports while this process
+    # loads the data and imports MLflow.
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
+@contextmanager
+def candidate_pool(
+    candidates: int, context: BaseContext | None = None
+) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes for the candidates, one per core (at most two: the machines have two)."""
+    size = max(1, min(2, candidates, os.cpu_count() or 1))
+    pool = ProcessPoolExecutor(max_workers=size, mp_context=context or worker_context())
+    try:
+        yield pool
+    except BaseException:
+        # Nobody will log the candidates still queued or running: stop them now rather than
+        # keep the user waiting for fits whose results are thrown away.
+        # (No public API before Python 3.14's terminate_workers(); _processes is the pool's own.)
+        running = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in running:
+            worker.terminate()
+        raise
+    pool.shutdown(wait=True)
+
+
+def collect_results(futures: list[Future[T]]) -> list[T]:
+    """The results in submission order; a worker that died becomes a TrainingError."""
+    try:
+        return [future.result() for future in futures]
+    except BrokenProcessPool as exc:
+        raise TrainingError(f"a training worker process died ({exc})") from exc
