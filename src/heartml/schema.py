@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 
 class Kind(StrEnum):
@@ -160,3 +165,25 @@ def describe_schema() -> dict[str, object]:
             "labels": {"0": NEGATIVE_LABEL, "1": POSITIVE_LABEL},
         },
     }
+
+
+def synthetic_rows(count: int, seed: int = 0, missing: float = 0.05) -> NDArray[np.float64]:
+    """Rows across the schema's ranges and codes, in schema order, a share of values missing.
+
+    For tests and benchmarks that need many plausible patients, unusual ones included.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    columns = []
+    for feature in FEATURES:
+        if feature.codes:
+            column = rng.choice(np.array(feature.codes, dtype=np.float64), size=count)
+        elif feature.integer:
+            column = rng.integers(int(feature.minimum), int(feature.maximum) + 1, size=count)
+        else:
+            column = np.round(rng.uniform(feature.minimum, feature.maximum, size=count), 1)
+        columns.append(np.asarray(column, dtype=np.float64))
+    rows: NDArray[np.float64] = np.column_stack(columns)
+    rows[rng.random(rows.shape) < missing] = np.nan
+    return rows

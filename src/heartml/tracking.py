@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
+    from heartml.convert import OnnxForm
     from heartml.evaluate import Metrics
     from heartml.experiment import ExperimentConfig
     from heartml.settings import Settings
@@ -52,6 +53,7 @@ class CandidateRecord:
     importance_kind: str
     importance: dict[str, float]
     plots: Mapping[str, bytes]  # artifact path -> PNG
+    onnx: OnnxForm | None  # None: served by the scikit-learn pipeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,24 +130,38 @@ def log_candidate(
 
         example = x_train.head(5)
         signature = infer_signature(example, candidate.model.predict_proba(example))
-        info = mlflow.sklearn.log_model(
-            candidate.model,
-            name=MODEL_ARTIFACT,
-            serialization_format="skops",
-            # The reviewed list, not whatever the model holds: loading refuses anything else.
-            skops_trusted_types=sorted(SKOPS_TRUSTED_TYPES),
-            signature=signature,
-            input_example=example,
-            # Probabilities, not labels, are what a risk model serves.
-            pyfunc_predict_fn="predict_proba",
-            # Explicit requirements: inferring them would re-import the model in a subprocess.
-            pip_requirements=pip_requirements(),
-            # MLflow loads the saved model through pyfunc and scores the input example before
-            # registering it: every registered version is known to load the way serving loads.
-            registered_model_name=model_name,
-        )
+        with tempfile.TemporaryDirectory(prefix="heartml-onnx-") as staging:
+            info = mlflow.sklearn.log_model(
+                candidate.model,
+                name=MODEL_ARTIFACT,
+                serialization_format="skops",
+                # The reviewed list, not whatever the model holds: loading refuses anything else.
+                skops_trusted_types=sorted(SKOPS_TRUSTED_TYPES),
+                signature=signature,
+                input_example=example,
+                # Probabilities, not labels, are what a risk model serves.
+                pyfunc_predict_fn="predict_proba",
+                # Explicit requirements: inferring them would re-import the model in a subprocess.
+                pip_requirements=pip_requirements(),
+                # The ONNX graph and its probe, inside the model directory (heartml.onnx_model).
+                extra_files=onnx_files(candidate.onnx, Path(staging)),
+                # MLflow loads the saved model through pyfunc and scores the input example before
+                # registering it: every registered version is known to load the way serving loads.
+                registered_model_name=model_name,
+            )
     version = str(info.registered_model_version)
     return CandidateResult(candidate.name, candidate.metrics, run.info.run_id, model_name, version)
+
+
+def onnx_files(onnx: OnnxForm | None, directory: Path) -> list[str] | None:
+    """Write the ONNX files of a model into ``directory``; their paths for ``extra_files``."""
+    from heartml.onnx_model import ONNX_FILE, PROBE_FILE
+
+    if onnx is None:
+        return None
+    (directory / ONNX_FILE).write_bytes(onnx.graph)
+    onnx.probe.save(directory / PROBE_FILE)
+    return [str(directory / ONNX_FILE), str(directory / PROBE_FILE)]
 
 
 def pip_requirements() -> list[str]:

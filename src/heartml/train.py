@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from heartml.candidates import TrainingError
+from heartml.convert import convert_pipeline
 from heartml.data import load_dataset
 from heartml.evaluate import (
     feature_importance,
@@ -39,6 +40,8 @@ from heartml.tracking import (
 from heartml.workers import candidate_pool, collect_results, worker_context
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from heartml.registry import PromotionResult
     from heartml.settings import Settings
 
@@ -65,10 +68,15 @@ class TrainResult:
 
 
 def prepare_candidate(
-    name: str, params: dict[str, Any], config: ExperimentConfig, split: HeldOutSplit
+    name: str,
+    params: dict[str, Any],
+    config: ExperimentConfig,
+    split: HeldOutSplit,
+    probe_rows: np.ndarray,
 ) -> CandidateRecord:
     """Everything heavy about one candidate, done in the worker process that fits it:
-    fit, score on the held-out rows, explain, draw."""
+    fit, score on the held-out rows, explain, draw, and convert to ONNX, checked on
+    ``probe_rows`` (every row trained on; a disagreement fails the session)."""
     fitted = fit_candidate(name, params, config, split)
     probability = predict_held_out(fitted.model, split)
     kind, importance = feature_importance(
@@ -89,6 +97,7 @@ def prepare_candidate(
         importance_kind=kind,
         importance=importance,
         plots={path: render_png(fig) for path, fig in plots.items()},
+        onnx=convert_pipeline(fitted.model, probe_rows),
     )
 
 
@@ -122,6 +131,7 @@ def train_candidates(
     dataset = load_dataset(settings, config.data.sites)
     features, target = split_features_target(dataset.frame)
     split = split_data(features, target, config)
+    probe_rows = features.to_numpy(dtype="float64")
 
     steps = 2 * len(config.candidates) + int(promote)  # fit and register each, then promote
 
@@ -135,7 +145,7 @@ def train_candidates(
     with candidate_pool(len(config.candidates), workers) as pool:
         futures = []
         for name, params in config.candidates.items():
-            future = pool.submit(prepare_candidate, name, params, config, split)
+            future = pool.submit(prepare_candidate, name, params, config, split, probe_rows)
             future.add_done_callback(_on_fitted(name, report))
             futures.append(future)
         experiment_id = open_store(settings)

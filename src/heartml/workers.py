@@ -35,6 +35,8 @@ WORKER_PRELOAD = [
     "sklearn.calibration",
     "matplotlib.figure",
     "matplotlib.backends.backend_agg",
+    "skl2onnx",
+    "onnxruntime",
 ]
 
 

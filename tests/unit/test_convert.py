@@ -1,0 +1,96 @@
+"""Each kind of fitted pipeline converts to an ONNX graph that reproduces it, or is refused.
+
+Synthetic rows, a share of values missing (the real Cleveland check is
+tests/model/test_onnx_engine.py, on the registered models).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from heartml.candidates import build_candidate
+from heartml.convert import ConversionError, convert_pipeline
+from heartml.experiment import CANDIDATE_ESTIMATORS
+from heartml.onnx_model import TOLERANCE, OnnxEngine
+from heartml.schema import FEATURE_NAMES, synthetic_rows
+
+SMALL: dict[str, dict[str, Any]] = {
+    "logistic_regression": {"C": 0.3, "max_iter": 500},
+    "random_forest": {"n_estimators": 15, "max_depth": 4},
+    "gradient_boosting": {"n_estimators": 20, "max_depth": 2, "subsample": 0.8},
+    "svm": {"C": 1.0},
+    "knn": {"n_neighbors": 7, "weights": "distance"},
+    "extra_trees": {"n_estimators": 15, "max_depth": 4},
+}
+
+
+def synthetic(rows: int = 160, seed: int = 1) -> tuple[pd.DataFrame, np.ndarray]:
+    x = synthetic_rows(rows, seed=seed)
+    frame = pd.DataFrame(x, columns=list(FEATURE_NAMES))
+    score = np.nan_to_num(x[:, 9]) + 0.5 * np.nan_to_num(x[:, 11]) - np.nan_to_num(x[:, 7]) / 60
+    return frame, (score > np.nanmedian(score)).astype(np.int64)
+
+
+def fitted(name: str, frame: pd.DataFrame | None = None) -> Any:
+    features, target = synthetic()
+    if frame is not None:
+        features = features[list(frame.columns)]
+    return build_candidate(name, SMALL[name], 42).fit(features, target)
+
+
+@pytest.mark.parametrize("name", sorted(set(CANDIDATE_ESTIMATORS) - {"knn"}))
+def test_every_converted_candidate_type_reproduces_its_pipeline(name: str) -> None:
+    pipeline = fitted(name)
+    form = convert_pipeline(pipeline, synthetic_rows(100, seed=3))
+    assert form is not None
+    assert form.deviation <= TOLERANCE
+    # Other rows than the ones it was checked on, NaNs included, at once and one by one.
+    rows = synthetic_rows(300, seed=11)
+    expected = pipeline.predict_proba(pd.DataFrame(rows, columns=list(FEATURE_NAMES)))
+    engine = OnnxEngine(form.graph)
+    assert np.max(np.abs(engine.predict_proba(rows) - expected)) <= TOLERANCE
+    for i in range(5):
+        assert np.max(np.abs(engine.predict_proba(rows[i : i + 1]) - expected[i])) <= TOLERANCE
+
+
+def test_nearest_neighbours_are_left_to_scikit_learn() -> None:
+    assert convert_pipeline(fitted("knn"), synthetic_rows(20)) is None
+
+
+def test_the_checked_rows_and_probabilities_are_kept_for_serving() -> None:
+    pipeline = fitted("logistic_regression")
+    rows = synthetic_rows(40, seed=5)
+    form = convert_pipeline(pipeline, rows)
+    assert form is not None
+    assert np.array_equal(form.probe.rows, rows, equal_nan=True)
+    expected = pipeline.predict_proba(pd.DataFrame(rows, columns=list(FEATURE_NAMES)))
+    assert np.array_equal(form.probe.expected, expected)
+
+
+def test_the_column_order_of_the_fitted_frame_does_not_matter() -> None:
+    reversed_columns = pd.DataFrame(columns=list(reversed(FEATURE_NAMES)))
+    pipeline = fitted("logistic_regression", reversed_columns)
+    assert list(pipeline.feature_names_in_) == list(reversed(FEATURE_NAMES))
+    form = convert_pipeline(pipeline, synthetic_rows(50, seed=8))  # rows in schema order
+    assert form is not None and form.deviation <= TOLERANCE
+
+
+def test_a_pipeline_skl2onnx_cannot_convert_is_a_one_line_error() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    features, target = synthetic()
+    pipeline = Pipeline(
+        [
+            ("preprocess", FunctionTransformer(lambda x: np.nan_to_num(np.asarray(x)))),
+            ("model", LogisticRegression(max_iter=500)),
+        ]
+    ).fit(features, target)
+    with pytest.raises(ConversionError) as error:
+        convert_pipeline(pipeline, synthetic_rows(10))
+    assert "\n" not in str(error.value)
