@@ -1,5 +1,10 @@
 """Benchmark heartml's API against `mlflow models serve` for the same champion.
 
+While the numpy kernels of heartml.serve.fastpath still exist, heartml is also run a second
+time on them (``numpy``), so that the ONNX engine is compared with what it replaces in the
+same run: single-row req/s at c=8 at least 90 % of numpy's, batch rows/s not lower, and on
+every registered candidate the largest probability difference from its pipeline at most 1e-5.
+
 Both servers run on loopback, with the same number of workers, serving the registry's current
 champion; wrk drives them from a separate process with the same rows. For each server it
 prints requests/s, p50 and p99 at concurrency 1, 8 and 64 for one patient per request
@@ -161,12 +166,59 @@ def drive(
     return rps, p50, p99, errors
 
 
+def post_json_get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
 def post_json(url: str, payload: Any) -> Any:
     request = urllib.request.Request(
         url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+def candidate_differences(settings: Any, rows: list[dict[str, float]]) -> dict[str, Any]:
+    """For every model of the family (latest version): the engine serving would use, and its
+    largest probability difference from the pipeline on every training row and ``rows``."""
+    import mlflow.artifacts
+    import mlflow.sklearn
+    import numpy as np
+    import pandas as pd
+
+    from heartml.data import load_dataset
+    from heartml.features import split_features_target
+    from heartml.registry import configure_mlflow, read_family
+    from heartml.schema import FEATURE_NAMES
+    from heartml.serve.engine import load_engine
+    from heartml.serve.fastpath import compile_predictor
+
+    configure_mlflow(settings)
+    features, _ = split_features_target(load_dataset(settings).frame)
+    sample = np.array([[r[c] for c in FEATURE_NAMES] for r in rows], dtype=np.float64)
+    matrix = np.vstack([features.to_numpy(dtype=np.float64), sample])
+    latest: dict[str, Any] = {}
+    for version in read_family(settings).versions:
+        if version.name not in latest or version.version > latest[version.name].version:
+            latest[version.name] = version
+    found = {}
+    for name, version in sorted(latest.items()):
+        pipeline = mlflow.sklearn.load_model(version.uri)
+        expected = pipeline.predict_proba(pd.DataFrame(matrix, columns=list(FEATURE_NAMES)))
+        with tempfile.TemporaryDirectory() as local:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=version.uri, dst_path=local)
+            engine = load_engine(Path(path))
+        single = np.vstack([engine.predict_proba(matrix[i : i + 1]) for i in range(len(matrix))])
+        onnx_gap = max(
+            float(np.max(np.abs(engine.predict_proba(matrix) - expected))),
+            float(np.max(np.abs(single - expected))),
+        )
+        numpy_gap = float(
+            np.max(np.abs(compile_predictor(pipeline).predict_proba(matrix) - expected))
+        )
+        found[name] = {"engine": engine.name, "max_diff": onnx_gap, "numpy_max_diff": numpy_gap}
+    return found
 
 
 def main() -> int:
@@ -207,8 +259,9 @@ def main() -> int:
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     work = Path(tempfile.mkdtemp(prefix="heartml-bench-"))
-    heartml_port, mlflow_port = free_port(), free_port()
+    heartml_port, mlflow_port, numpy_port = free_port(), free_port(), free_port()
     heartml_url, mlflow_url = f"http://{HOST}:{heartml_port}", f"http://{HOST}:{mlflow_port}"
+    numpy_url = f"http://{HOST}:{numpy_port}"
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     servers = []
     try:
@@ -229,6 +282,23 @@ def main() -> int:
             work / "heartml.log",
         )
         servers.append(heartml)
+        numpy_server = start(
+            [
+                sys.executable,
+                "-m",
+                "heartml",
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(numpy_port),
+                "--workers",
+                str(args.workers),
+            ],
+            {**env, "HEARTML_BENCH_ENGINE": "numpy"},
+            work / "numpy.log",
+        )
+        servers.append(numpy_server)
         mlflow = start(
             [
                 mlflow_bin,
@@ -251,6 +321,9 @@ def main() -> int:
         servers.append(mlflow)
         wait_for(f"{heartml_url}/ready", heartml, 120, work / "heartml.log")
         wait_for(f"{mlflow_url}/ping", mlflow, 180, work / "mlflow.log")
+        wait_for(f"{numpy_url}/ready", numpy_server, 120, work / "numpy.log")
+        engines = {url: post_json_get(f"{url}/model")["engine"] for url in (heartml_url, numpy_url)}
+        print(f"engines: heartml {engines[heartml_url]}, second heartml {engines[numpy_url]}")
 
         rows = sample_rows(64)
         columns = list(FEATURE_NAMES)
@@ -284,6 +357,7 @@ def main() -> int:
         }
         for url, script in (
             (heartml_url + "/predict", "predict"),
+            (numpy_url + "/predict", "predict"),
             (mlflow_url + "/invocations", "invocations"),
         ):
             drive(url, 8, 2, scripts[script], args.threads)  # warm up both
@@ -308,12 +382,14 @@ def main() -> int:
         print(f"\nrunning (wrk, {args.duration:g} s each)...")
         for c in CONCURRENCY:
             measure("heartml", "/predict", heartml_url + "/predict", c, "predict")
+            measure("numpy", "/predict", numpy_url + "/predict", c, "predict")
             measure("heartml", "/health", heartml_url + "/health", c, None)
             measure("mlflow", "/invocations", mlflow_url + "/invocations", c, "invocations")
         for c in (1, 8):
             measure(
                 "heartml", "/predict/batch", heartml_url + "/predict/batch", c, "batch", BATCH_ROWS
             )
+            measure("numpy", "/predict/batch", numpy_url + "/predict/batch", c, "batch", BATCH_ROWS)
             measure(
                 "mlflow", "/invocations", mlflow_url + "/invocations", c, "mlflow_batch", BATCH_ROWS
             )
@@ -380,6 +456,37 @@ def main() -> int:
         met &= ok
         shown = f"{value:.0%}" if not unit else f"{value:.2f}{unit}"
         print(f"  {'PASS' if ok else 'MISS'}  {label}: {shown}")
+    numpy_one = find("numpy", "/predict", 8)
+    print("\nONNX engine vs the numpy kernels it replaces (same run)")
+    engine_targets = [
+        (
+            "single-row req/s at c=8 >= 90% of numpy",
+            ours.requests_per_s / numpy_one.requests_per_s,
+            0.9,
+        ),
+    ]
+    for c in (1, 8):
+        batch_ours = find("heartml", "/predict/batch", c, BATCH_ROWS)
+        batch_numpy = find("numpy", "/predict/batch", c, BATCH_ROWS)
+        engine_targets.append(
+            (
+                f"batch rows/s at c={c} >= numpy's",
+                batch_ours.rows_per_s / batch_numpy.rows_per_s,
+                1.0,
+            )
+        )
+    for label, value, bound in engine_targets:
+        ok = value >= bound
+        met &= ok
+        print(f"  {'PASS' if ok else 'MISS'}  {label}: {value:.0%}")
+    differences = candidate_differences(settings, rows)
+    for name, found in differences.items():
+        ok = found["max_diff"] <= 1e-5
+        met &= ok
+        print(
+            f"  {'PASS' if ok else 'MISS'}  {name}: engine {found['engine']}, largest probability "
+            f"difference {found['max_diff']:.2e} (numpy kernels: {found['numpy_max_diff']:.2e})"
+        )
     errors = sum(r.errors for r in runs)
     print(f"  {'PASS' if errors == 0 else 'MISS'}  failed requests: {errors}")
     if args.json:

@@ -1,8 +1,9 @@
 """Export stage: the champion's model files and a small ``model.json``, for a container image.
 
 ``heartml export DIR`` writes the MLflow model directory of the champion (``MLmodel``,
-``model.skops``, requirements) plus ``model.json`` (name, version, run id, roc_auc, model type,
-promoted_at, exported_at); ``heartml serve --model-dir DIR`` serves it with no tracking server.
+``model.skops``, the ONNX form in ``extra_files/``, requirements) plus ``model.json`` (name,
+version, run id, roc_auc, model type, promoted_at, exported_at); ``heartml serve --model-dir
+DIR`` serves it with no tracking server.
 The directory is replaced as a whole: the new export is written beside it and renamed into
 place, so a reader sees the old export or the new one, never a mixture.
 """
@@ -109,14 +110,15 @@ def export_champion(settings: Settings, directory: Path) -> ExportResult:
     staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}.new-", dir=directory.parent))
     try:
         import mlflow.artifacts
-        import mlflow.sklearn
+
+        from heartml.serve.engine import load_engine
 
         configure_mlflow(settings)
         uri = champion.uri
         try:
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staged))
             # What is exported must load the way serving loads it.
-            mlflow.sklearn.load_model(str(staged))
+            load_engine(staged)
         except Exception as exc:
             text = " ".join(str(exc).split())[:300]
             raise ExportError(f"could not download or load {uri}: {text}") from exc

@@ -17,6 +17,7 @@ import uvicorn
 from conftest import free_port, wait_until
 from heartml.data import load_dataset
 from heartml.features import split_features_target
+from heartml.onnx_model import TOLERANCE
 from heartml.registry import configure_mlflow, get_client, promote_version, read_family
 from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES
 from heartml.serve.app import create_app
@@ -78,7 +79,7 @@ def test_serves_the_registry_champion(live: Settings) -> None:
         assert info["model_type"] == champion.tags["model_type"]
         assert info["promoted_at"] == champion.tags["promoted_at"]
         assert info["source"] == "registry"
-        assert info["predictor"].startswith("numpy:")
+        assert info["engine"] == "onnx"
 
         # The served probability is the registry model's, for real Cleveland rows.
         frame, _ = split_features_target(load_dataset(live).frame)
@@ -95,9 +96,9 @@ def test_serves_the_registry_champion(live: Settings) -> None:
         ]
         batch = httpx.post(f"{url}/predict/batch", json={"instances": instances}).json()
         got = [p["probability"] for p in batch["predictions"]]
-        assert got == pytest.approx(list(expected), abs=1e-9)
+        assert got == pytest.approx(list(expected), abs=TOLERANCE)
         one = httpx.post(f"{url}/predict", json=instances[0]).json()
-        assert one["probability"] == pytest.approx(expected[0], abs=1e-9)
+        assert one["probability"] == pytest.approx(expected[0], abs=TOLERANCE)
 
         schema = httpx.get(f"{url}/schema").json()
         assert [f["name"] for f in schema["features"]] == list(FEATURE_NAMES)

@@ -6,7 +6,8 @@ what *new* requests get while requests in flight finish on the model they starte
 
 Loading never happens on a request: a background thread looks for the champion every
 ``reload_interval_s`` seconds (``POST /admin/reload`` asks for a look at once), loads a new
-champion beside the old one, compiles its fast path, and only then swaps. A failed look or
+champion beside the old one (its inference engine checked, see :mod:`heartml.serve.engine`),
+and only then swaps. A failed look or
 load leaves the old model serving and is recorded for ``/model`` and ``/metrics``. Until a
 first model is loaded (the tracking server down at start, say) the thread retries with
 exponential back-off.
@@ -16,16 +17,17 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from heartml.registry import ModelCard, utc_now_iso
 
 if TYPE_CHECKING:
-    from heartml.serve.fastpath import Predictor
+    from heartml.serve.engine import Engine
     from heartml.serve.metrics import ServeMetrics
     from heartml.settings import Settings
 
@@ -57,7 +59,7 @@ class ModelRef(ModelCard):
 @dataclass(frozen=True, slots=True)
 class ServedModel:
     ref: ModelRef
-    predictor: Predictor
+    engine: Engine
     loaded_at: str
 
 
@@ -78,8 +80,8 @@ class ModelSource(Protocol):
         """The model that should be served now (None: there is none); raises on failure."""
         ...
 
-    def load(self, ref: ModelRef) -> Any:
-        """The fitted scikit-learn pipeline of ``ref``."""
+    def load(self, ref: ModelRef) -> Engine:
+        """The inference engine of ``ref``, ready to serve."""
         ...
 
 
@@ -105,13 +107,21 @@ class RegistrySource:
             return None
         return ModelRef(**champion.card.card_fields(), source="registry", uri=champion.uri)
 
-    def load(self, ref: ModelRef) -> Any:
-        import mlflow.sklearn
+    def load(self, ref: ModelRef) -> Engine:
+        import tempfile
+
+        import mlflow.artifacts
 
         from heartml.registry import configure_mlflow
+        from heartml.serve.engine import load_engine
 
         configure_mlflow(self.settings)
-        return mlflow.sklearn.load_model(ref.uri)
+        if _BENCH_ENGINE == "numpy":
+            return _numpy_engine(ref.uri)
+        # The engine holds what it needs in memory: the downloaded files can go.
+        with tempfile.TemporaryDirectory(prefix="heartml-model-") as local:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=local)
+            return load_engine(Path(path))
 
 
 class DirectorySource:
@@ -136,10 +146,32 @@ class DirectorySource:
             stamp=info.exported_at,
         )
 
-    def load(self, ref: ModelRef) -> Any:
-        import mlflow.sklearn
+    def load(self, ref: ModelRef) -> Engine:
+        from heartml.serve.engine import load_engine
 
-        return mlflow.sklearn.load_model(ref.uri)
+        if _BENCH_ENGINE == "numpy":
+            return _numpy_engine(ref.uri)
+        return load_engine(Path(ref.uri))
+
+
+# Temporary, for bench/serve.py to compare the ONNX engine with the numpy kernels it
+# replaces in the same run; removed with heartml.serve.fastpath.
+_BENCH_ENGINE = os.environ.get("HEARTML_BENCH_ENGINE", "")
+
+
+class _NumpyEngine:
+    name = "numpy"
+
+    def __init__(self, predictor: Any) -> None:
+        self.predict_proba = predictor.predict_proba
+
+
+def _numpy_engine(uri: str) -> Engine:
+    import mlflow.sklearn
+
+    from heartml.serve.fastpath import compile_predictor
+
+    return cast("Engine", _NumpyEngine(compile_predictor(mlflow.sklearn.load_model(uri))))
 
 
 def source_for(settings: Settings) -> ModelSource:
@@ -230,9 +262,7 @@ class ModelHolder:
 
         started = time.perf_counter()
         try:
-            from heartml.serve.fastpath import compile_predictor
-
-            predictor = compile_predictor(self.source.load(ref))
+            engine = self.source.load(ref)
         except Exception as exc:
             keeping = f"; still serving {current.ref.ref}" if current else ""
             return self._failed(f"could not load {ref.ref}: {_one_line(exc)}{keeping}")
@@ -240,7 +270,7 @@ class ModelHolder:
         previous = current.ref.ref if current else None
         message = (
             f"loaded {ref.ref} from {ref.source} in {time.perf_counter() - started:.2f} s "
-            f"(predictor: {predictor.mode})" + (f", replacing {previous}" if previous else "")
+            f"(engine: {engine.name})" + (f", replacing {previous}" if previous else "")
         )
         # The bookkeeping first: whoever sees the new model in /model also sees its reload.
         self.reloads += 1
@@ -249,7 +279,7 @@ class ModelHolder:
         self.metrics.reloads.labels("success").inc()
         self.metrics.show_model(ref.name, ref.version, ref.source)
         self._current = ServedModel(
-            ref=ref, predictor=predictor, loaded_at=utc_now_iso(timespec="milliseconds")
+            ref=ref, engine=engine, loaded_at=utc_now_iso(timespec="milliseconds")
         )
         _freeze_heap()
         logger.info(message)

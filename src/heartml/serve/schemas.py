@@ -142,7 +142,10 @@ class ModelInfo(BaseModel):
     loaded_at: str
     source: Literal["registry", "directory"]
     uri: str
-    predictor: str = Field(description="How predictions are computed: numpy, estimator or pipeline")
+    engine: Literal["onnx", "sklearn", "numpy"] = Field(
+        description="What computes the predictions: onnx (ONNX Runtime, the model's checked ONNX "
+        "form) or sklearn (its scikit-learn pipeline)"
+    )
     reload_interval_s: float
     last_check_at: str | None
     last_check: str | None = Field(description="Outcome of the last look at the registry")

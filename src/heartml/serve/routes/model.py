@@ -25,7 +25,7 @@ def model_info(holder: ModelHolder) -> dict[str, Any] | None:
         "loaded_at": served.loaded_at,
         "source": ref.source,
         "uri": ref.uri,
-        "predictor": served.predictor.mode,
+        "engine": served.engine.name,
         "reload_interval_s": holder.reload_interval_s,
         "last_check_at": holder.last_check_at,
         "last_check": holder.last_check,

@@ -61,7 +61,7 @@ def _invalid(exc: ValidationError) -> Outcome:
 
 
 def _score(served: ServedModel, rows: np.ndarray, metrics: ServeMetrics) -> list[dict[str, Any]]:
-    proba = served.predictor.predict_proba(rows)
+    proba = served.engine.predict_proba(rows)
     positive = proba[:, 1]
     classes = (positive > proba[:, 0]).astype(np.int64)  # argmax, ties to 0 as sklearn does
     ones = int(classes.sum())
@@ -100,7 +100,7 @@ def predict_one(state: State, body: bytes) -> Outcome:
     if served is None:
         return _problem(503, holder.not_ready_reason())
     row = np.array([tuple(patient.__dict__.values())], dtype=np.float64)
-    proba = served.predictor.predict_proba(row)
+    proba = served.engine.predict_proba(row)
     positive = float(proba[0, 1])
     predicted = 1 if positive > proba[0, 0] else 0  # argmax, ties to 0 as sklearn does
     state.metrics.count_predictions(1 - predicted, predicted)

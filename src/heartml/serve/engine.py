@@ -1,0 +1,91 @@
+"""The inference engine a served model runs on: ONNX Runtime, or its scikit-learn pipeline.
+
+A registered model directory holds the ONNX form of its pipeline when the conversion was
+faithful (:mod:`heartml.onnx_model`). Loading checks that graph again, here, against the
+probabilities stored beside it, and serves it with ONNX Runtime: no scikit-learn, pandas or
+training data needed. A model without an ONNX form (nearest neighbours, or one registered
+before heartml converted), or whose graph no longer reproduces its probe under this ONNX
+Runtime, is served by its scikit-learn pipeline, loaded through ``mlflow.sklearn``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from heartml.onnx_model import (
+    TOLERANCE,
+    OnnxEngine,
+    Probe,
+    Rows,
+    find_onnx_files,
+    largest_deviation,
+)
+from heartml.schema import FEATURE_NAMES
+
+logger = logging.getLogger(__name__)
+
+EngineName = Literal["onnx", "sklearn"]
+
+
+class Engine(Protocol):
+    """Probabilities for rows of the 13 features in schema order (float64, NaN = missing)."""
+
+    @property
+    def name(self) -> EngineName: ...
+
+    def predict_proba(self, rows: Rows) -> NDArray[np.floating[Any]]:
+        """The (rows, 2) matrix of P(no disease), P(disease)."""
+        ...
+
+
+class SklearnEngine:
+    """The fitted scikit-learn pipeline itself, on a DataFrame with the schema's columns."""
+
+    name: EngineName = "sklearn"
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self._columns = list(FEATURE_NAMES)
+
+    def predict_proba(self, rows: Rows) -> NDArray[np.floating[Any]]:
+        import pandas as pd
+
+        result: NDArray[np.floating[Any]] = self.pipeline.predict_proba(
+            pd.DataFrame(rows, columns=self._columns)
+        )
+        return result
+
+
+def load_engine(model_dir: Path) -> Engine:
+    """The engine for an MLflow model directory: its ONNX form when it has a faithful one."""
+    files = find_onnx_files(model_dir)
+    if files is not None:
+        engine = OnnxEngine(files.graph.read_bytes())
+        deviation = largest_deviation(engine, Probe.load(files.probe))
+        if deviation <= TOLERANCE:
+            return engine
+        logger.warning(
+            "the ONNX form in %s differs from its pipeline by %.3g under this ONNX Runtime; "
+            "serving the scikit-learn pipeline",
+            model_dir,
+            deviation,
+        )
+    import mlflow.sklearn
+
+    return SklearnEngine(mlflow.sklearn.load_model(str(model_dir)))
+
+
+def engine_for_pipeline(pipeline: Any, rows: Rows) -> Engine:
+    """An engine for an in-memory pipeline, converted as registration converts it.
+
+    For tests and benchmarks that have a pipeline but no model directory.
+    """
+    from heartml.convert import convert_pipeline
+
+    form = convert_pipeline(pipeline, rows)
+    return SklearnEngine(pipeline) if form is None else OnnxEngine(form.graph)

@@ -1,0 +1,128 @@
+"""The registered models are served by their ONNX form, which gives the pipeline's own
+probabilities on every Cleveland row.
+
+Training (the shared ``trained_root`` session) fits, converts and registers every candidate type
+the experiment lists; each registered version is loaded the way serving loads it and compared
+with its pipeline's ``predict_proba`` on all 303 rows, missing values included.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_settings
+from heartml.data import load_dataset
+from heartml.experiment import load_experiment
+from heartml.features import split_features_target
+from heartml.onnx_model import TOLERANCE, Probe, find_onnx_files
+from heartml.registry import configure_mlflow, read_family
+from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES
+from heartml.serve.engine import load_engine
+from heartml.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def settings(trained_root: Path, mirror: Path) -> Settings:
+    settings = make_settings(trained_root, mirror)
+    configure_mlflow(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def features(settings: Settings) -> pd.DataFrame:
+    return split_features_target(load_dataset(settings).frame)[0]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every registered version's MLflow model directory, downloaded as serving downloads it."""
+    import mlflow.artifacts
+
+    root = tmp_path_factory.mktemp("models")
+    return {
+        str(v.tags["model_type"]): Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=v.uri, dst_path=str(root / v.name))
+        )
+        for v in read_family(settings).versions
+    }
+
+
+def test_every_candidate_is_served_with_its_pipelines_probabilities(
+    settings: Settings, features: pd.DataFrame, model_dirs: dict[str, Path]
+) -> None:
+    import mlflow.sklearn
+
+    assert len(features) == 303
+    assert features.isna().any(axis=None)  # the rows with missing ca / thal are in
+    rows = features.to_numpy(dtype=np.float64)
+    expected_types = set(load_experiment(settings.experiment_config).candidates)
+    assert expected_types <= set(model_dirs), "every candidate type should be registered"
+
+    for model_type in sorted(expected_types):
+        engine = load_engine(model_dirs[model_type])
+        assert engine.name == ("sklearn" if model_type == "knn" else "onnx"), model_type
+        pipeline = mlflow.sklearn.load_model(str(model_dirs[model_type]))
+        expected = pipeline.predict_proba(features)
+        served = engine.predict_proba(rows)
+        assert served.shape == expected.shape
+        gap = float(np.max(np.abs(served - expected)))
+        assert gap <= TOLERANCE, f"{model_type}: {gap:.3g}"
+        # One row at a time too, as /predict calls it.
+        single = np.vstack([engine.predict_proba(rows[i : i + 1]) for i in range(len(rows))])
+        assert float(np.max(np.abs(single - expected))) <= TOLERANCE, model_type
+        # The predicted class is the pipeline's.
+        assert np.array_equal(served.argmax(axis=1), pipeline.predict(features)), model_type
+
+
+def test_the_model_keeps_every_row_it_was_checked_on(
+    features: pd.DataFrame, model_dirs: dict[str, Path]
+) -> None:
+    files = find_onnx_files(model_dirs["logistic_regression"])
+    assert files is not None
+    assert files.graph.parent.name == "extra_files"
+    probe = Probe.load(files.probe)
+    assert np.array_equal(probe.rows, features.to_numpy(dtype=np.float64), equal_nan=True)
+    assert find_onnx_files(model_dirs["knn"]) is None
+
+
+@pytest.fixture
+def tampered(model_dirs: dict[str, Path], tmp_path: Path) -> Iterator[Path]:
+    """A copy of a model whose stored probabilities no longer match its graph."""
+    copy = tmp_path / "tampered"
+    shutil.copytree(model_dirs["random_forest"], copy)
+    files = find_onnx_files(copy)
+    assert files is not None
+    probe = Probe.load(files.probe)
+    Probe(probe.rows, probe.expected + 0.01).save(files.probe)
+    yield copy
+
+
+def test_a_graph_that_disagrees_at_load_is_not_served(
+    tampered: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="heartml.serve.engine"):
+        engine = load_engine(tampered)
+    assert engine.name == "sklearn"
+    assert "differs from its pipeline by 0.01" in caplog.text
+
+
+def test_risk_rises_with_st_depression_through_the_served_engine(
+    settings: Settings, model_dirs: dict[str, Path]
+) -> None:
+    champion = read_family(settings).champion
+    assert champion is not None
+    engine = load_engine(model_dirs[str(champion.tags["model_type"])])
+    base = np.array([[EXAMPLE_PATIENT[n] for n in FEATURE_NAMES]], dtype=np.float64)
+    oldpeak = FEATURE_NAMES.index("oldpeak")
+    low, high = base.copy(), base.copy()
+    low[0, oldpeak], high[0, oldpeak] = 0.0, 5.0
+    assert engine.predict_proba(high)[0, 1] > engine.predict_proba(low)[0, 1]
