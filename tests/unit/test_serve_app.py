@@ -365,3 +365,15 @@ def test_the_background_loader_retries_until_the_source_answers(source: StaticSo
         while client.get("/ready").status_code != 200:
             assert time.monotonic() < deadline, "never became ready"
             time.sleep(0.1)
+
+
+def test_answers_are_compact_json_in_a_fixed_field_order(client: TestClient) -> None:
+    one = client.post("/predict", json=EXAMPLE_PATIENT)
+    assert list(one.json()) == ["prediction", "label", "probability", "model_name", "model_version"]
+    assert one.content == json.dumps(one.json(), separators=(",", ":")).encode()
+    assert one.headers["content-type"] == "application/json"
+    batch = client.post("/predict/batch", json={"instances": [EXAMPLE_PATIENT]})
+    assert list(batch.json()) == ["predictions", "count", "model_name", "model_version"]
+    entry = batch.json()["predictions"][0]
+    assert list(entry) == ["prediction", "probability", "label", "model_name", "model_version"]
+    assert batch.content == json.dumps(batch.json(), separators=(",", ":")).encode()

@@ -37,14 +37,34 @@ HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 MetricsDep = Annotated[ServeMetrics, Depends(get_metrics)]
 
 
+def json_bytes(content: Any) -> bytes:
+    """The one serialiser of every answer: compact JSON."""
+    return json.dumps(content, separators=(",", ":")).encode()
+
+
+class JSONBytes(Response):
+    """A response of JSON bytes already serialised: no re-validation, no re-encoding.
+
+    Starlette's ``Response.__init__`` renders and inspects its content; here the bytes and
+    the two headers are set directly, a few microseconds per prediction.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, content: bytes, status_code: int = 200, **headers: str) -> None:
+        self.body = content
+        self.status_code = status_code
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+        ]
+
+
 def json_response(content: Any, status_code: int = 200, **headers: str) -> Response:
     """A JSON response without FastAPI's re-validation of what we just built."""
-    return Response(
-        json.dumps(content, separators=(",", ":")).encode(),
-        status_code=status_code,
-        media_type="application/json",
-        headers=headers or None,
-    )
+    return JSONBytes(json_bytes(content), status_code, **headers)
 
 
 def problem(status_code: int, detail: str, **headers: str) -> Response:
@@ -61,5 +81,6 @@ def error_entries(errors: list[Any], prefix: tuple[str | int, ...] = ("body",)) 
 
 
 def validation_problem(exc: ValidationError, prefix: tuple[str | int, ...] = ("body",)) -> Response:
+    """422 for a body that pydantic refused: one entry per bad field."""
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     return json_response({"detail": error_entries(errors, prefix)}, 422)
