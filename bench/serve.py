@@ -1,9 +1,11 @@
 """Benchmark heartml's API against `mlflow models serve` for the same champion.
 
-While the numpy kernels of heartml.serve.fastpath still exist, heartml is also run a second
-time on them (``numpy``), so that the ONNX engine is compared with what it replaces in the
-same run: single-row req/s at c=8 at least 90 % of numpy's, batch rows/s not lower, and on
-every registered candidate the largest probability difference from its pipeline at most 1e-5.
+It also loads every model of the family the way serving does and prints, for each, the engine
+that serves it and its largest probability difference from the pipeline (target: 1e-5).
+
+``--baseline-src DIR`` runs a second heartml from another source tree (the ``src`` of a
+checkout of main, say) in the same run, to compare a change with what it replaces: single-row
+req/s at c=8 at least 90 % of the baseline's, batch rows/s not lower.
 
 Both servers run on loopback, with the same number of workers, serving the registry's current
 champion; wrk drives them from a separate process with the same rows. For each server it
@@ -13,7 +15,7 @@ heartml's ``/predict`` against its own ``GET /health``. It ends with the issue's
 concurrency 8: at least 10x MLflow's throughput, p99 at most 10 ms, and ``/predict`` at
 least 70 % of ``/health``.
 
-    python bench/serve.py [--duration 5] [--workers 1] [--json results.json]
+    python bench/serve.py [--duration 5] [--workers 1] [--json results.json] [--baseline-src DIR]
 
 The store is MLFLOW_TRACKING_URI (default sqlite:///mlflow.db): run `make pipeline` first.
 """
@@ -102,10 +104,9 @@ def sample_rows(count: int) -> list[dict[str, float]]:
     """Valid patients spread over the schema (no missing values: the API requires all 13)."""
     import numpy as np
 
-    from heartml.schema import FEATURES
-    from heartml.serve.fastpath import probe_rows
+    from heartml.schema import FEATURES, synthetic_rows
 
-    rows = probe_rows(count * 2, seed=7)
+    rows = synthetic_rows(count * 2, seed=7)
     rows = rows[~np.isnan(rows).any(axis=1)][:count]
     return [
         {f.name: (int(v) if f.integer else float(v)) for f, v in zip(FEATURES, row, strict=True)}
@@ -166,7 +167,7 @@ def drive(
     return rps, p50, p99, errors
 
 
-def post_json_get(url: str) -> Any:
+def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
 
@@ -192,7 +193,6 @@ def candidate_differences(settings: Any, rows: list[dict[str, float]]) -> dict[s
     from heartml.registry import configure_mlflow, read_family
     from heartml.schema import FEATURE_NAMES
     from heartml.serve.engine import load_engine
-    from heartml.serve.fastpath import compile_predictor
 
     configure_mlflow(settings)
     features, _ = split_features_target(load_dataset(settings).frame)
@@ -210,14 +210,11 @@ def candidate_differences(settings: Any, rows: list[dict[str, float]]) -> dict[s
             path = mlflow.artifacts.download_artifacts(artifact_uri=version.uri, dst_path=local)
             engine = load_engine(Path(path))
         single = np.vstack([engine.predict_proba(matrix[i : i + 1]) for i in range(len(matrix))])
-        onnx_gap = max(
+        gap = max(
             float(np.max(np.abs(engine.predict_proba(matrix) - expected))),
             float(np.max(np.abs(single - expected))),
         )
-        numpy_gap = float(
-            np.max(np.abs(compile_predictor(pipeline).predict_proba(matrix) - expected))
-        )
-        found[name] = {"engine": engine.name, "max_diff": onnx_gap, "numpy_max_diff": numpy_gap}
+        found[name] = {"engine": engine.name, "max_diff": gap}
     return found
 
 
@@ -227,6 +224,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="workers of each server")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--baseline-src", type=Path, help="also run heartml from this source tree, to compare"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported")
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -259,46 +260,34 @@ def main() -> int:
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     work = Path(tempfile.mkdtemp(prefix="heartml-bench-"))
-    heartml_port, mlflow_port, numpy_port = free_port(), free_port(), free_port()
+    heartml_port, mlflow_port, baseline_port = free_port(), free_port(), free_port()
     heartml_url, mlflow_url = f"http://{HOST}:{heartml_port}", f"http://{HOST}:{mlflow_port}"
-    numpy_url = f"http://{HOST}:{numpy_port}"
+    baseline_url = f"http://{HOST}:{baseline_port}"
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+
+    def heartml_command(port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "heartml",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+        ]
+
     servers = []
     try:
-        heartml = start(
-            [
-                sys.executable,
-                "-m",
-                "heartml",
-                "serve",
-                "--host",
-                HOST,
-                "--port",
-                str(heartml_port),
-                "--workers",
-                str(args.workers),
-            ],
-            env,
-            work / "heartml.log",
-        )
+        heartml = start(heartml_command(heartml_port), env, work / "heartml.log")
         servers.append(heartml)
-        numpy_server = start(
-            [
-                sys.executable,
-                "-m",
-                "heartml",
-                "serve",
-                "--host",
-                HOST,
-                "--port",
-                str(numpy_port),
-                "--workers",
-                str(args.workers),
-            ],
-            {**env, "HEARTML_BENCH_ENGINE": "numpy"},
-            work / "numpy.log",
-        )
-        servers.append(numpy_server)
+        baseline = None
+        if args.baseline_src is not None:
+            baseline_env = {**env, "PYTHONPATH": str(args.baseline_src.resolve())}
+            baseline = start(heartml_command(baseline_port), baseline_env, work / "baseline.log")
+            servers.append(baseline)
         mlflow = start(
             [
                 mlflow_bin,
@@ -321,9 +310,10 @@ def main() -> int:
         servers.append(mlflow)
         wait_for(f"{heartml_url}/ready", heartml, 120, work / "heartml.log")
         wait_for(f"{mlflow_url}/ping", mlflow, 180, work / "mlflow.log")
-        wait_for(f"{numpy_url}/ready", numpy_server, 120, work / "numpy.log")
-        engines = {url: post_json_get(f"{url}/model")["engine"] for url in (heartml_url, numpy_url)}
-        print(f"engines: heartml {engines[heartml_url]}, second heartml {engines[numpy_url]}")
+        if baseline is not None:
+            wait_for(f"{baseline_url}/ready", baseline, 120, work / "baseline.log")
+            print(f"baseline: heartml from {args.baseline_src}")
+        print(f"engine: {get_json(f'{heartml_url}/model')['engine']}")
 
         rows = sample_rows(64)
         columns = list(FEATURE_NAMES)
@@ -355,12 +345,12 @@ def main() -> int:
                 work, "mlflow_batch", "/invocations", [json.dumps(frame(batch))]
             ),
         }
-        for url, script in (
-            (heartml_url + "/predict", "predict"),
-            (numpy_url + "/predict", "predict"),
-            (mlflow_url + "/invocations", "invocations"),
-        ):
-            drive(url, 8, 2, scripts[script], args.threads)  # warm up both
+        ours_urls = [("heartml", heartml_url)]
+        if baseline is not None:
+            ours_urls.append(("baseline", baseline_url))
+        for _, url in ours_urls:
+            drive(url + "/predict", 8, 2, scripts["predict"], args.threads)  # warm up
+        drive(mlflow_url + "/invocations", 8, 2, scripts["invocations"], args.threads)
 
         runs: list[Run] = []
 
@@ -379,33 +369,44 @@ def main() -> int:
                 flush=True,
             )
 
-        print(f"\nrunning (wrk, {args.duration:g} s each)...")
-        for c in CONCURRENCY:
-            measure("heartml", "/predict", heartml_url + "/predict", c, "predict")
-            measure("numpy", "/predict", numpy_url + "/predict", c, "predict")
-            measure("heartml", "/health", heartml_url + "/health", c, None)
-            measure("mlflow", "/invocations", mlflow_url + "/invocations", c, "invocations")
-        for c in (1, 8):
-            measure(
-                "heartml", "/predict/batch", heartml_url + "/predict/batch", c, "batch", BATCH_ROWS
-            )
-            measure("numpy", "/predict/batch", numpy_url + "/predict/batch", c, "batch", BATCH_ROWS)
-            measure(
-                "mlflow", "/invocations", mlflow_url + "/invocations", c, "mlflow_batch", BATCH_ROWS
-            )
+        print(f"\nrunning (wrk, {args.duration:g} s each, {args.repeat} round(s))...")
+        for _ in range(args.repeat):
+            for c in CONCURRENCY:
+                for server, url in ours_urls:
+                    measure(server, "/predict", url + "/predict", c, "predict")
+                measure("heartml", "/health", heartml_url + "/health", c, None)
+                measure("mlflow", "/invocations", mlflow_url + "/invocations", c, "invocations")
+            for c in (1, 8):
+                for server, url in ours_urls:
+                    measure(
+                        server, "/predict/batch", url + "/predict/batch", c, "batch", BATCH_ROWS
+                    )
+                measure(
+                    "mlflow",
+                    "/invocations",
+                    mlflow_url + "/invocations",
+                    c,
+                    "mlflow_batch",
+                    BATCH_ROWS,
+                )
     finally:
         for process in servers:
             stop(process)
 
     def find(server: str, endpoint: str, c: int, rows_per: int = 1) -> Run:
-        return next(
-            r
-            for r in runs
-            if (r.server, r.endpoint, r.concurrency, r.rows_per_request)
-            == (server, endpoint, c, rows_per)
+        """The median round of one measurement (by requests/s)."""
+        same = sorted(
+            (
+                r
+                for r in runs
+                if (r.server, r.endpoint, r.concurrency, r.rows_per_request)
+                == (server, endpoint, c, rows_per)
+            ),
+            key=lambda r: r.requests_per_s,
         )
+        return same[len(same) // 2]
 
-    print("\nsingle patient per request")
+    print("\nsingle patient per request" + (" (medians)" if args.repeat > 1 else ""))
     print(
         f"{'c':>4} | {'heartml req/s':>13} {'p50':>8} {'p99':>8} | {'mlflow req/s':>12} {'p50':>8} "
         f"{'p99':>8} | {'speed-up':>8} | {'/health req/s':>13} {'predict/health':>14}"
@@ -449,6 +450,25 @@ def main() -> int:
             "",
         ),
     ]
+    if args.baseline_src is not None:
+        targets.append(
+            (
+                "single-row req/s at c=8 >= 90% of the baseline",
+                ours.requests_per_s / find("baseline", "/predict", 8).requests_per_s,
+                0.90,
+                "",
+            )
+        )
+        for c in (1, 8):
+            targets.append(
+                (
+                    f"batch rows/s at c={c} >= the baseline's",
+                    find("heartml", "/predict/batch", c, BATCH_ROWS).rows_per_s
+                    / find("baseline", "/predict/batch", c, BATCH_ROWS).rows_per_s,
+                    1.0,
+                    "",
+                )
+            )
     print("\ntargets (2 cores, c=8)")
     met = True
     for label, value, bound, unit in targets:
@@ -456,36 +476,13 @@ def main() -> int:
         met &= ok
         shown = f"{value:.0%}" if not unit else f"{value:.2f}{unit}"
         print(f"  {'PASS' if ok else 'MISS'}  {label}: {shown}")
-    numpy_one = find("numpy", "/predict", 8)
-    print("\nONNX engine vs the numpy kernels it replaces (same run)")
-    engine_targets = [
-        (
-            "single-row req/s at c=8 >= 90% of numpy",
-            ours.requests_per_s / numpy_one.requests_per_s,
-            0.9,
-        ),
-    ]
-    for c in (1, 8):
-        batch_ours = find("heartml", "/predict/batch", c, BATCH_ROWS)
-        batch_numpy = find("numpy", "/predict/batch", c, BATCH_ROWS)
-        engine_targets.append(
-            (
-                f"batch rows/s at c={c} >= numpy's",
-                batch_ours.rows_per_s / batch_numpy.rows_per_s,
-                1.0,
-            )
-        )
-    for label, value, bound in engine_targets:
-        ok = value >= bound
-        met &= ok
-        print(f"  {'PASS' if ok else 'MISS'}  {label}: {value:.0%}")
-    differences = candidate_differences(settings, rows)
-    for name, found in differences.items():
+    print("\nevery model of the family, loaded as serving loads it")
+    for name, found in candidate_differences(settings, rows).items():
         ok = found["max_diff"] <= 1e-5
         met &= ok
         print(
-            f"  {'PASS' if ok else 'MISS'}  {name}: engine {found['engine']}, largest probability "
-            f"difference {found['max_diff']:.2e} (numpy kernels: {found['numpy_max_diff']:.2e})"
+            f"  {'PASS' if ok else 'MISS'}  {name}: engine {found['engine']}, largest "
+            f"probability difference from the pipeline {found['max_diff']:.2e}"
         )
     errors = sum(r.errors for r in runs)
     print(f"  {'PASS' if errors == 0 else 'MISS'}  failed requests: {errors}")

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from heartml.registry import ModelCard, utc_now_iso
 
@@ -116,8 +115,6 @@ class RegistrySource:
         from heartml.serve.engine import load_engine
 
         configure_mlflow(self.settings)
-        if _BENCH_ENGINE == "numpy":
-            return _numpy_engine(ref.uri)
         # The engine holds what it needs in memory: the downloaded files can go.
         with tempfile.TemporaryDirectory(prefix="heartml-model-") as local:
             path = mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=local)
@@ -149,29 +146,7 @@ class DirectorySource:
     def load(self, ref: ModelRef) -> Engine:
         from heartml.serve.engine import load_engine
 
-        if _BENCH_ENGINE == "numpy":
-            return _numpy_engine(ref.uri)
         return load_engine(Path(ref.uri))
-
-
-# Temporary, for bench/serve.py to compare the ONNX engine with the numpy kernels it
-# replaces in the same run; removed with heartml.serve.fastpath.
-_BENCH_ENGINE = os.environ.get("HEARTML_BENCH_ENGINE", "")
-
-
-class _NumpyEngine:
-    name = "numpy"
-
-    def __init__(self, predictor: Any) -> None:
-        self.predict_proba = predictor.predict_proba
-
-
-def _numpy_engine(uri: str) -> Engine:
-    import mlflow.sklearn
-
-    from heartml.serve.fastpath import compile_predictor
-
-    return cast("Engine", _NumpyEngine(compile_predictor(mlflow.sklearn.load_model(uri))))
 
 
 def source_for(settings: Settings) -> ModelSource:

@@ -142,7 +142,7 @@ class ModelInfo(BaseModel):
     loaded_at: str
     source: Literal["registry", "directory"]
     uri: str
-    engine: Literal["onnx", "sklearn", "numpy"] = Field(
+    engine: Literal["onnx", "sklearn"] = Field(
         description="What computes the predictions: onnx (ONNX Runtime, the model's checked ONNX "
         "form) or sklearn (its scikit-learn pipeline)"
     )
