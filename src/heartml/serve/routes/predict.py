@@ -71,11 +71,13 @@ def classify(
 ) -> tuple[list[int], list[float]]:
     """The predicted class and P(disease) of each row, counted in the metrics."""
     proba = served.engine.predict_proba(rows)
-    positive = proba[:, 1]
-    classes = (positive > proba[:, 0]).astype(np.int64)  # argmax, ties to 0 as sklearn does
-    ones = int(classes.sum())
+    # Python floats, not numpy scalars: the JSON encoder writes them with repr, and a request
+    # is mostly one row, for which list operations cost less than numpy's.
+    negative, positive = proba[:, 0].tolist(), proba[:, 1].tolist()
+    classes = [int(p > n) for n, p in zip(negative, positive, strict=True)]  # ties to 0
+    ones = sum(classes)
     metrics.count_predictions(len(classes) - ones, ones)
-    return classes.tolist(), positive.tolist()
+    return classes, positive
 
 
 _CLIENT_GONE = JSONBytes(b"", 499)
