@@ -26,9 +26,9 @@ class StaticSource:
 
     kind: Literal["registry", "directory"] = "registry"
 
-    def __init__(self, pipelines: dict[int, Any]) -> None:
-        self.pipelines = pipelines
-        self.version: int | None = min(pipelines)
+    def __init__(self, engines: dict[int, Engine]) -> None:
+        self.engines = engines
+        self.version: int | None = min(engines)
         self.resolve_error: Exception | None = None
         self.load_error: Exception | None = None
 
@@ -54,7 +54,7 @@ class StaticSource:
     def load(self, ref: ModelRef) -> Engine:
         if self.load_error is not None:
             raise self.load_error
-        return engine_for_pipeline(self.pipelines[ref.version], synthetic_rows(50))
+        return self.engines[ref.version]
 
 
 def fit_pipeline(seed: int) -> Any:
@@ -69,9 +69,15 @@ def pipelines() -> dict[int, Any]:
     return {1: fit_pipeline(1), 2: fit_pipeline(2)}
 
 
+@pytest.fixture(scope="module")
+def engines(pipelines: dict[int, Any]) -> dict[int, Engine]:
+    """Each pipeline converted and checked as registration does it (once: it takes a while)."""
+    return {v: engine_for_pipeline(p, synthetic_rows(50)) for v, p in pipelines.items()}
+
+
 @pytest.fixture
-def source(pipelines: dict[int, Any]) -> StaticSource:
-    return StaticSource(pipelines)
+def source(engines: dict[int, Engine]) -> StaticSource:
+    return StaticSource(engines)
 
 
 def unit_settings(**overrides: Any) -> Settings:
