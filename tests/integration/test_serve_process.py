@@ -1,8 +1,10 @@
 """`heartml serve` and `heartml export` as real processes.
 
 * A tracking server that is down at start: the API lives (/health 200), is not ready (/ready
-  503 with the reason), and becomes ready by itself once the server is up with a champion.
-* `heartml export DIR` then `heartml serve --model-dir DIR --workers 2` with no tracking server.
+  503 with the reason), and becomes ready by itself once the server is up with a champion; the
+  server stopping and returning later changes nothing for what is served.
+* `heartml export DIR` then `heartml serve --model-dir DIR --workers 2` with no tracking server,
+  and without pandas, scikit-learn, SciPy, matplotlib or MLflow (the ONNX form serves).
 * Failures are one line on stderr and exit 1.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,6 +33,7 @@ from conftest import (
     stop_group,
     wait_until,
 )
+from heartml.export import ExportError, export_champion
 from heartml.registry import (
     configure_mlflow,
     ensure_experiment,
@@ -85,15 +89,20 @@ def wait_ready(url: str, timeout: float, log: Path) -> dict[str, Any]:
     raise AssertionError(f"not ready within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-def copy_champion(source: Settings, target: Settings) -> int:
-    """Register the trained logistic regression in ``target`` and make it champion."""
+def copy_champion(source: Settings, target: Settings, staging: Path) -> int:
+    """Register the trained logistic regression, ONNX form included, in ``target`` and make
+    it champion."""
     import mlflow
+    import mlflow.artifacts
     import mlflow.sklearn
 
     from heartml.tracking import SKOPS_TRUSTED_TYPES
 
     configure_mlflow(source)
-    pipeline = mlflow.sklearn.load_model(f"models:/{LR}/1")
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{LR}/1", dst_path=str(staging / "copy"))
+    )
+    pipeline = mlflow.sklearn.load_model(str(local))
     configure_mlflow(target)
     experiment = ensure_experiment(target)
     with mlflow.start_run(experiment_id=experiment):
@@ -103,46 +112,14 @@ def copy_champion(source: Settings, target: Settings) -> int:
             serialization_format="skops",
             skops_trusted_types=sorted(SKOPS_TRUSTED_TYPES),
             pip_requirements=["scikit-learn"],
+            extra_files=[str(p) for p in sorted((local / "extra_files").iterdir())],
             registered_model_name=LR,
         )
+    shutil.rmtree(local)
     version = str(info.registered_model_version)
     tag_candidate_version(target, LR, version, 0.95, "logistic_regression")
     promote_version(target, LR, int(version), reason="test: champion on the new server")
     return int(version)
-
-
-@pytest.mark.server
-def test_unreachable_tracking_server_at_start_then_ready(
-    trained_settings: Settings, tmp_path: Path, mirror: Path
-) -> None:
-    server = MlflowServer(tmp_path / "server")  # its port is chosen, nothing listens yet
-    remote = make_settings(tmp_path / "remote", mirror, mlflow_tracking_uri=server.uri)
-    log = tmp_path / "serve.log"
-    with heartml_serve(remote, log=log, env={"HEARTML_REGISTRY_RETRIES": "1"}) as (url, _):
-        assert httpx.get(f"{url}/health").status_code == 200
-        # Until the first check has failed, the reason is still "loading".
-        wait_until(
-            lambda: "unreachable" in httpx.get(f"{url}/ready").json()["reason"],
-            30,
-            "/ready names the unreachable server",
-        )
-        assert httpx.get(f"{url}/ready").status_code == 503
-        assert httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).status_code == 503
-        assert registry_errors(url) > 0
-
-        server.start()
-        try:
-            version = copy_champion(trained_settings, remote)
-            model = wait_ready(url, 90, log)
-            assert (model["name"], model["version"]) == (LR, version)
-            assert model["source"] == "registry"
-            answer = httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).json()
-            assert answer["model_name"] == LR
-        finally:
-            server.stop()
-        # The server going away again changes nothing for what is served.
-        assert httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).status_code == 200
-    assert "Traceback" not in log.read_text()
 
 
 def registry_errors(url: str) -> float:
@@ -152,21 +129,36 @@ def registry_errors(url: str) -> float:
 
 
 @pytest.mark.server
-def test_tracking_server_stopping_while_serving(
+def test_tracking_server_down_at_start_then_stopping_and_returning(
     trained_settings: Settings, tmp_path: Path, mirror: Path
 ) -> None:
-    """The server dies under a running API: it keeps serving, says so, and catches up."""
-    server = MlflowServer(tmp_path / "server")
+    """Nothing listens at start: the API lives but is not ready, and becomes ready by itself.
+    The server then dies under it: it keeps serving, says so, and catches up on its return."""
+    server = MlflowServer(tmp_path / "server")  # its port is chosen, nothing listens yet
     remote = make_settings(tmp_path / "remote", mirror, mlflow_tracking_uri=server.uri)
     log = tmp_path / "serve.log"
     token = "never-print-this-admin-token"
-    server.start()
+    env = {"HEARTML_REGISTRY_RETRIES": "0", "HEARTML_ADMIN_TOKEN": token}
     try:
-        version = copy_champion(trained_settings, remote)
-        env = {"HEARTML_REGISTRY_RETRIES": "0", "HEARTML_ADMIN_TOKEN": token}
         with heartml_serve(remote, log=log, env=env) as (url, _):
+            assert httpx.get(f"{url}/health").status_code == 200
+            # Until the first check has failed, the reason is still "loading".
+            wait_until(
+                lambda: "unreachable" in httpx.get(f"{url}/ready").json()["reason"],
+                30,
+                "/ready names the unreachable server",
+            )
+            assert httpx.get(f"{url}/ready").status_code == 503
+            assert httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT).status_code == 503
+            assert registry_errors(url) > 0
+
+            server.start()
+            version = copy_champion(trained_settings, remote, tmp_path)
             model = wait_ready(url, 90, log)
             assert (model["name"], model["version"]) == (LR, version)
+            assert model["source"] == "registry"
+            assert model["engine"] == "onnx"
+
             server.stop()
             before = registry_errors(url)
             # Checks every second, all failing: /model and /metrics say so.
@@ -183,11 +175,9 @@ def test_tracking_server_stopping_while_serving(
                 served = answer.json()
                 assert (served["model_name"], served["model_version"]) == (LR, version)
             assert httpx.get(f"{url}/ready").status_code == 200
-            model = httpx.get(f"{url}/model").json()
-            assert (model["name"], model["version"]) == (LR, version)
 
             server.start()  # the server returns on the same address, with the same store
-            newer = copy_champion(trained_settings, remote)  # promoted after the return
+            newer = copy_champion(trained_settings, remote, tmp_path)  # promoted after the return
             assert newer != version
             wait_until(
                 lambda: httpx.get(f"{url}/model").json()["version"] == newer,
@@ -201,6 +191,24 @@ def test_tracking_server_stopping_while_serving(
         server.stop()
     assert token not in log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+# What serving an exported model needs no more once it carries its ONNX form: the served
+# process refuses to import any of these (a sitecustomize on its PYTHONPATH). MLflow itself is
+# only needed to read a registry (mlflow-skinny) or to serve a model without an ONNX form.
+NOT_NEEDED_TO_SERVE_AN_EXPORT = (
+    "pandas", "sklearn", "scipy", "matplotlib", "skl2onnx", "skops", "mlflow",
+)  # fmt: skip
+
+REFUSE_IMPORTS = f"""import sys
+REFUSED = {NOT_NEEDED_TO_SERVE_AN_EXPORT!r}
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in REFUSED:
+            raise ImportError(name + " is refused: serving an export must not need it")
+        return None
+sys.meta_path.insert(0, Refuse())
+"""
 
 
 def test_export_then_serve_the_directory_without_tracking_server(
@@ -221,16 +229,16 @@ def test_export_then_serve_the_directory_without_tracking_server(
     assert info["exported_at"]
     assert (export_dir / "MLmodel").is_file()
 
+    assert (export_dir / "extra_files" / "pipeline.onnx").is_file()
+
     # Exporting again replaces the export; a directory holding anything else is refused.
-    again = run_heartml(trained_settings, "export", str(export_dir))
-    assert again.returncode == 0, again.stderr
+    export_champion(trained_settings, export_dir)
     assert json.loads((export_dir / "model.json").read_text())["exported_at"] != info["exported_at"]
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("mine")
-    refused = run_heartml(trained_settings, "export", str(occupied))
-    assert refused.returncode == 1
-    assert refused.stderr.startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
+    with pytest.raises(ExportError, match="not empty"):
+        export_champion(trained_settings, occupied)
     assert (occupied / "notes.txt").read_text() == "mine"
 
     # No tracking server: the URI points at a port nobody listens on.
@@ -239,20 +247,30 @@ def test_export_then_serve_the_directory_without_tracking_server(
         trained_settings.data_source,
         mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
     )
+    refuse = tmp_path / "refuse-imports"
+    refuse.mkdir()
+    (refuse / "sitecustomize.py").write_text(REFUSE_IMPORTS)
     log = tmp_path / "serve.log"
-    with heartml_serve(offline, "--model-dir", str(export_dir), "--workers", "2", log=log) as (
-        url,
-        _,
-    ):
+    shared = tmp_path / "prometheus"  # the workers' metric files, one set per worker process
+    shared.mkdir()
+    slim = {"PYTHONPATH": str(refuse), "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    with heartml_serve(
+        offline, "--model-dir", str(export_dir), "--workers", "2", env=slim, log=log
+    ) as (url, _):
         wait_ready(url, 90, log)
-        # /ready answered by one worker; the gauge is the minimum over both.
+        # /ready answered by one worker; the gauge is the minimum over the workers that
+        # have started, so wait for both to have started too.
         wait_until(
-            lambda: "heartml_model_loaded 1.0" in httpx.get(f"{url}/metrics").text,
+            lambda: (
+                len(list(shared.glob("gauge_livemin_*.db"))) == 2
+                and "heartml_model_loaded 1.0" in httpx.get(f"{url}/metrics").text
+            ),
             90,
             "both workers load the model",
         )
         model = httpx.get(f"{url}/model").json()
         assert model["source"] == "directory"
+        assert model["engine"] == "onnx"
         assert (model["name"], model["version"]) == (champion.name, champion.version)
         answers = [httpx.post(f"{url}/predict", json=EXAMPLE_PATIENT) for _ in range(20)]
         assert {a.status_code for a in answers} == {200}
