@@ -119,6 +119,10 @@ def log_candidate(
             }
         )
         mlflow.log_metrics(candidate.metrics.as_dict())
+        # How serving will run this model, and how far its ONNX form is from the pipeline.
+        mlflow.set_tag("serving_engine", "onnx" if candidate.onnx else "sklearn")
+        if candidate.onnx is not None:
+            mlflow.log_metric("onnx_max_deviation", candidate.onnx.deviation)
         with tempfile.TemporaryDirectory(prefix="heartml-plots-") as plots:
             for path, png in candidate.plots.items():
                 Path(plots, path).write_bytes(png)
