@@ -8,6 +8,7 @@ only in :mod:`heartml.tracking`.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -101,6 +102,25 @@ def prepare_candidate(
     )
 
 
+def prepare_candidate_pickled(
+    name: str,
+    params: dict[str, Any],
+    config: ExperimentConfig,
+    split: HeldOutSplit,
+    probe_rows: np.ndarray,
+) -> bytes:
+    """``prepare_candidate``'s record, pickled in the worker.
+
+    The pool unpickles a result in its own thread. A fitted pipeline's classes would then be
+    imported there while the main thread imports MLflow and skops, which import scikit-learn
+    too: two threads importing the same modules in opposite orders, and Python's import
+    deadlock detection hands one of them a partially initialised module ("cannot import name
+    'BaseLibSVM' from partially initialized module"). As bytes, the record is unpickled by the
+    main thread, once the store is open.
+    """
+    return pickle.dumps(prepare_candidate(name, params, config, split, probe_rows))
+
+
 def _on_fitted(name: str, report: Callable[[str], None]) -> Callable[[Future[Any]], None]:
     """A done-callback that reports a fitted candidate (it runs in the pool's own thread)."""
 
@@ -145,11 +165,11 @@ def train_candidates(
     with candidate_pool(len(config.candidates), workers) as pool:
         futures = []
         for name, params in config.candidates.items():
-            future = pool.submit(prepare_candidate, name, params, config, split, probe_rows)
+            future = pool.submit(prepare_candidate_pickled, name, params, config, split, probe_rows)
             future.add_done_callback(_on_fitted(name, report))
             futures.append(future)
         experiment_id = open_store(settings)
-        prepared = collect_results(futures)
+        prepared: list[CandidateRecord] = [pickle.loads(b) for b in collect_results(futures)]
     logger.info("fitted %d candidates in %.1f s", len(prepared), time.perf_counter() - started)
     best_name = max(prepared, key=lambda c: rank_key(c.name, c.metrics, config)).name
 
