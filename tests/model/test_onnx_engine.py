@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from conftest import make_settings
 from heartml.data import load_dataset
 from heartml.experiment import load_experiment
 from heartml.features import split_features_target
-from heartml.onnx_model import TOLERANCE, Probe, find_onnx_files
+from heartml.onnx_model import TOLERANCE, OnnxFiles, Probe, find_onnx_files
 from heartml.registry import configure_mlflow, read_family
 from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES
 from heartml.serve.engine import load_engine
@@ -94,25 +93,35 @@ def test_the_model_keeps_every_row_it_was_checked_on(
     assert find_onnx_files(model_dirs["knn"]) is None
 
 
-@pytest.fixture
-def tampered(model_dirs: dict[str, Path], tmp_path: Path) -> Iterator[Path]:
-    """A copy of a model whose stored probabilities no longer match its graph."""
-    copy = tmp_path / "tampered"
-    shutil.copytree(model_dirs["random_forest"], copy)
+def copy_of(model_dir: Path, tmp_path: Path) -> tuple[Path, OnnxFiles]:
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
     files = find_onnx_files(copy)
     assert files is not None
-    probe = Probe.load(files.probe)
-    Probe(probe.rows, probe.expected + 0.01).save(files.probe)
-    yield copy
+    return copy, files
 
 
 def test_a_graph_that_disagrees_at_load_is_not_served(
-    tampered: Path, caplog: pytest.LogCaptureFixture
+    model_dirs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    copy, files = copy_of(model_dirs["random_forest"], tmp_path)
+    probe = Probe.load(files.probe)
+    Probe(probe.rows, probe.expected + 0.01).save(files.probe)  # as a different runtime would
     with caplog.at_level(logging.WARNING, logger="heartml.serve.engine"):
-        engine = load_engine(tampered)
+        engine = load_engine(copy)
     assert engine.name == "sklearn"
     assert "differs from its pipeline by 0.01" in caplog.text
+
+
+def test_a_graph_the_runtime_cannot_load_is_not_served(
+    model_dirs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy, files = copy_of(model_dirs["svm"], tmp_path)
+    files.graph.write_bytes(files.graph.read_bytes()[:200])
+    with caplog.at_level(logging.WARNING, logger="heartml.serve.engine"):
+        engine = load_engine(copy)
+    assert engine.name == "sklearn"
+    assert "cannot be run under this ONNX Runtime" in caplog.text
 
 
 def test_risk_rises_with_st_depression_through_the_served_engine(

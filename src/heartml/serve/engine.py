@@ -65,19 +65,25 @@ def load_engine(model_dir: Path) -> Engine:
     """The engine for an MLflow model directory: its ONNX form when it has a faithful one."""
     files = find_onnx_files(model_dir)
     if files is not None:
-        engine = OnnxEngine(files.graph.read_bytes())
-        deviation = largest_deviation(engine, Probe.load(files.probe))
-        if deviation <= TOLERANCE:
-            return engine
+        try:
+            engine = OnnxEngine(files.graph.read_bytes())
+            deviation = largest_deviation(engine, Probe.load(files.probe))
+        except Exception as exc:  # ONNX Runtime and numpy raise their own types
+            reason = f"cannot be run under this ONNX Runtime ({_one_line(exc)})"
+        else:
+            if deviation <= TOLERANCE:
+                return engine
+            reason = f"differs from its pipeline by {deviation:.3g} under this ONNX Runtime"
         logger.warning(
-            "the ONNX form in %s differs from its pipeline by %.3g under this ONNX Runtime; "
-            "serving the scikit-learn pipeline",
-            model_dir,
-            deviation,
+            "the ONNX form in %s %s; serving the scikit-learn pipeline", model_dir, reason
         )
     import mlflow.sklearn
 
     return SklearnEngine(mlflow.sklearn.load_model(str(model_dir)))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def engine_for_pipeline(pipeline: Any, rows: Rows) -> Engine:
