@@ -31,7 +31,7 @@ help: ## List every target with what it does
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -m pip install -q -c constraints.txt -e '.[train,dev]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(PY) -c "import heartml, mlflow, sklearn, fastapi" || { echo "error: installation failed" >&2; exit 1; }
 	@touch $@
 
