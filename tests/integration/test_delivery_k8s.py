@@ -195,3 +195,17 @@ def test_alert_rules_and_prometheus_configs_pass_promtool(tools: Path) -> None:
     assert re.search(r"SUCCESS: \d+ rules found", output)
     assert output.count("is valid prometheus config file syntax") == 2
     assert "Unit Testing:" in output and "FAILED" not in output
+
+
+def test_the_drain_fits_in_the_grace_period(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """SIGTERM → the API serves on for the delay, then closes within its graceful timeout; the
+    kubelet kills it only after terminationGracePeriodSeconds, so both must fit in it."""
+    from heartml.serve.server import GRACEFUL_SHUTDOWN_S
+
+    for overlay, docs in rendered.items():
+        config = find(docs, "ConfigMap", "heartml-api-config")["data"]
+        delay = float(config["HEARTML_SHUTDOWN_DELAY_S"])
+        pod = find(docs, "Deployment", "heartml-api")["spec"]["template"]["spec"]
+        grace = pod["terminationGracePeriodSeconds"]
+        assert delay > 0, overlay
+        assert delay + GRACEFUL_SHUTDOWN_S < grace, (overlay, delay, grace)
