@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 # The 13 UCI fields (heartml.schema; this script uses the standard library only).
-FIELDS = ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang")
-FIELDS += ("oldpeak", "slope", "ca", "thal")
+FIELDS: tuple[str, ...] = ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach")
+FIELDS += ("exang", "oldpeak", "slope", "ca", "thal")
 # Cleveland rows 1-3 of processed.cleveland.data (UCI coding, without the target). Row 1: a
 # 63-year-old man, typical angina, ST depression 2.3.
 CLEVELAND = (
