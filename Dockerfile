@@ -4,11 +4,19 @@
 #   make image          # the champion baked in, labels filled from exported-model/model.json
 #   make image-registry # --target registry: no model; follows the registry's champion
 #
-# Stage 1 builds a virtualenv with the package's core dependencies (pyproject.toml: no training,
-# plotting, MLflow server or SQL stack), in their own cached layer, then the package.
-# Stage 2 (registry) copies it into a clean python:3.11-slim with a non-root user; stage 3
-# (the default) adds the exported model. The container runs with a read-only root filesystem;
+# The builder makes a virtualenv with the package's core dependencies (pyproject.toml: no
+# training, plotting, MLflow server or SQL stack), in their own cached layer, then the package.
+# The registry stage copies it into a clean python:3.11-slim with a non-root user; the last
+# stage (the default) adds the exported model. The container runs with a read-only root filesystem;
 # only /tmp needs to be writable.
+
+# ---------------------------------------------------------------------------------------------
+# The dependency list, from pyproject.toml: the layers below depend on the list, not on the rest
+# of pyproject.toml (tool settings), so editing those does not reinstall everything.
+FROM python:3.11-slim AS requirements
+WORKDIR /build
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt
 
 # ---------------------------------------------------------------------------------------------
 FROM python:3.11-slim AS builder
@@ -22,16 +30,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /build
 RUN python -m venv /opt/venv
 
-# Dependencies only: this layer is rebuilt when pyproject.toml or constraints.txt change,
-# not when the source does. The list comes from pyproject.toml, the versions from the lock.
-# Libraries' own test suites (a fifth of the size: pandas, scipy, numpy) are never imported.
-COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
-    && pip install --no-cache-dir -c constraints.txt -r requirements.txt \
+# Dependencies only, rebuilt when the list or the lock changes, not when the source does. The
+# versions come from the lock. Libraries' own test suites (a fifth of the size: pandas, scipy,
+# numpy) are never imported.
+COPY --from=requirements /build/requirements.txt ./
+COPY constraints.txt ./
+RUN pip install --no-cache-dir -c constraints.txt -r requirements.txt \
     && find /opt/venv/lib -depth -type d -name tests -exec rm -rf {} +
 
 # The package itself (no dependency resolution: everything is already pinned above), compiled,
 # and then the installers, which nothing runs in the container.
+COPY pyproject.toml ./
 COPY src ./src
 RUN touch README.md \
     && pip install --no-cache-dir --no-deps . \
