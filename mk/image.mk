@@ -1,7 +1,7 @@
 # Container images, built and run for real: a local Docker engine where none runs (docker-up,
 # docker-down), the base image (pulled, or a stand-in built from Debian), the API image (model
-# baked in, or registry mode), the MLflow server image, and the image test as the prod pod
-# runs it. Included by the main Makefile; uses delivery.mk's IMAGE, IMAGE_NAME,
+# baked in, or registry mode), the MLflow server image, the image test as the prod pod runs it,
+# and the image's figures. Included by the main Makefile; uses delivery.mk's IMAGE, IMAGE_NAME,
 # MLFLOW_IMAGE, EXPORT_DIR, RUN_DIR, RENDER_DIR and GIT_SHA.
 #
 # Network rule of these machines: the daemon has no bridge, no iptables and no IP forwarding;
@@ -17,6 +17,7 @@ PULL          = $$(bash deploy/scripts/base-image.sh --is-stand-in || echo --pul
 IMAGE_CONTEXT = $(RUN_DIR)/image-context
 REGISTRY_IMAGE ?= $(IMAGE_NAME):$(GIT_SHA)-registry
 IMAGE_TEST_OVERLAY ?= prod
+IMAGE_REPORT_ARGS ?=
 
 # Once docker-up has started our daemon, every docker command here talks to it (unless
 # DOCKER_HOST already names an engine).
@@ -27,7 +28,7 @@ endif
 endif
 export DOCKER_DIR BASE_IMAGE
 
-.PHONY: docker-up docker-down docker-status base-image image image-registry image-mlflow image-test
+.PHONY: docker-up docker-down docker-status base-image image image-registry image-mlflow image-test image-report
 
 docker-up: ## Start a local dockerd (no bridge; data, socket and PID in .run/docker) unless a Docker engine answers
 	@$(DOCKER_ENGINE) up
@@ -73,3 +74,7 @@ image-mlflow: base-image ## Build the MLflow tracking-server image (PostgreSQL d
 image-test: install k8s-render ## Run the image as the rendered prod pod runs it: contents, HEALTHCHECK, API, labels, UID; always removed
 	$(PY) scripts/image-test.py --image $(IMAGE) --rendered $(RENDER_DIR)/$(IMAGE_TEST_OVERLAY).yaml \
 	  --expect $(EXPORT_DIR)/model.json --base $(BASE_IMAGE) --log $(RUN_DIR)/image-test.log
+
+image-report: install k8s-render ## Figures: image size, above the base, docker run → ready, memory after 1,000 requests, docker stop under load
+	$(PY) bench/image.py --image $(IMAGE) --base $(BASE_IMAGE) \
+	  --rendered $(RENDER_DIR)/$(IMAGE_TEST_OVERLAY).yaml $(IMAGE_REPORT_ARGS)

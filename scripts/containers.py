@@ -419,6 +419,90 @@ def memory_usage_bytes(name: str) -> int:
     return quantity_bytes(f"{match.group(1)}{unit}") if unit else int(float(match.group(1)))
 
 
+@dataclass(frozen=True)
+class StopUnderLoad:
+    """What `docker stop` did to requests: those sent before it began, and those sent while the
+    container was stopping (the window in which a Kubernetes Service still routes to a pod)."""
+
+    sent_before: int
+    answered_before: int
+    sent_after: int
+    answered_after: int
+    stop_s: float  # how long `docker stop` took
+    exit_code: int
+    first_failures: list[str]
+
+    @property
+    def lost_before(self) -> int:
+        return self.sent_before - self.answered_before
+
+
+def stop_under_load(
+    container: Container, path: str, body: object, clients: int = 8, warmup_s: float = 2.0
+) -> StopUnderLoad:
+    """POST ``body`` to ``path`` from ``clients`` keep-alive connections, `docker stop` the
+    container under that load, and count what was answered until it is gone."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    address = urlsplit(container.url)
+    host, port = address.hostname or "127.0.0.1", address.port
+    payload = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    done = threading.Event()
+    records: list[tuple[float, bool, str]] = []  # (sent at, answered 200, failure)
+    lock = threading.Lock()
+
+    def client() -> None:
+        connection: http.client.HTTPConnection | None = None
+        while not done.is_set():
+            connection = connection or http.client.HTTPConnection(host, port, timeout=30)
+            sent = time.monotonic()
+            try:
+                connection.request("POST", path, payload, headers)
+                response = connection.getresponse()
+                response.read()
+                outcome = (sent, response.status == 200, f"HTTP {response.status}")
+                keep = response.getheader("connection", "").lower() != "close"
+            except (OSError, http.client.HTTPException) as exc:
+                outcome = (sent, False, f"{type(exc).__name__}: {exc}")
+                keep = False
+                time.sleep(0.02)  # the server is gone or going: do not spin
+            if not keep:
+                connection.close()
+                connection = None
+            with lock:
+                records.append(outcome)
+        if connection is not None:
+            connection.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(warmup_s)
+        stop_began = time.monotonic()
+        docker("stop", container.name, timeout=300)
+        stop_s = time.monotonic() - stop_began
+        time.sleep(0.5)  # requests sent just before the end get their refusal
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    before = [r for r in records if r[0] < stop_began]
+    after = [r for r in records if r[0] >= stop_began]
+    return StopUnderLoad(
+        sent_before=len(before),
+        answered_before=sum(ok for _, ok, _ in before),
+        sent_after=len(after),
+        answered_after=sum(ok for _, ok, _ in after),
+        stop_s=stop_s,
+        exit_code=int(state(container.name).get("ExitCode", -1)),
+        first_failures=[failure for _, ok, failure in before if not ok][:3],
+    )
+
+
 # --- what an image holds -----------------------------------------------------------------------
 
 

@@ -371,6 +371,7 @@ def test_delivery_targets_exist_and_are_documented() -> None:
         "base-image",
         "image-registry",
         "image-mlflow",
+        "image-report",
         "k8s-validate",
         "promote-gate",
         "export-model",
