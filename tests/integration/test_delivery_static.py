@@ -372,6 +372,7 @@ def test_delivery_targets_exist_and_are_documented() -> None:
         "image-registry",
         "image-mlflow",
         "image-report",
+        "mlflow-server-container",
         "k8s-validate",
         "promote-gate",
         "export-model",
