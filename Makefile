@@ -64,8 +64,10 @@ list: install ## Show the model registry
 mlflow-ui: install ## MLflow UI on port 5001 over the same store
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port 5001
 
-test: install ## Install what the tests need and run the whole suite
-	$(PY) -m pytest -q -p no:cacheprovider
+# The container tests need a Docker engine: with-docker.sh starts one when none answers (and
+# stops it by its PID afterwards, whatever happens), or says why they are skipped.
+test: install ## Install what the tests need (Docker included) and run the whole suite
+	bash deploy/scripts/with-docker.sh $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: install ## Unit and data tests only
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/data
