@@ -72,7 +72,7 @@ test: install ## Install what the tests need (Docker included) and run the whole
 test-fast: install ## Unit and data tests only
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/data
 
-lint: install lint-delivery audit-if-reachable ## ruff, mypy, hadolint, shellcheck, pip-audit
+lint: install lint-delivery lint-groovy audit-if-reachable ## ruff, mypy, hadolint, shellcheck, groovy lint (Jenkinsfile), pip-audit
 	$(VENV)/bin/ruff check src tests scripts bench
 	$(VENV)/bin/ruff format --check src tests scripts bench
 	$(VENV)/bin/mypy

@@ -46,7 +46,7 @@ SMOKE_URL      ?= http://127.0.0.1:$(SERVE_PORT)
 
 export K8S_VERSION EXPORT_DIR RUN_DIR OVERLAY NAMESPACE ROLLOUT_TIMEOUT KUBECTL
 
-.PHONY: setup ci-info tools lint-docker lint-shell lint-delivery k8s-render k8s-validate monitoring-check audit audit-if-reachable promote-gate \
+.PHONY: setup ci-info tools lint-docker lint-shell lint-delivery lint-groovy k8s-render k8s-validate monitoring-check audit audit-if-reachable promote-gate \
 	export-model serve-model smoke pipeline-local push push-mlflow registry-login deploy \
 	rollback-deploy verify deploy-report
 
@@ -77,6 +77,22 @@ lint-shell: $(TOOLS_STAMP) ## shellcheck on the delivery scripts
 	$(TOOLS_BIN)/shellcheck $(SHELL_SCRIPTS)
 
 lint-delivery: lint-docker lint-shell ## hadolint + shellcheck
+
+# npm-groovy-lint parses the Jenkinsfile with CodeNarc (Java) offline; pinned, installed from
+# npm into the git-ignored .venv. Errors fail the lint; warnings are printed.
+GROOVY_LINT_VERSION := 16.2.0
+GROOVY_LINT_DIR     := $(VENV)/npm-groovy-lint
+GROOVY_LINT         := $(GROOVY_LINT_DIR)/node_modules/.bin/npm-groovy-lint
+
+$(GROOVY_LINT):
+	@command -v npm >/dev/null || bash deploy/scripts/apt-install.sh npm
+	@command -v java >/dev/null || bash deploy/scripts/apt-install.sh default-jre-headless
+	@npm install --prefix $(GROOVY_LINT_DIR) --no-audit --no-fund --loglevel=error \
+	  npm-groovy-lint@$(GROOVY_LINT_VERSION) >/dev/null
+	@test -x $@ || { echo "error: npm-groovy-lint did not install into $(GROOVY_LINT_DIR)" >&2; exit 1; }
+
+lint-groovy: $(GROOVY_LINT) ## npm-groovy-lint (pinned; CodeNarc, no server) on the Jenkinsfile: errors fail
+	$(GROOVY_LINT) --noserver --failon error --output txt Jenkinsfile
 
 k8s-render: $(TOOLS_STAMP) ## Render every overlay with `kubectl kustomize` into .run/k8s/<overlay>.yaml
 	@rm -rf $(RENDER_DIR) && mkdir -p $(RENDER_DIR)

@@ -204,6 +204,24 @@ def test_every_jenkins_stage_calls_one_existing_make_target() -> None:
         assert target in targets, f"stage {name!r}: no make target {target!r}"
 
 
+def test_every_make_target_named_in_the_jenkinsfile_exists() -> None:
+    """Steps, post actions and comments alike: a `make X` must be something make can do."""
+    text = (REPO / "Jenkinsfile").read_text()
+    named = set(re.findall(r"(?:sh '|`)make ([a-z][a-z0-9-]*)", text))
+    assert {"image", "image-test", "deploy-report"} <= named
+    assert named - make_targets() == set()
+
+
+def test_jenkins_image_stages_call_the_targets_the_container_tests_run() -> None:
+    """Build image and Test image are `make image` and `make image-test`, which
+    tests/integration/test_container_api.py runs against a real Docker engine."""
+    stages = dict(jenkins_stages())
+    assert re.findall(r"sh '(make [^']*)'", stages["Build image"]) == ["make image"]
+    assert re.findall(r"sh '(make [^']*)'", stages["Test image"]) == ["make image-test"]
+    tested = (REPO / "tests" / "integration" / "test_container_api.py").read_text()
+    assert 'run_make("image", ' in tested and 'run_make("image-test", ' in tested
+
+
 def test_jenkins_promotion_gate_and_deploy_conditions() -> None:
     stages = dict(jenkins_stages())
     promote = stages["Promote best model"]
@@ -366,6 +384,7 @@ def test_delivery_targets_exist_and_are_documented() -> None:
     for target in (
         "tools",
         "lint-docker",
+        "lint-groovy",
         "docker-up",
         "docker-down",
         "base-image",
