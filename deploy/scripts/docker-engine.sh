@@ -10,10 +10,12 @@
 #   status  which engine answers, if any
 #   host    print the DOCKER_HOST to use ('' for the machine's own engine); exit 1 if none answers
 #
-# The daemon keeps everything under DOCKER_DIR (default .run/docker, git-ignored): images,
-# containers, its socket, PID and log. Network rule of these machines: no bridge, no iptables,
-# no IP forwarding, so a container can only share the host's network (`--network host`) and
-# servers bind 127.0.0.1; nothing gets a private-range address.
+# The daemon keeps its data under DOCKER_DIR (default .run/docker, git-ignored): images,
+# containers, its socket, PID and log. Its runtime state (containerd's sockets, whose paths must
+# stay short whatever the checkout's path) goes to /run/heartml-docker-<hash of DOCKER_DIR>.
+# Network rule of these machines: no bridge, no iptables, no IP forwarding, so a container can
+# only share the host's network (`--network host`) and servers bind 127.0.0.1; nothing gets a
+# private-range address.
 set -euo pipefail
 
 DOCKER_DIR=$(realpath -m "${DOCKER_DIR:-.run/docker}")
@@ -21,6 +23,9 @@ SOCK="$DOCKER_DIR/docker.sock"
 PID_FILE="$DOCKER_DIR/dockerd.pid"
 LOG="$DOCKER_DIR/dockerd.log"
 OWN_HOST="unix://$SOCK"
+RUNTIME_BASE=/run
+[[ -d $RUNTIME_BASE && -w $RUNTIME_BASE ]] || RUNTIME_BASE=${TMPDIR:-/tmp}
+EXEC_ROOT="$RUNTIME_BASE/heartml-docker-$(printf '%s' "$DOCKER_DIR" | sha256sum | cut -c1-12)"
 START_TIMEOUT_S=${DOCKER_START_TIMEOUT_S:-60}
 STOP_TIMEOUT_S=${DOCKER_STOP_TIMEOUT_S:-30}
 HERE=$(dirname "$0")
@@ -50,6 +55,17 @@ other_answers() {
     fi
 }
 
+# dockerd leaves its bind mount of the host's network namespace (exec/netns/default) behind, and
+# overlay mounts under data/ when it was killed: a checkout holding them cannot be deleted.
+unmount_leftovers() {
+    local mount
+    awk -v data="$DOCKER_DIR/" -v exec="$EXEC_ROOT/" \
+        'index($2, data) == 1 || index($2, exec) == 1 { print $2 }' /proc/mounts | sort -r |
+        while IFS= read -r mount; do
+            umount "$mount" 2>/dev/null || umount -l "$mount" 2>/dev/null || true
+        done
+}
+
 cmd_up() {
     if own_answers; then
         say "dockerd already running (pid $(own_pid)); use it with: export DOCKER_HOST=$OWN_HOST"
@@ -64,15 +80,16 @@ cmd_up() {
     fi
     command -v dockerd >/dev/null || die "dockerd is not installed and could not be"
     [[ $(id -u) -eq 0 ]] || die "starting dockerd needs root (or start your own Docker engine)"
-    # The socket path must fit a sockaddr_un (108 bytes); so must containerd's, beside it.
-    ((${#DOCKER_DIR} < 70)) || die "DOCKER_DIR path too long for the daemon's sockets: $DOCKER_DIR"
+    # The socket path must fit a sockaddr_un (108 bytes).
+    ((${#SOCK} < 100)) || die "DOCKER_DIR path too long for the daemon's socket: $DOCKER_DIR"
 
-    mkdir -p "$DOCKER_DIR/data" "$DOCKER_DIR/exec"
+    unmount_leftovers
+    mkdir -p "$DOCKER_DIR/data" "$EXEC_ROOT"
     rm -f "$SOCK" "$PID_FILE"
     setsid dockerd \
         --host "$OWN_HOST" \
         --data-root "$DOCKER_DIR/data" \
-        --exec-root "$DOCKER_DIR/exec" \
+        --exec-root "$EXEC_ROOT" \
         --pidfile "$PID_FILE" \
         --bridge=none --iptables=false --ip-forward=false --ip-masq=false \
         --userland-proxy=false \
@@ -94,6 +111,7 @@ cmd_up() {
 cmd_down() {
     if ! own_running; then
         rm -f "$PID_FILE"
+        unmount_leftovers
         say "no dockerd of ours is running"
         return
     fi
@@ -118,6 +136,8 @@ cmd_down() {
         say "dockerd (pid $pid) stopped"
     fi
     rm -f "$PID_FILE" "$SOCK"
+    unmount_leftovers
+    rm -rf "$EXEC_ROOT"
 }
 
 cmd_status() {
