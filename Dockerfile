@@ -32,19 +32,20 @@ RUN python -m venv /opt/venv
 
 # Dependencies only, rebuilt when the list or the lock changes, not when the source does. The
 # versions come from the lock. Libraries' own test suites (a fifth of the size: pandas, scipy,
-# numpy) are never imported.
+# numpy) are never imported. Compiled once the tests are gone, on every core (pip's own
+# compilation uses one): with a read-only root, the container could not write bytecode itself.
 COPY --from=requirements /build/requirements.txt ./
 COPY constraints.txt ./
-RUN pip install --no-cache-dir -c constraints.txt -r requirements.txt \
-    && find /opt/venv/lib -depth -type d -name tests -exec rm -rf {} +
+RUN pip install --no-cache-dir --no-compile -c constraints.txt -r requirements.txt \
+    && find /opt/venv/lib -depth -type d -name tests -exec rm -rf {} + \
+    && python -m compileall -q -j 0 /opt/venv/lib
 
-# The package itself (no dependency resolution: everything is already pinned above), compiled,
-# and then the installers, which nothing runs in the container.
+# The package itself (no dependency resolution: everything is already pinned above), and then
+# the installers, which nothing runs in the container.
 COPY pyproject.toml ./
 COPY src ./src
 RUN touch README.md \
     && pip install --no-cache-dir --no-deps . \
-    && python -m compileall -q /opt/venv/lib \
     && pip uninstall -q -y pip setuptools
 
 # ---------------------------------------------------------------------------------------------
