@@ -1,5 +1,6 @@
-"""The API image's figures: size, size above its base, `docker run` → ready, memory after 1,000
-requests, what `docker stop` does under load, and what its site-packages holds.
+"""The API image's figures: size, size above its base, `docker run` → ready (and the CPU time
+that took), memory after 1,000 requests, what `docker stop` does under load, and what its
+site-packages holds.
 
 The container is started as the rendered prod pod spec says (scripts/containers.py): the
 ConfigMap's environment (HEARTML_SHUTDOWN_DELAY_S included), the securityContext, tmpfs /tmp,
@@ -73,12 +74,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "base_mb": base_size / MB,
         "above_base_mb": (size - base_size) / MB,
         "ready_s": [],
+        "ready_cpu_s": [],
     }
     name = f"heartml-image-report-{os.getpid()}"
     for run in range(args.runs):
         last = run == args.runs - 1
         with containers.running_api(args.image, pod, name=name) as container:
             figures["ready_s"].append(containers.wait_ready(container, poll_s=0.02))
+            cpu = containers.cpu_seconds(container.name)
+            if cpu is not None:
+                figures["ready_cpu_s"].append(cpu)
             if not last:
                 continue
             memory, rss = requests_then_memory(container)
@@ -118,6 +123,11 @@ def report(figures: dict[str, Any]) -> None:
         f"  docker run → ready            {statistics.median(ready):8.1f} s"
         f"    (median{spread}; target ≤ {TARGET_READY_S:.0f} s)"
     )
+    if figures["ready_cpu_s"]:
+        print(
+            f"  CPU used until ready          {statistics.median(figures['ready_cpu_s']):8.1f} s"
+            f"    (the container's cgroup: what other load on the machine does not change)"
+        )
     print(
         f"  memory after {REQUESTS:,} requests    {figures['memory_after_requests_mb']:8.0f} MB"
         f"   (docker stats; server RSS {figures['server_rss_mb']:.0f} MB)"

@@ -409,6 +409,24 @@ def processes(name: str) -> list[tuple[int, int, str]]:
     return rows
 
 
+def cpu_seconds(name: str) -> float | None:
+    """CPU time the container has used so far, from its cgroup (v1 or v2); None where the
+    cgroup is not on this machine (a remote engine). Unlike wall time, other load on the
+    machine does not change it."""
+    container_id = docker("inspect", "-f", "{{.Id}}", name).strip()
+    v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage")
+    if v1.is_file():
+        return int(v1.read_text()) / 1e9
+    for v2 in (
+        Path(f"/sys/fs/cgroup/docker/{container_id}/cpu.stat"),
+        Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat"),
+    ):
+        if v2.is_file():
+            usage = dict(line.split() for line in v2.read_text().splitlines())
+            return int(usage["usage_usec"]) / 1e6
+    return None
+
+
 def memory_usage_bytes(name: str) -> int:
     """The container's memory as `docker stats` reports it (page cache not counted)."""
     usage = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", name).split("/")[0]
