@@ -31,7 +31,7 @@ help: ## List every target with what it does
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -m pip install -q -c constraints.txt -e '.[train,dev]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(PY) -c "import heartml, mlflow, sklearn, fastapi" || { echo "error: installation failed" >&2; exit 1; }
 	@touch $@
 
@@ -64,13 +64,15 @@ list: install ## Show the model registry
 mlflow-ui: install ## MLflow UI on port 5001 over the same store
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port 5001
 
-test: install ## Install what the tests need and run the whole suite
-	$(PY) -m pytest -q -p no:cacheprovider
+# The container tests need a Docker engine: with-docker.sh starts one when none answers (and
+# stops it by its PID afterwards, whatever happens), or says why they are skipped.
+test: install ## Install what the tests need (Docker included) and run the whole suite
+	bash deploy/scripts/with-docker.sh $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: install ## Unit and data tests only
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/data
 
-lint: install lint-delivery audit-if-reachable ## ruff, mypy, hadolint, shellcheck, pip-audit
+lint: install lint-delivery lint-groovy audit-if-reachable ## ruff, mypy, hadolint, shellcheck, groovy lint (Jenkinsfile), pip-audit
 	$(VENV)/bin/ruff check src tests scripts bench
 	$(VENV)/bin/ruff format --check src tests scripts bench
 	$(VENV)/bin/mypy

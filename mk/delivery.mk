@@ -46,8 +46,8 @@ SMOKE_URL      ?= http://127.0.0.1:$(SERVE_PORT)
 
 export K8S_VERSION EXPORT_DIR RUN_DIR OVERLAY NAMESPACE ROLLOUT_TIMEOUT KUBECTL
 
-.PHONY: setup ci-info tools lint-docker lint-shell lint-delivery k8s-render k8s-validate monitoring-check audit audit-if-reachable promote-gate \
-	export-model serve-model smoke pipeline-local image image-mlflow image-test push push-mlflow registry-login deploy \
+.PHONY: setup ci-info tools lint-docker lint-shell lint-delivery lint-groovy k8s-render k8s-validate monitoring-check audit audit-if-reachable promote-gate \
+	export-model serve-model smoke pipeline-local push push-mlflow registry-login deploy \
 	rollback-deploy verify deploy-report
 
 $(TOOLS_STAMP): $(TOOLS_REQS)
@@ -77,6 +77,22 @@ lint-shell: $(TOOLS_STAMP) ## shellcheck on the delivery scripts
 	$(TOOLS_BIN)/shellcheck $(SHELL_SCRIPTS)
 
 lint-delivery: lint-docker lint-shell ## hadolint + shellcheck
+
+# npm-groovy-lint parses the Jenkinsfile with CodeNarc (Java) offline; pinned, installed from
+# npm into the git-ignored .venv. Errors fail the lint; warnings are printed.
+GROOVY_LINT_VERSION := 16.2.0
+GROOVY_LINT_DIR     := $(VENV)/npm-groovy-lint
+GROOVY_LINT         := $(GROOVY_LINT_DIR)/node_modules/.bin/npm-groovy-lint
+
+$(GROOVY_LINT):
+	@command -v npm >/dev/null || bash deploy/scripts/apt-install.sh npm
+	@command -v java >/dev/null || bash deploy/scripts/apt-install.sh default-jre-headless
+	@npm install --prefix $(GROOVY_LINT_DIR) --no-audit --no-fund --loglevel=error \
+	  npm-groovy-lint@$(GROOVY_LINT_VERSION) >/dev/null
+	@test -x $@ || { echo "error: npm-groovy-lint did not install into $(GROOVY_LINT_DIR)" >&2; exit 1; }
+
+lint-groovy: $(GROOVY_LINT) ## npm-groovy-lint (pinned; CodeNarc, no server) on the Jenkinsfile: errors fail
+	$(GROOVY_LINT) --noserver --failon error --output txt Jenkinsfile
 
 k8s-render: $(TOOLS_STAMP) ## Render every overlay with `kubectl kustomize` into .run/k8s/<overlay>.yaml
 	@rm -rf $(RENDER_DIR) && mkdir -p $(RENDER_DIR)
@@ -160,26 +176,7 @@ smoke: install ## Smoke-test the API at SMOKE_URL: /health, /ready, /predict, /m
 pipeline-local: install ## Every stage that needs no Docker or cluster, in order: data → … → export → serve → smoke
 	bash scripts/pipeline-local.sh
 
-# --- image (needs a Docker engine) ---------------------------------------------------------
-
-image: ## Build the API image with the exported model baked in, tagged with commit and model version
-	@test -f $(EXPORT_DIR)/model.json || { echo "error: no $(EXPORT_DIR)/model.json; run make export-model" >&2; exit 1; }
-	docker build --pull \
-	  --build-arg GIT_COMMIT=$(GIT_SHA) \
-	  --build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
-	  --build-arg MODEL_NAME=$(MODEL_NAME) \
-	  --build-arg MODEL_VERSION=$(MODEL_VERSION) \
-	  --build-arg MODEL_ROC_AUC=$(MODEL_ROC_AUC) \
-	  --build-arg MODEL_RUN_ID=$(MODEL_RUN_ID) \
-	  -t $(IMAGE) -t $(IMAGE_NAME):$(GIT_SHA) .
-	@mkdir -p $(RUN_DIR) && echo "$(IMAGE)" > $(RUN_DIR)/image
-	@echo "built $(IMAGE)"
-
-image-mlflow: ## Build the MLflow tracking-server image (PostgreSQL driver, S3 client)
-	docker build --pull -t $(MLFLOW_IMAGE) deploy/mlflow
-
-image-test: install ## Run the image read-only as in the cluster; smoke-test /health, /predict, /model; always remove it
-	IMAGE=$(IMAGE) SMOKE="$(PY) scripts/smoke-test.py" bash deploy/scripts/image-test.sh
+# --- image: build, run and measure it (mk/image.mk) ---------------------------------------------
 
 push: ## Push the API image (both tags); logs in when REGISTRY_USER/REGISTRY_PASSWORD are set
 	@$(MAKE) --no-print-directory registry-login

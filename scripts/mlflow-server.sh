@@ -5,7 +5,12 @@
 #
 #   scripts/mlflow-server.sh start | stop | status | uri
 #
-# Environment: MLFLOW_PORT (5001), HEARTML_RUN_DIR (.run), MLFLOW_BIN (.venv/bin/mlflow).
+# With MLFLOW_SERVER_IMAGE set, the server is that image (deploy/mlflow/Dockerfile, `make
+# image-mlflow`) instead of the venv's mlflow: a container on the host network, bound to
+# 127.0.0.1, read-only, as its image's non-root user, with the artifacts directory mounted.
+#
+# Environment: MLFLOW_PORT (5001), HEARTML_RUN_DIR (.run), MLFLOW_BIN (.venv/bin/mlflow),
+# MLFLOW_SERVER_IMAGE (unset).
 # The database password is generated once into $HEARTML_RUN_DIR/pg.password (mode 600); it is
 # passed to MLflow through the environment, never on a command line or in a log.
 set -euo pipefail
@@ -17,7 +22,9 @@ PGDATA="$RUN_DIR/pgdata"
 PG_PORT_FILE="$RUN_DIR/pg.port"
 PASSWORD_FILE="$RUN_DIR/pg.password"
 MLFLOW_PID="$RUN_DIR/mlflow.pid"
+MLFLOW_CONTAINER="$RUN_DIR/mlflow.container"
 ARTIFACTS="$RUN_DIR/mlartifacts"
+IMAGE=${MLFLOW_SERVER_IMAGE:-}
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -48,7 +55,13 @@ free_port() {
 }
 
 pg_running() { [ -f "$PGDATA/postmaster.pid" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
-mlflow_running() { [ -f "$MLFLOW_PID" ] && kill -0 "$(cat "$MLFLOW_PID")" 2>/dev/null; }
+mlflow_running() {
+  if [ -f "$MLFLOW_CONTAINER" ]; then
+    [ "$(docker inspect -f '{{.State.Running}}' "$(cat "$MLFLOW_CONTAINER")" 2>/dev/null)" = true ]
+  else
+    [ -f "$MLFLOW_PID" ] && kill -0 "$(cat "$MLFLOW_PID")" 2>/dev/null
+  fi
+}
 
 start_postgres() {
   ensure_postgres
@@ -85,13 +98,7 @@ backend_uri() {
   printf 'postgresql://mlflow:%s@127.0.0.1:%s/mlflow' "$(cat "$PASSWORD_FILE")" "$(cat "$PG_PORT_FILE")"
 }
 
-start() {
-  start_postgres
-  if mlflow_running; then
-    say "MLflow server already running: $(cat "$RUN_DIR/mlflow.uri")"
-    return
-  fi
-  mkdir -p "$ARTIFACTS"
+start_process() {
   [ -x "$MLFLOW_BIN" ] || die "$MLFLOW_BIN not found (run make install)"
   # Bring the schema up to date first: a store made by an older MLflow needs its migrations.
   MLFLOW_BACKEND_STORE_URI=$(backend_uri) "$MLFLOW_BIN" db upgrade "$(backend_uri)" >/dev/null 2>"$RUN_DIR/upgrade.log" \
@@ -100,20 +107,64 @@ start() {
     --artifacts-destination "$ARTIFACTS" --serve-artifacts \
     --host 127.0.0.1 --port "$PORT" --workers 2 >"$RUN_DIR/mlflow.log" 2>&1 &
   echo $! >"$MLFLOW_PID"
+}
+
+# The database URI (with its password) reaches the container through docker's environment
+# (`-e NAME`), not its command line.
+start_container() {
+  local name="heartml-mlflow-$PORT"
+  docker image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE (make image-mlflow)"
+  # The image's user (10001) writes the artifacts.
+  if [ "$(id -u)" = 0 ]; then chown -R 10001:10001 "$ARTIFACTS"; else chmod 0777 "$ARTIFACTS"; fi
+  MLFLOW_BACKEND_STORE_URI=$(backend_uri)
+  export MLFLOW_BACKEND_STORE_URI
+  local run=(--network host --read-only --tmpfs "/tmp:rw,nosuid,nodev" --cap-drop ALL
+    --security-opt no-new-privileges:true -e MLFLOW_BACKEND_STORE_URI -v "$ARTIFACTS:/mlartifacts")
+  docker rm -f "$name" >/dev/null 2>&1 || true
+  # shellcheck disable=SC2016  # expanded by the container's shell
+  docker run --rm "${run[@]}" "$IMAGE" sh -c 'mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"' \
+    >/dev/null 2>"$RUN_DIR/upgrade.log" || die "mlflow db upgrade failed (see $RUN_DIR/upgrade.log)"
+  docker run -d --name "$name" "${run[@]}" "$IMAGE" mlflow server \
+    --artifacts-destination /mlartifacts --serve-artifacts \
+    --host 127.0.0.1 --port "$PORT" --workers 2 >/dev/null || die "docker run $IMAGE failed"
+  unset MLFLOW_BACKEND_STORE_URI
+  echo "$name" >"$MLFLOW_CONTAINER"
+}
+
+stop_container() {
+  local name; name=$(cat "$MLFLOW_CONTAINER")
+  docker logs "$name" >"$RUN_DIR/mlflow.log" 2>&1 || true
+  docker rm -f "$name" >/dev/null 2>&1 || true
+  rm -f "$MLFLOW_CONTAINER"
+}
+
+start() {
+  start_postgres
+  if mlflow_running; then
+    say "MLflow server already running: $(cat "$RUN_DIR/mlflow.uri")"
+    return
+  fi
+  mkdir -p "$ARTIFACTS"
+  if [ -n "$IMAGE" ]; then start_container; else start_process; fi
   echo "http://127.0.0.1:$PORT" >"$RUN_DIR/mlflow.uri"
   for _ in $(seq 1 180); do
     if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=1)" 2>/dev/null; then
-      say "MLflow server on http://127.0.0.1:$PORT (PostgreSQL on port $(cat "$PG_PORT_FILE"), artifacts in $ARTIFACTS)"
+      say "MLflow server${IMAGE:+ (container of $IMAGE)} on http://127.0.0.1:$PORT (PostgreSQL on port $(cat "$PG_PORT_FILE"), artifacts in $ARTIFACTS)"
       say "use it with: export MLFLOW_TRACKING_URI=http://127.0.0.1:$PORT"
       return
     fi
-    mlflow_running || die "MLflow server exited (see $RUN_DIR/mlflow.log)"
+    if ! mlflow_running; then
+      [ -f "$MLFLOW_CONTAINER" ] && stop_container
+      die "MLflow server exited (see $RUN_DIR/mlflow.log)"
+    fi
     sleep 0.5
   done
+  [ -f "$MLFLOW_CONTAINER" ] && stop_container
   die "MLflow server did not answer on port $PORT within 90 s (see $RUN_DIR/mlflow.log)"
 }
 
 stop() {
+  [ -f "$MLFLOW_CONTAINER" ] && stop_container
   if mlflow_running; then
     local pid; pid=$(cat "$MLFLOW_PID")
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Smoke-test a running heartml API: /health, /ready, /model, /predict and /metrics.
+"""Smoke-test a running heartml API: /health, /ready, /model, /predict, /predict/batch, /metrics.
 
 Used by `make smoke` (the local pipeline), `make image-test` (the built container) and
 `make verify` (the deployed Service). Standard library only, so it runs anywhere Python does.
@@ -19,22 +19,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-# Cleveland row 1 (UCI coding): a 63-year-old man, typical angina, ST depression 2.3.
-PATIENT: dict[str, float | int] = {
-    "age": 63,
-    "sex": 1,
-    "cp": 1,
-    "trestbps": 145,
-    "chol": 233,
-    "fbs": 1,
-    "restecg": 2,
-    "thalach": 150,
-    "exang": 0,
-    "oldpeak": 2.3,
-    "slope": 3,
-    "ca": 0,
-    "thal": 6,
-}
+# The 13 UCI fields (heartml.schema; this script uses the standard library only).
+FIELDS: tuple[str, ...] = ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach")
+FIELDS += ("exang", "oldpeak", "slope", "ca", "thal")
+# Cleveland rows 1-3 of processed.cleveland.data (UCI coding, without the target). Row 1: a
+# 63-year-old man, typical angina, ST depression 2.3.
+CLEVELAND = (
+    (63, 1, 1, 145, 233, 1, 2, 150, 0, 2.3, 3, 0, 6),
+    (67, 1, 4, 160, 286, 0, 2, 108, 1, 1.5, 2, 3, 3),
+    (67, 1, 4, 120, 229, 0, 2, 129, 1, 2.6, 2, 2, 7),
+)
+PATIENTS: list[dict[str, float | int]] = [dict(zip(FIELDS, row, strict=True)) for row in CLEVELAND]
+PATIENT = PATIENTS[0]
 
 # Series the dashboards and alert rules are built on; each must be exported.
 REQUIRED_METRICS = ("heartml_model_loaded", "heartml_http_requests_total")
@@ -118,6 +114,22 @@ def run_checks(base: str, name: str | None, version: str | None, timeout: float)
     print(
         f"✅ POST /predict → prediction {answer['prediction']} ({answer['label']}), "
         f"p={probability:.3f}, by {answer['model_name']} v{answer['model_version']}"
+    )
+
+    batch = load_json(
+        *fetch(f"{base}/predict/batch", {"instances": PATIENTS}), "POST /predict/batch"
+    )
+    rows = batch.get("predictions")
+    if not isinstance(rows, list) or len(rows) != len(PATIENTS) or batch.get("count") != len(rows):
+        raise SmokeError(f"POST /predict/batch: expected {len(PATIENTS)} predictions, got {batch}")
+    expect_equal("/predict/batch model_version", batch.get("model_version"), version)
+    if abs(float(rows[0]["probability"]) - probability) > 1e-9:
+        raise SmokeError(
+            "POST /predict/batch: row 1 differs from POST /predict for the same patient"
+        )
+    print(
+        f"✅ POST /predict/batch → {len(rows)} predictions "
+        f"({', '.join(str(row['prediction']) for row in rows)}), row 1 as /predict"
     )
 
     status, body = fetch(f"{base}/metrics")

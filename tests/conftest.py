@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,126 @@ from heartml.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO / "configs" / "experiment.yaml"
 HEARTML = [sys.executable, "-m", "heartml"]
+DOCKER_ENGINE = REPO / "deploy" / "scripts" / "docker-engine.sh"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Container tests last: the rest reports first, and shared fixtures (the trained store)
+    are already built when they start, so their time is their own."""
+    items.sort(key=lambda item: item.get_closest_marker("container") is not None)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line for the container tests, which have a time budget of their own."""
+    outcomes: dict[str, int] = {}
+    seconds = 0.0
+    # Set-up and tear-down reports that passed are filed under "": their time counts too.
+    for outcome, reports in terminalreporter.stats.items():
+        for report in reports:
+            if "container" not in getattr(report, "keywords", {}):
+                continue
+            seconds += getattr(report, "duration", 0.0)
+            if outcome and (report.when == "call" or outcome in {"error", "skipped"}):
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if outcomes:
+        counts = ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items())
+        terminalreporter.write_line(f"container tests: {counts} in {seconds:.1f} s")
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> Iterator[str]:
+    """The Docker engine of the container tests: the one `make docker-up` or `make test`
+    started, or the machine's own. Without one, the tests skip and say why."""
+    reason = os.environ.get("HEARTML_CONTAINER_SKIP")
+    if reason:
+        pytest.skip(f"container tests skipped: {reason}")
+    found = subprocess.run(
+        ["bash", str(DOCKER_ENGINE), "host"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if found.returncode != 0:
+        pytest.skip("no Docker engine answers: `make docker-up` starts one (`make test` does)")
+    host = found.stdout.strip()
+    with pytest.MonkeyPatch.context() as patch:
+        if host:
+            patch.setenv("DOCKER_HOST", host)
+        else:
+            patch.delenv("DOCKER_HOST", raising=False)
+        yield host
+
+
+def _make_env(env: dict[str, str] | None) -> dict[str, str]:
+    """The environment of a make run as a person starts it: no make variables of ours."""
+    base = env if env is not None else dict(os.environ)
+    inherited = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+    return {k: v for k, v in base.items() if not k.startswith(inherited)}
+
+
+def run_make(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """`make -C REPO ARGS`, waited for."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(REPO), *args],
+        env=_make_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class BackgroundMake:
+    """`make -C REPO ARGS` started now, waited for when its result is needed."""
+
+    def __init__(self, log: Path, *args: str) -> None:
+        self.log = log
+        self.process = subprocess.Popen(
+            ["make", "--no-print-directory", "-C", str(REPO), *args],
+            env=_make_env(None),
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait(self, timeout: float = 1200) -> None:
+        returncode = self.process.wait(timeout=timeout)
+        assert returncode == 0, self.log.read_text(errors="replace")[-4000:]
+
+
+MLFLOW_TEST_IMAGE = "heartml-test/heartml-mlflow:test"
+REGISTRY_TEST_IMAGE = "heartml-test/heartml-api:registry"
+
+
+@pytest.fixture(scope="session")
+def background_images(
+    docker_host: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[BackgroundMake, Path]]:
+    """The MLflow server image and the registry-mode API image, and the rendered overlays,
+    built in the background from the first container test on: pip in a build keeps one core
+    busy, so they build while the API image is built and tested on the other.
+
+    Yields the build and the rendered prod overlay's path."""
+    base = run_make("base-image")
+    assert base.returncode == 0, base.stdout + base.stderr
+    root = tmp_path_factory.mktemp("background-images")
+    build = BackgroundMake(
+        root / "build.log",
+        "image-mlflow",
+        "image-registry",
+        "k8s-render",
+        f"RUN_DIR={root}",
+        f"MLFLOW_IMAGE={MLFLOW_TEST_IMAGE}",
+        f"REGISTRY_IMAGE={REGISTRY_TEST_IMAGE}",
+    )
+    try:
+        yield build, root / "k8s" / "prod.yaml"
+    finally:
+        stop_group(build.process)
 
 
 def mirror_dir() -> Path | None:

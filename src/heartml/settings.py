@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)
     log_level: str = "info"
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=60.0,
+        description="After SIGTERM, keep serving this long before stopping, so that requests "
+        "still routed to a terminating pod are answered (Kubernetes: a few seconds; this plus "
+        "the 10 s graceful close must stay below terminationGracePeriodSeconds).",
+    )
 
     @property
     def is_local_store(self) -> bool:

@@ -195,3 +195,31 @@ def test_alert_rules_and_prometheus_configs_pass_promtool(tools: Path) -> None:
     assert re.search(r"SUCCESS: \d+ rules found", output)
     assert output.count("is valid prometheus config file syntax") == 2
     assert "Unit Testing:" in output and "FAILED" not in output
+
+
+def test_the_drain_fits_in_the_grace_period(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """SIGTERM → the API serves on for the delay, then closes within its graceful timeout; the
+    kubelet kills it only after terminationGracePeriodSeconds, so both must fit in it."""
+    from heartml.serve.server import GRACEFUL_SHUTDOWN_S
+
+    for overlay, docs in rendered.items():
+        config = find(docs, "ConfigMap", "heartml-api-config")["data"]
+        delay = float(config["HEARTML_SHUTDOWN_DELAY_S"])
+        pod = find(docs, "Deployment", "heartml-api")["spec"]["template"]["spec"]
+        grace = pod["terminationGracePeriodSeconds"]
+        assert delay > 0, overlay
+        assert delay + GRACEFUL_SHUTDOWN_S < grace, (overlay, delay, grace)
+
+
+def test_the_prod_api_pod_as_docker_runs_it(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """What `make image-test` and the container tests start: the rendered prod pod spec."""
+    import containers
+
+    pod = containers.pod_run(rendered["prod"])
+    config = find(rendered["prod"], "ConfigMap", "heartml-api-config")["data"]
+    assert pod.env == config  # HEARTML_ADMIN_TOKEN is an optional secret: left out
+    assert pod.user == "10001:10001"
+    assert pod.read_only and pod.no_new_privileges and pod.cap_drop == ("ALL",)
+    assert pod.tmpfs == (f"/tmp:rw,nosuid,nodev,size={256 << 20}",)
+    assert (pod.memory_bytes, pod.cpus, pod.stop_timeout_s) == (1 << 30, 2.0, 30)
+    assert not pod.seccomp_unconfined

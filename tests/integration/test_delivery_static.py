@@ -44,6 +44,7 @@ CONFIGMAP_KEYS = {
     "HEARTML_LOG_LEVEL",
     "HEARTML_MIN_ROC_AUC",
     "HEARTML_PROMOTION_TOLERANCE",
+    "HEARTML_SHUTDOWN_DELAY_S",
 }
 JENKINS_STAGES = [
     "Checkout",
@@ -92,29 +93,59 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def dockerfile_stages(path: Path) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Each stage by name (the last one also as ""): its FROM and its instructions."""
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    rows: list[tuple[str, str]] = []
+    for keyword, rest in dockerfile_instructions(path):
+        if keyword == "FROM":
+            words = rest.split()
+            rows = []
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(stages))
+            stages[name] = (words[0], rows)
+        else:
+            rows.append((keyword, rest))
+    stages[""] = stages[next(reversed(stages))]
+    return stages
+
+
+def inherited(
+    stages: dict[str, tuple[str, list[tuple[str, str]]]], name: str
+) -> list[tuple[str, str]]:
+    """A stage's instructions after those of the stages it is built FROM."""
+    base, rows = stages[name]
+    return (inherited(stages, base) if base in stages else []) + rows
+
+
 def test_dockerfile_is_multistage_slim_nonroot_with_healthcheck() -> None:
-    rows = dockerfile_instructions(REPO / "Dockerfile")
-    froms = [rest for keyword, rest in rows if keyword == "FROM"]
-    assert len(froms) >= 2, "multi-stage: a builder and a runtime stage"
-    assert all(rest.split()[0] == "python:3.11-slim" for rest in froms), froms
+    stages = dockerfile_stages(REPO / "Dockerfile")
+    bases = {base for base, _ in stages.values()}
+    assert {"builder", "registry", "model"} <= stages.keys()
+    assert bases - stages.keys() == {"python:3.11-slim"}, "every stage starts from the slim base"
 
-    runtime = rows[max(i for i, (keyword, _) in enumerate(rows) if keyword == "FROM") :]
-    users = [rest for keyword, rest in runtime if keyword == "USER"]
-    assert users, "the runtime stage sets USER"
-    user = users[-1].split(":")[0]
-    assert user not in {"root", "0"}, f"runs as {user}"
+    for name in ("registry", ""):
+        runtime = inherited(stages, name)
+        users = [rest for keyword, rest in runtime if keyword == "USER"]
+        assert users, f"stage {name or 'final'} sets USER"
+        user = users[-1].split(":")[0]
+        assert user not in {"root", "0"}, f"runs as {user}"
+        healthchecks = [rest for keyword, rest in runtime if keyword == "HEALTHCHECK"]
+        assert healthchecks and "/health" in healthchecks[0]
+        assert ("EXPOSE", "8000") in runtime
+        cmd = [rest for keyword, rest in runtime if keyword in {"CMD", "ENTRYPOINT"}]
+        assert cmd and json.loads(cmd[-1])[:2] == ["heartml", "serve"]
+        assert any(k == "COPY" and rest.startswith("--from=builder") for k, rest in runtime)
 
-    healthchecks = [rest for keyword, rest in runtime if keyword == "HEALTHCHECK"]
-    assert healthchecks and "/health" in healthchecks[0]
-    assert ("EXPOSE", "8000") in runtime
-    cmd = [rest for keyword, rest in runtime if keyword in {"CMD", "ENTRYPOINT"}]
-    assert cmd and json.loads(cmd[-1])[:2] == ["heartml", "serve"]
-
-    # The model is baked in from `heartml export`, and labelled with name, version and roc_auc.
-    assert any(k == "COPY" and rest.startswith("exported-model/") for k, rest in runtime)
-    labels = " ".join(rest for keyword, rest in runtime if keyword == "LABEL")
+    # The default (last) stage bakes the model in from `heartml export`, labelled with name,
+    # version and roc_auc, and serves it; the registry stage has no model and follows the registry.
+    final = inherited(stages, "")
+    assert any(k == "COPY" and rest.startswith("exported-model/") for k, rest in final)
+    labels = " ".join(rest for keyword, rest in final if keyword == "LABEL")
     for label in ("model.name", "model.version", "model.roc-auc", "git-commit", "image.revision"):
         assert label in labels, label
+    assert ("ENV", "HEARTML_MODEL_DIR=/app/model") in final
+    registry = inherited(stages, "registry")
+    assert not any("exported-model" in rest or "MODEL_DIR" in rest for _, rest in registry)
 
 
 def test_dockerfile_installs_dependencies_before_the_source() -> None:
@@ -171,6 +202,24 @@ def test_every_jenkins_stage_calls_one_existing_make_target() -> None:
         assert len(calls) == 1, f"stage {name!r} calls {calls}"
         target = calls[0].split()[1]
         assert target in targets, f"stage {name!r}: no make target {target!r}"
+
+
+def test_every_make_target_named_in_the_jenkinsfile_exists() -> None:
+    """Steps, post actions and comments alike: a `make X` must be something make can do."""
+    text = (REPO / "Jenkinsfile").read_text()
+    named = set(re.findall(r"(?:sh '|`)make ([a-z][a-z0-9-]*)", text))
+    assert {"image", "image-test", "deploy-report"} <= named
+    assert named - make_targets() == set()
+
+
+def test_jenkins_image_stages_call_the_targets_the_container_tests_run() -> None:
+    """Build image and Test image are `make image` and `make image-test`, which
+    tests/integration/test_container_api.py runs against a real Docker engine."""
+    stages = dict(jenkins_stages())
+    assert re.findall(r"sh '(make [^']*)'", stages["Build image"]) == ["make image"]
+    assert re.findall(r"sh '(make [^']*)'", stages["Test image"]) == ["make image-test"]
+    tested = (REPO / "tests" / "integration" / "test_container_api.py").read_text()
+    assert 'run_make("image", ' in tested and 'run_make("image-test", ' in tested
 
 
 def test_jenkins_promotion_gate_and_deploy_conditions() -> None:
@@ -331,10 +380,18 @@ def test_checkov_skips_each_have_a_reason() -> None:
 
 
 def test_delivery_targets_exist_and_are_documented() -> None:
-    text = (REPO / "mk" / "delivery.mk").read_text()
+    text = "\n".join(path.read_text() for path in sorted((REPO / "mk").glob("*.mk")))
     for target in (
         "tools",
         "lint-docker",
+        "lint-groovy",
+        "docker-up",
+        "docker-down",
+        "base-image",
+        "image-registry",
+        "image-mlflow",
+        "image-report",
+        "mlflow-server-container",
         "k8s-validate",
         "promote-gate",
         "export-model",
