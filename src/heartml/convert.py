@@ -13,10 +13,12 @@ encoding is registered as ``Cast(Equal(Gather(x, source), code))``: three operat
 the coded columns where skl2onnx's encoder takes three per column, and each operator costs
 ONNX Runtime about a microsecond per call on the one-row requests serving answers.
 
-Nearest neighbours are not converted: with distance weights a row at distance zero from a
-training row (every training row, served back) gets scikit-learn's special case, which the
-converted graph does not reproduce (measured: up to 0.93), and equal distances are ordered
-differently. Such a candidate is served by its scikit-learn pipeline.
+Nearest neighbours get a graph of their own (:func:`_neighbours_graph`): skl2onnx's converter
+computes distances in float32 and clamps them at 1e-6, so a patient identical to a training
+row (any training row, sent again) misses scikit-learn's rule that exact matches alone vote
+(measured: up to 0.93 apart). The graph here computes float64 distances to the rows the
+estimator was fitted on — the training rows through the fitted preprocessing, passed in
+rather than read from the estimator's private state — and applies that rule itself.
 """
 
 from __future__ import annotations
@@ -29,16 +31,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from heartml.candidates import TrainingError, first_line
-from heartml.onnx_model import INPUT_NAME, TOLERANCE, OnnxEngine, Probe, largest_deviation
+from heartml.onnx_model import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TOLERANCE,
+    OnnxEngine,
+    Probe,
+    largest_deviation,
+)
 from heartml.schema import FEATURE_NAMES
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
-
-# Estimators whose converted graph does not reproduce scikit-learn (see above), and why.
-NOT_CONVERTED: dict[str, str] = {
-    "KNeighborsClassifier": "distance ties and zero distances are not reproduced by ONNX",
-}
 
 
 class ConversionError(TrainingError):
@@ -54,16 +58,23 @@ class OnnxForm:
     deviation: float
 
 
-def why_not_converted(pipeline: Pipeline) -> str | None:
-    """The reason a pipeline is served by scikit-learn rather than ONNX, or None."""
-    return NOT_CONVERTED.get(type(pipeline.steps[-1][1]).__name__)
+@dataclass(frozen=True, slots=True)
+class TrainingRows:
+    """The rows a pipeline was fitted on (schema order, float64) and their outcomes.
+
+    A nearest-neighbours graph carries them: its estimator *is* its training rows.
+    """
+
+    features: np.ndarray
+    target: np.ndarray
 
 
-def to_onnx_graph(pipeline: Pipeline) -> bytes:
+def to_onnx_graph(pipeline: Pipeline, training: TrainingRows | None = None) -> bytes:
     """The ONNX graph of a fitted ``Pipeline([("preprocess", ColumnTransformer), ("model", …)])``.
 
     The ColumnTransformer selects its columns by name; the graph has one float64 input in
     schema order, so the conversion is made from a copy that selects them by position.
+    ``training`` is needed for nearest neighbours only.
     """
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import DoubleTensorType
@@ -83,6 +94,8 @@ def to_onnx_graph(pipeline: Pipeline) -> bytes:
         (name, fitted, [index[c] for c in columns] if fitted != "drop" else columns)
         for name, fitted, columns in positional.transformers_
     ]
+    if type(estimator).__name__ == "KNeighborsClassifier":
+        return _neighbours_graph(preprocess, positional, estimator, training)
     try:
         graph = to_onnx(
             Pipeline(
@@ -105,8 +118,10 @@ def to_onnx_graph(pipeline: Pipeline) -> bytes:
     return serialised
 
 
-def convert_pipeline(pipeline: Pipeline, rows: np.ndarray) -> OnnxForm | None:
-    """The checked ONNX form of a pipeline; None for an estimator that is not converted.
+def convert_pipeline(
+    pipeline: Pipeline, rows: np.ndarray, training: TrainingRows | None = None
+) -> OnnxForm:
+    """The checked ONNX form of a pipeline (``training``: the rows it was fitted on).
 
     Raises ConversionError when the graph cannot be made or differs from the pipeline's own
     ``predict_proba`` by more than ``TOLERANCE`` on any of ``rows`` (float64, schema order),
@@ -114,10 +129,8 @@ def convert_pipeline(pipeline: Pipeline, rows: np.ndarray) -> OnnxForm | None:
     """
     import pandas as pd
 
-    if why_not_converted(pipeline) is not None:
-        return None
     name = type(pipeline.steps[-1][1]).__name__
-    graph = to_onnx_graph(pipeline)
+    graph = to_onnx_graph(pipeline, training)
     try:
         engine = OnnxEngine(graph)
     except Exception as exc:  # ONNX Runtime raises its own types; all mean "not loadable"
@@ -133,6 +146,112 @@ def convert_pipeline(pipeline: Pipeline, rows: np.ndarray) -> OnnxForm | None:
             f"(at most {TOLERANCE:g} allowed)"
         )
     return OnnxForm(graph=graph, probe=probe, deviation=deviation)
+
+
+def _neighbours_graph(
+    preprocess: Any, positional: Any, estimator: Any, training: TrainingRows | None
+) -> bytes:
+    """Preprocessing (skl2onnx) followed by k-nearest-neighbours voting as scikit-learn votes.
+
+    Float64 Euclidean distances to every training row; the k nearest vote with weight 1
+    (``uniform``) or 1/distance (``distance``), except that when some neighbours are at
+    distance zero, those alone vote (scikit-learn's rule for exact matches).
+    """
+    import pandas as pd
+    from onnx import TensorProto, helper, numpy_helper
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    _register_float64_converters()
+    metric = estimator.effective_metric_
+    if training is None:
+        raise ConversionError("a nearest-neighbours graph needs the rows it was fitted on")
+    if metric != "euclidean" or estimator.weights not in ("uniform", "distance"):
+        raise ConversionError(
+            f"only Euclidean nearest neighbours with uniform or distance weights are converted "
+            f"(metric {metric}, weights {estimator.weights})"
+        )
+    if [int(c) for c in estimator.classes_] != [0, 1]:
+        raise ConversionError("nearest neighbours: expected the classes 0 and 1")
+    fitted_on = np.asarray(
+        preprocess.transform(pd.DataFrame(training.features, columns=list(FEATURE_NAMES))),
+        dtype=np.float64,
+    )
+    if fitted_on.shape[0] != estimator.n_samples_fit_:
+        raise ConversionError(
+            f"nearest neighbours were fitted on {estimator.n_samples_fit_} rows, "
+            f"not on the {fitted_on.shape[0]} given"
+        )
+    model = to_onnx(
+        positional, initial_types=[(INPUT_NAME, DoubleTensorType([None, len(FEATURE_NAMES)]))]
+    )
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 18:
+        raise ConversionError("the preprocessing graph's opset is older than 18")
+    graph = model.graph
+    matrix = graph.output[0].name
+
+    def constant(name: str, value: np.ndarray) -> str:
+        graph.initializer.append(numpy_helper.from_array(value, f"knn_{name}"))
+        return f"knn_{name}"
+
+    def node(op_type: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        graph.node.append(helper.make_node(op_type, inputs, [f"knn_{output}"], **attrs))
+        return f"knn_{output}"
+
+    one, two = constant("axis1", np.array([1])), constant("axis2", np.array([2]))
+    rows = constant("fitted_rows", fitted_on)
+    labels = constant("labels", np.asarray(training.target, dtype=np.float64))
+    difference = node("Sub", [node("Unsqueeze", [matrix, one], "query"), rows], "difference")
+    squared = node("Mul", [difference, difference], "squared")
+    distance = node("Sqrt", [node("ReduceSum", [squared, two], "d2", keepdims=0)], "distance")
+    k = constant("k", np.array([estimator.n_neighbors]))
+    graph.node.append(
+        helper.make_node(
+            "TopK", [distance, k], ["knn_nearest", "knn_index"], axis=1, largest=0, sorted=1
+        )
+    )
+    votes = node("Gather", [labels, "knn_index"], "votes", axis=0)
+    if estimator.weights == "uniform":
+        weight = node(
+            "Add",
+            [
+                node("Mul", ["knn_nearest", constant("zero", np.zeros(1))], "zeroed"),
+                constant("one", np.ones(1)),
+            ],
+            "weight",
+        )
+    else:
+        exact = node(
+            "Cast",
+            [node("Equal", ["knn_nearest", constant("zero", np.zeros(1))], "is_exact")],
+            "exact",
+            to=TensorProto.DOUBLE,
+        )
+        any_exact = node("ReduceMax", [exact, one], "any_exact", keepdims=1)
+        weight = node(
+            "Where",
+            [
+                node("Cast", [any_exact], "use_exact", to=TensorProto.BOOL),
+                exact,
+                node("Reciprocal", ["knn_nearest"], "inverse"),
+            ],
+            "weight",
+        )
+    total = node("ReduceSum", [weight, one], "total", keepdims=1)
+    positive = node("ReduceSum", [node("Mul", [weight, votes], "for_1"), one], "sum_1", keepdims=1)
+    negative = node("Sub", [total, positive], "sum_0")
+    graph.node.append(
+        helper.make_node(
+            "Concat",
+            [node("Div", [negative, total], "p0"), node("Div", [positive, total], "p1")],
+            [OUTPUT_NAME],
+            axis=1,
+        )
+    )
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.DOUBLE, [None, 2]))
+    serialised: bytes = model.SerializeToString()
+    return serialised
 
 
 @functools.cache

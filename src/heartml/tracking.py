@@ -53,7 +53,7 @@ class CandidateRecord:
     importance_kind: str
     importance: dict[str, float]
     plots: Mapping[str, bytes]  # artifact path -> PNG
-    onnx: OnnxForm | None  # None: served by the scikit-learn pipeline
+    onnx: OnnxForm
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +120,8 @@ def log_candidate(
         )
         mlflow.log_metrics(candidate.metrics.as_dict())
         # How serving will run this model, and how far its ONNX form is from the pipeline.
-        mlflow.set_tag("serving_engine", "onnx" if candidate.onnx else "sklearn")
-        if candidate.onnx is not None:
-            mlflow.log_metric("onnx_max_deviation", candidate.onnx.deviation)
+        mlflow.set_tag("serving_engine", "onnx")
+        mlflow.log_metric("onnx_max_deviation", candidate.onnx.deviation)
         with tempfile.TemporaryDirectory(prefix="heartml-plots-") as plots:
             for path, png in candidate.plots.items():
                 Path(plots, path).write_bytes(png)
@@ -157,12 +156,10 @@ def log_candidate(
     return CandidateResult(candidate.name, candidate.metrics, run.info.run_id, model_name, version)
 
 
-def onnx_files(onnx: OnnxForm | None, directory: Path) -> list[str] | None:
+def onnx_files(onnx: OnnxForm, directory: Path) -> list[str]:
     """Write the ONNX files of a model into ``directory``; their paths for ``extra_files``."""
     from heartml.onnx_model import ONNX_FILE, PROBE_FILE
 
-    if onnx is None:
-        return None
     (directory / ONNX_FILE).write_bytes(onnx.graph)
     onnx.probe.save(directory / PROBE_FILE)
     return [str(directory / ONNX_FILE), str(directory / PROBE_FILE)]

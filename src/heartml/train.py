@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from heartml.candidates import TrainingError
-from heartml.convert import convert_pipeline
+from heartml.convert import TrainingRows, convert_pipeline
 from heartml.data import load_dataset
 from heartml.evaluate import (
     feature_importance,
@@ -98,7 +98,11 @@ def prepare_candidate(
         importance_kind=kind,
         importance=importance,
         plots={path: render_png(fig) for path, fig in plots.items()},
-        onnx=convert_pipeline(fitted.model, probe_rows),
+        onnx=convert_pipeline(
+            fitted.model,
+            probe_rows,
+            TrainingRows(split.x_train.to_numpy(dtype="float64"), split.y_train),
+        ),
     )
 
 

@@ -94,9 +94,8 @@ def test_runs_are_nested_and_fully_logged(trained_root: Path, mirror: Path) -> N
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert set(child.data.metrics) >= METRICS
-        knn = child.data.tags["candidate"] == "knn"
-        assert child.data.tags["serving_engine"] == ("sklearn" if knn else "onnx")
-        assert knn or child.data.metrics["onnx_max_deviation"] <= 1e-5
+        assert child.data.tags["serving_engine"] == "onnx"
+        assert child.data.metrics["onnx_max_deviation"] <= 1e-5
         assert "model.n_neighbors" in child.data.params or child.data.tags["candidate"] != "knn"
         plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert plots == {

@@ -68,7 +68,7 @@ def test_every_candidate_is_served_with_its_pipelines_probabilities(
 
     for model_type in sorted(expected_types):
         engine = load_engine(model_dirs[model_type])
-        assert engine.name == ("sklearn" if model_type == "knn" else "onnx"), model_type
+        assert engine.name == "onnx", model_type
         pipeline = mlflow.sklearn.load_model(str(model_dirs[model_type]))
         expected = pipeline.predict_proba(features)
         served = engine.predict_proba(rows)
@@ -90,7 +90,6 @@ def test_the_model_keeps_every_row_it_was_checked_on(
     assert files.graph.parent.name == "extra_files"
     probe = Probe.load(files.probe)
     assert np.array_equal(probe.rows, features.to_numpy(dtype=np.float64), equal_nan=True)
-    assert find_onnx_files(model_dirs["knn"]) is None
 
 
 def copy_of(model_dir: Path, tmp_path: Path) -> tuple[Path, OnnxFiles]:

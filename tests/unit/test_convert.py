@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from heartml.candidates import build_candidate
-from heartml.convert import ConversionError, convert_pipeline
+from heartml.convert import ConversionError, TrainingRows, convert_pipeline
 from heartml.experiment import CANDIDATE_ESTIMATORS
 from heartml.onnx_model import TOLERANCE, OnnxEngine
 from heartml.schema import FEATURE_NAMES, synthetic_rows
@@ -42,11 +42,15 @@ def fitted(name: str, frame: pd.DataFrame | None = None) -> Any:
     return build_candidate(name, SMALL[name], 42).fit(features, target)
 
 
-@pytest.mark.parametrize("name", sorted(set(CANDIDATE_ESTIMATORS) - {"knn"}))
-def test_every_converted_candidate_type_reproduces_its_pipeline(name: str) -> None:
+def training_rows() -> TrainingRows:
+    features, target = synthetic()
+    return TrainingRows(features.to_numpy(dtype="float64"), target)
+
+
+@pytest.mark.parametrize("name", sorted(CANDIDATE_ESTIMATORS))
+def test_every_candidate_type_reproduces_its_pipeline(name: str) -> None:
     pipeline = fitted(name)
-    form = convert_pipeline(pipeline, synthetic_rows(100, seed=3))
-    assert form is not None
+    form = convert_pipeline(pipeline, synthetic_rows(100, seed=3), training_rows())
     assert form.deviation <= TOLERANCE
     # Other rows than the ones it was checked on, NaNs included, at once and one by one.
     rows = synthetic_rows(300, seed=11)
@@ -57,8 +61,26 @@ def test_every_converted_candidate_type_reproduces_its_pipeline(name: str) -> No
         assert np.max(np.abs(engine.predict_proba(rows[i : i + 1]) - expected[i])) <= TOLERANCE
 
 
-def test_nearest_neighbours_are_left_to_scikit_learn() -> None:
-    assert convert_pipeline(fitted("knn"), synthetic_rows(20)) is None
+@pytest.mark.parametrize("weights", ["distance", "uniform"])
+def test_nearest_neighbours_match_exactly_on_their_own_training_rows(weights: str) -> None:
+    # A training row sent again is at distance zero from itself: with distance weights
+    # scikit-learn lets exact matches alone vote, and the graph must do the same.
+    features, target = synthetic()
+    pipeline = build_candidate("knn", {"n_neighbors": 7, "weights": weights}, 42)
+    pipeline.fit(features, target)
+    rows = features.to_numpy(dtype="float64")
+    form = convert_pipeline(pipeline, rows, training_rows())
+    assert form.deviation <= TOLERANCE
+    if weights == "distance":
+        # Each row's own outcome, as scikit-learn gives it (its distance to itself comes out
+        # a hair above zero there, so its own weight only dominates); the graph's is exact.
+        assert np.allclose(form.probe.expected[:, 1], target, rtol=0, atol=TOLERANCE)
+        assert np.array_equal(OnnxEngine(form.graph).predict_proba(rows)[:, 1], target)
+
+
+def test_nearest_neighbours_need_their_training_rows() -> None:
+    with pytest.raises(ConversionError, match="rows it was fitted on"):
+        convert_pipeline(fitted("knn"), synthetic_rows(20))
 
 
 def test_the_checked_rows_and_probabilities_are_kept_for_serving() -> None:

@@ -3,16 +3,17 @@
 A registered model directory holds the ONNX form of its pipeline when the conversion was
 faithful (:mod:`heartml.onnx_model`). Loading checks that graph again, here, against the
 probabilities stored beside it, and serves it with ONNX Runtime: no scikit-learn, pandas or
-training data needed. A model without an ONNX form (nearest neighbours, or one registered
-before heartml converted), or whose graph no longer reproduces its probe under this ONNX
-Runtime, is served by its scikit-learn pipeline, loaded through ``mlflow.sklearn``.
+training data needed. A model without an ONNX form (one registered before heartml converted),
+or whose graph no longer reproduces its probe under this ONNX Runtime, is served by its
+scikit-learn pipeline, loaded through ``mlflow.sklearn`` (which the slim serving image does
+not carry: there such a model fails to load and the previous one keeps serving).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,6 +27,9 @@ from heartml.onnx_model import (
     largest_deviation,
 )
 from heartml.schema import FEATURE_NAMES
+
+if TYPE_CHECKING:
+    from heartml.convert import TrainingRows
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +90,11 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
-def engine_for_pipeline(pipeline: Any, rows: Rows) -> Engine:
+def engine_for_pipeline(pipeline: Any, rows: Rows, training: TrainingRows | None = None) -> Engine:
     """An engine for an in-memory pipeline, converted as registration converts it.
 
     For tests and benchmarks that have a pipeline but no model directory.
     """
     from heartml.convert import convert_pipeline
 
-    form = convert_pipeline(pipeline, rows)
-    return SklearnEngine(pipeline) if form is None else OnnxEngine(form.graph)
+    return OnnxEngine(convert_pipeline(pipeline, rows, training).graph)
