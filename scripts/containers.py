@@ -553,10 +553,17 @@ def image_files(image: str) -> list[ImageFile]:
 
 
 # Distributions the serving image must not carry (pyproject.toml: they come with the train and
-# dev extras, or with the full MLflow): training, plotting, the MLflow server, UI and SQL stack,
-# columnar formats, database drivers and the development tools.
+# dev extras, or with the full MLflow): fitting and converting models (ONNX Runtime serves
+# them), plotting, the MLflow server, UI and SQL stack, columnar formats, database drivers and
+# the development tools.
 NOT_FOR_SERVING = frozenset(
     {
+        "scikit-learn",
+        "scipy",
+        "pandas",
+        "skops",
+        "skl2onnx",
+        "onnx",
         "mlflow",  # the full distribution; mlflow-skinny is the client serving uses
         "matplotlib",
         "pyarrow",

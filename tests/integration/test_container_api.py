@@ -130,11 +130,12 @@ def test_make_image_report_and_docker_stop_under_load(built: Built, tmp_path: Pa
         assert label in output, label
     figures = json.loads(figures_file.read_text())
     assert figures["image_mb"] > figures["base_mb"] > 0
-    assert figures["above_base_mb"] <= 500, "the serving image's size target"
+    assert figures["above_base_mb"] <= 400, "the serving image's size target"
     assert figures["memory_after_requests_mb"] > 0 and len(figures["ready_s"]) == 1
     packages = figures["site_packages_mb"]
-    assert {"sklearn", "mlflow", "fastapi"} <= packages.keys()
-    assert not {"matplotlib", "pyarrow", "sqlalchemy", "flask", "pytest"} & packages.keys()
+    assert {"onnxruntime", "mlflow", "fastapi"} <= packages.keys()
+    not_serving = {"sklearn", "scipy", "pandas", "matplotlib", "pyarrow", "sqlalchemy"}
+    assert not not_serving & packages.keys()
 
     # docker stop under load: the drain answers everything sent before the stop began, and
     # what is sent during it; the server then exits 0 on its own, before the grace period
