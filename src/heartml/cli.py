@@ -355,7 +355,7 @@ def promote(
                 best = before.best_tagged()
                 typer.echo(
                     f"✅ Found best model: {best.name} v{best.version} "
-                    f"(ROC-AUC: {_score(best.roc_auc)})"
+                    f"(ROC-AUC: {format_score(best.roc_auc)})"
                 )
                 typer.echo(f" Looking for model: {best.name}")
             result = registry.promote_best(settings, force=force, dry_run=dry_run, state=before)
@@ -388,12 +388,12 @@ def _banner(title: str) -> None:
     typer.echo("")
 
 
-def _score(value: float | None) -> str:
+def format_score(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
 def _report_promotion(result: PromotionResult, as_json: bool) -> None:
-    from heartml.registry import Outcome
+    from heartml.registry import PromotionOutcome
 
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
@@ -401,7 +401,7 @@ def _report_promotion(result: PromotionResult, as_json: bool) -> None:
     target = result.target
     typer.echo(f"✅ Found version {target.version}")
     typer.echo(f"   Current stage: {target.stage}")
-    if result.outcome is Outcome.PROMOTED:
+    if result.outcome is PromotionOutcome.PROMOTED:
         typer.echo("")
         typer.echo(f"🚀 Promoting version {target.version} to Production...")
         typer.echo(f"✅ Successfully promoted {target.name} v{target.version} to Production!")
@@ -409,7 +409,7 @@ def _report_promotion(result: PromotionResult, as_json: bool) -> None:
             typer.echo(f"   Previous champion: {result.previous.ref}")
         for ref in result.archived:
             typer.echo(f"   Archived: {ref}")
-    elif result.outcome is Outcome.REFUSED:
+    elif result.outcome is PromotionOutcome.REFUSED:
         typer.echo(f"⛔ Not promoted — {result.message}")
     else:
         typer.echo(f"ℹ️  {result.message}")
@@ -487,7 +487,7 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
         lines.append("   (no promotions yet)")
     for entry in entries:
         lines.append(
-            f"{entry.at}  {entry.name} v{entry.version}  (ROC-AUC {_score(entry.roc_auc)})"
+            f"{entry.at}  {entry.name} v{entry.version}  (ROC-AUC {format_score(entry.roc_auc)})"
         )
         lines.append(f"      replaced: {entry.previous or '-'}")
         lines.append(f"      reason:   {entry.reason}")

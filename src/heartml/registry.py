@@ -140,7 +140,9 @@ class VersionInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelInfo:
+class RegisteredModel:
+    """One registered model of the family and its versions."""
+
     name: str
     versions: tuple[VersionInfo, ...]  # newest first
 
@@ -149,7 +151,7 @@ class ModelInfo:
 class FamilyState:
     """A snapshot of every model in the family and who holds the champion alias and stage."""
 
-    models: tuple[ModelInfo, ...]
+    models: tuple[RegisteredModel, ...]
     alias: str
 
     @property
@@ -224,7 +226,7 @@ class FamilyState:
         return max(tagged, key=lambda v: (v.roc_auc or 0.0, v.created_ms, v.name, v.version))
 
 
-class Outcome(StrEnum):
+class PromotionOutcome(StrEnum):
     PROMOTED = "promoted"
     ALREADY_CHAMPION = "already_champion"
     REPAIRED = "repaired"
@@ -235,7 +237,7 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PromotionResult:
-    outcome: Outcome
+    outcome: PromotionOutcome
     target: VersionInfo
     previous: VersionInfo | None
     message: str
@@ -244,7 +246,7 @@ class PromotionResult:
 
     @property
     def refused(self) -> bool:
-        return self.outcome is Outcome.REFUSED
+        return self.outcome is PromotionOutcome.REFUSED
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -404,7 +406,7 @@ def family_from_raw(raw: RawFamily, alias: str) -> FamilyState:
         )
     return FamilyState(
         models=tuple(
-            ModelInfo(name, tuple(sorted(vs, key=lambda v: -v.version)))
+            RegisteredModel(name, tuple(sorted(vs, key=lambda v: -v.version)))
             for name, vs in sorted(by_model.items())
         ),
         alias=alias,
@@ -636,16 +638,19 @@ def promote_version(
     if current is not None and current.ref == target.ref:
         if state.consistent:
             return PromotionResult(
-                Outcome.ALREADY_CHAMPION, target, current, f"{target.ref} is already champion"
+                PromotionOutcome.ALREADY_CHAMPION,
+                target,
+                current,
+                f"{target.ref} is already champion",
             )
         if dry_run:
             notes = "; ".join(state.disagreements())
             return PromotionResult(
-                Outcome.DRY_RUN, target, current, f"would repair the family: {notes}"
+                PromotionOutcome.DRY_RUN, target, current, f"would repair the family: {notes}"
             )
         _, repaired, repair_warnings = reconcile_family(settings, get_client(settings))
         return PromotionResult(
-            Outcome.REPAIRED,
+            PromotionOutcome.REPAIRED,
             target,
             current,
             f"{target.ref} is champion; repaired the family",
@@ -654,7 +659,9 @@ def promote_version(
         )
 
     if gated and not force and (why := check_gate(settings, target, current)) is not None:
-        return PromotionResult(Outcome.REFUSED, target, current, f"refused by the gate: {why}")
+        return PromotionResult(
+            PromotionOutcome.REFUSED, target, current, f"refused by the gate: {why}"
+        )
 
     if dry_run:
         to_archive = sorted(
@@ -662,7 +669,7 @@ def promote_version(
         )
         archive_note = f"; would archive {', '.join(to_archive)}" if to_archive else ""
         return PromotionResult(
-            Outcome.DRY_RUN,
+            PromotionOutcome.DRY_RUN,
             target,
             current,
             f"would promote {target.ref} to {PRODUCTION} (alias '{settings.champion_alias}')"
@@ -714,7 +721,7 @@ def promote_version(
     winner = final.champion
     if winner is not None and winner.ref != target.ref:
         return PromotionResult(
-            Outcome.SUPERSEDED,
+            PromotionOutcome.SUPERSEDED,
             target,
             current,
             f"{target.ref} was promoted but a concurrent promotion of {winner.ref} is newer "
@@ -723,7 +730,7 @@ def promote_version(
             tuple(warnings),
         )
     return PromotionResult(
-        Outcome.PROMOTED,
+        PromotionOutcome.PROMOTED,
         target,
         current,
         f"promoted {target.ref} to {PRODUCTION}",
@@ -799,7 +806,7 @@ def rollback(settings: Settings, *, dry_run: bool = False) -> PromotionResult:
         dry_run=dry_run,
         state=state,
     )
-    if result.outcome is Outcome.PROMOTED:
+    if result.outcome is PromotionOutcome.PROMOTED:
         # The restored version becomes the one tagged best, so the next `--auto` (every
         # pipeline run) confirms the rollback instead of promoting the rolled-back version
         # again; a new training session tags its own winner as usual.

@@ -10,8 +10,8 @@ from heartml.registry import (
     ARCHIVED,
     PRODUCTION,
     FamilyState,
-    ModelInfo,
     NotFoundError,
+    RegisteredModel,
     VersionInfo,
     _transition,
     check_gate,
@@ -44,7 +44,7 @@ def family(*versions: VersionInfo) -> FamilyState:
     names = sorted({v.name for v in versions})
     return FamilyState(
         tuple(
-            ModelInfo(
+            RegisteredModel(
                 n, tuple(sorted((v for v in versions if v.name == n), key=lambda v: -v.version))
             )
             for n in names
