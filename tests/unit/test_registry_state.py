@@ -13,9 +13,9 @@ from heartml.registry import (
     NotFoundError,
     RegisteredModel,
     VersionInfo,
-    _transition,
-    check_gate,
+    judge_challenger,
 )
+from heartml.registry.mlflow_io import transition
 from heartml.settings import Settings
 
 
@@ -119,14 +119,15 @@ def test_find_and_best_tagged() -> None:
 def test_gate(challenger: float, champion: float | None, tolerance: float, allowed: bool) -> None:
     settings = Settings(promotion_tolerance=tolerance)
     current = version("svm", 1, roc_auc=champion) if champion is not None else None
-    why = check_gate(settings, version("knn", 1, roc_auc=challenger), current)
-    assert (why is None) == allowed
+    verdict = judge_challenger(settings, version("knn", 1, roc_auc=challenger), current)
+    assert verdict.passed == allowed
     if not allowed:
-        assert f"{challenger:.4f}" in why  # type: ignore[operator]
+        assert f"{challenger:.4f}" in (verdict.reason or "")
 
 
 def test_gate_refuses_a_version_without_a_score() -> None:
-    assert "no roc_auc tag" in (check_gate(Settings(), version("knn", 1, roc_auc=None), None) or "")
+    verdict = judge_challenger(Settings(), version("knn", 1, roc_auc=None), None)
+    assert "no roc_auc tag" in (verdict.reason or "")
 
 
 class RefusingStages:
@@ -137,7 +138,7 @@ class RefusingStages:
 
 
 def test_a_failed_stage_move_becomes_a_warning_with_the_repair() -> None:
-    warning = _transition(RefusingStages(), version("svm", 1), PRODUCTION)  # type: ignore[arg-type]
+    warning = transition(RefusingStages(), version("svm", 1), PRODUCTION)  # type: ignore[arg-type]
     assert warning is not None
     assert "could not move heart-disease-svm/1 to stage Production" in warning
     assert "rerun the same command" in warning
