@@ -11,23 +11,13 @@ from __future__ import annotations
 import http.client
 import http.server
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import (
-    MlflowServer,
-    assert_one_champion,
-    free_port,
-    invoke_heartml,
-    make_settings,
-    run_heartml,
-    settings_env,
-)
+from conftest import MlflowServer, assert_one_champion, free_port, invoke_heartml, make_settings
 from heartml.registry import promote_version, read_family
 from heartml.settings import Settings
 
@@ -154,48 +144,3 @@ def test_server_dying_mid_promotion_then_rerun_completes_it(
         assert read_family(direct).find(prefix + "svm", 1).stage == "Archived"
     finally:
         back.close()
-
-
-@pytest.mark.slow
-def test_two_full_trainings_at_the_same_moment(
-    mlflow_server: MlflowServer, tmp_path: Path, mirror: Path
-) -> None:
-    settings = make_settings(tmp_path, mirror, mlflow_tracking_uri=mlflow_server.uri)
-    assert run_heartml(settings, "data", "download").returncode == 0
-    env = settings_env(settings)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "heartml", "train"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=300) for p in processes]
-    finally:
-        for process in processes:  # never leave a training running into the next tests
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
-
-    client = MlflowClient(mlflow_server.uri, mlflow_server.uri)
-    experiment = client.get_experiment_by_name("heart-disease-classification")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 2
-    for parent in parents:
-        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert len(children) == 5
-        assert all(r.info.status == "FINISHED" for r in [parent, *children])
-        assert all(len(r.data.metrics) >= 9 for r in children)
-    versions = client.search_model_versions("name LIKE 'heart-disease-%'")
-    assert len(versions) == 10
-    state = read_family(settings)
-    assert len([v for v in state.versions if v.is_best]) == 1
-    assert len(state.alias_holders) == 1
-    assert state.in_production == state.alias_holders

@@ -23,6 +23,7 @@ from heartml.cli.common import EXIT_ERROR, EXIT_OK, setup_logging
 from heartml.cli.data import data_app
 from heartml.cli.promote import PROMOTE_HELP, promote
 from heartml.cli.serve import export, serve
+from heartml.cli.store import store_app
 from heartml.cli.train import train
 
 
@@ -86,6 +87,7 @@ app.command()(train)
 app.command(name="promote", help=PROMOTE_HELP, no_args_is_help=False)(promote)
 app.command()(serve)
 app.command()(export)
+app.add_typer(store_app, name="store")
 
 promote_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 promote_app.command(cls=HeartmlCommand, help=PROMOTE_HELP)(promote)

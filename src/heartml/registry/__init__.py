@@ -4,7 +4,8 @@
 - :mod:`~heartml.registry.gate`: may a challenger replace the champion (pure);
 - :mod:`~heartml.registry.plans`: what a promotion, reconcile, rollback or tagging changes (pure);
 - :mod:`~heartml.registry.mlflow_io`: reading the family from MLflow, writing what a plan says;
-- :mod:`~heartml.registry.actions`: the verbs, which read, plan and apply.
+- :mod:`~heartml.registry.actions`: the verbs, which read, plan and apply;
+- :mod:`~heartml.registry.embedded`: the SQLite store created and migrated one process at a time.
 
 Importing the package imports no MLflow: each function imports it when it talks to the store.
 """
@@ -20,6 +21,7 @@ from heartml.registry.actions import (
     tag_candidate_version,
     whoami,
 )
+from heartml.registry.embedded import RepairResult, prepare_sqlite_store, repair_sqlite_store
 from heartml.registry.gate import GateCheck, GateInput, GateVerdict, judge_challenger
 from heartml.registry.mlflow_io import (
     call_store,
@@ -56,6 +58,7 @@ from heartml.registry.values import (
     TAG_PROMOTED_BY,
     TAG_REASON,
     TAG_ROC_AUC,
+    BrokenStoreError,
     FamilyState,
     HistoryEntry,
     ModelCard,
@@ -83,6 +86,7 @@ __all__ = [
     "TAG_REASON",
     "TAG_ROC_AUC",
     "BestTagPlan",
+    "BrokenStoreError",
     "Claim",
     "Decision",
     "FamilyState",
@@ -98,6 +102,7 @@ __all__ = [
     "ReconcilePlan",
     "RegisteredModel",
     "RegistryError",
+    "RepairResult",
     "RollbackPlan",
     "StoreUnavailableError",
     "VersionInfo",
@@ -113,12 +118,14 @@ __all__ = [
     "plan_promotion",
     "plan_reconcile",
     "plan_rollback",
+    "prepare_sqlite_store",
     "promote_best",
     "promote_version",
     "promotion_history",
     "read_family",
     "read_with_client",
     "reconcile_family",
+    "repair_sqlite_store",
     "rollback",
     "tag_best_version",
     "tag_candidate_version",

@@ -40,14 +40,21 @@ T = TypeVar("T")
 
 
 def configure_mlflow(settings: Settings) -> None:
-    """Point MLflow at the store; bound its HTTP retries so a dead server fails in seconds."""
+    """Point MLflow at the store; bound its HTTP retries so a dead server fails in seconds.
+
+    An embedded SQLite store is created or migrated here, by one process at a time
+    (:func:`heartml.registry.embedded.prepare_sqlite_store`).
+    """
     import mlflow
+
+    from heartml.registry.embedded import prepare_sqlite_store
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    call_store(settings, lambda: prepare_sqlite_store(settings.mlflow_tracking_uri))
 
 
 def get_client(settings: Settings) -> MlflowClient:

@@ -42,6 +42,10 @@ class StoreUnavailableError(RegistryError):
     """The tracking store cannot be reached."""
 
 
+class BrokenStoreError(RegistryError):
+    """The store is damaged (a schema migration left half-done); the message says the repair."""
+
+
 def utc_now_iso(timespec: str = "microseconds") -> str:
     """Now, in UTC, ISO-8601 with a ``Z``: the one timestamp format of tags, exports and /model."""
     return datetime.now(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
