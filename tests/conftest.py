@@ -21,6 +21,15 @@ from typing import Any
 
 import pytest
 
+from heartml.registry import (
+    NO_STAGE,
+    TAG_BEST,
+    TAG_PREVIOUS,
+    TAG_PROMOTED_AT,
+    FamilyState,
+    RegisteredModel,
+    VersionInfo,
+)
 from heartml.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,6 +205,50 @@ def trained_settings(trained_root: Path, tmp_path: Path, mirror: Path) -> Settin
     shutil.copy2(trained_root / "mlflow.db", root / "mlflow.db")
     shutil.copytree(trained_root / "data", root / "data")
     return make_settings(root, mirror, artifact_dir=trained_root / "mlartifacts")
+
+
+# --- registry states without a store ----------------------------------------------------------
+
+
+def version_info(
+    name: str,
+    number: int = 1,
+    *,
+    stage: str = NO_STAGE,
+    champion: bool = False,
+    promoted_at: str = "",
+    previous: str = "",
+    roc_auc: float | None = 0.9,
+    best: bool = False,
+    created_ms: int | None = None,
+) -> VersionInfo:
+    """A version of ``heart-disease-NAME`` as the registry would report it."""
+    tags: dict[str, str] = {}
+    if promoted_at:
+        tags[TAG_PROMOTED_AT] = promoted_at
+    if previous:
+        tags[TAG_PREVIOUS] = previous
+    if roc_auc is not None:
+        tags["roc_auc"] = f"{roc_auc:.4f}"
+    if best:
+        tags[TAG_BEST] = "true"
+    created = number if created_ms is None else created_ms
+    aliases = ("champion",) if champion else ()
+    return VersionInfo(f"heart-disease-{name}", number, stage, aliases, tags, "run", "s", created)
+
+
+def family_state(*versions: VersionInfo) -> FamilyState:
+    """The family of these versions, newest first within each model, alias ``champion``."""
+    names = sorted({v.name for v in versions})
+    return FamilyState(
+        tuple(
+            RegisteredModel(
+                n, tuple(sorted((v for v in versions if v.name == n), key=lambda v: -v.version))
+            )
+            for n in names
+        ),
+        "champion",
+    )
 
 
 def assert_one_champion(settings: Settings) -> str:

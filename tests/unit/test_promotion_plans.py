@@ -15,6 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import family_state as family
+from conftest import version_info as version
 from heartml.registry import (
     ARCHIVED,
     EVENT_PREFIX,
@@ -41,45 +43,6 @@ from heartml.settings import Settings
 
 ALIAS = "champion"
 SETTINGS = Settings(min_roc_auc=0.80, promotion_tolerance=0.0)
-
-
-def version(
-    name: str,
-    number: int = 1,
-    *,
-    stage: str = NO_STAGE,
-    champion: bool = False,
-    promoted_at: str = "",
-    previous: str = "",
-    roc_auc: float | None = 0.9,
-    best: bool = False,
-    created_ms: int | None = None,
-) -> VersionInfo:
-    tags: dict[str, str] = {}
-    if promoted_at:
-        tags[TAG_PROMOTED_AT] = promoted_at
-    if previous:
-        tags[TAG_PREVIOUS] = previous
-    if roc_auc is not None:
-        tags["roc_auc"] = f"{roc_auc:.4f}"
-    if best:
-        tags[TAG_BEST] = "true"
-    created = number if created_ms is None else created_ms
-    aliases = (ALIAS,) if champion else ()
-    return VersionInfo(f"heart-disease-{name}", number, stage, aliases, tags, "run", "s", created)
-
-
-def family(*versions: VersionInfo) -> FamilyState:
-    names = sorted({v.name for v in versions})
-    return FamilyState(
-        tuple(
-            RegisteredModel(
-                n, tuple(sorted((v for v in versions if v.name == n), key=lambda v: -v.version))
-            )
-            for n in names
-        ),
-        ALIAS,
-    )
 
 
 # --- MLflow's semantics, applied to a plain state --------------------------------------------

@@ -6,51 +6,16 @@ from typing import Any
 
 import pytest
 
+from conftest import family_state as family
+from conftest import version_info as version
 from heartml.registry import (
     ARCHIVED,
     PRODUCTION,
-    FamilyState,
     NotFoundError,
-    RegisteredModel,
-    VersionInfo,
     judge_challenger,
 )
 from heartml.registry.mlflow_io import transition
 from heartml.settings import Settings
-
-
-def version(
-    name: str,
-    number: int,
-    *,
-    stage: str = "None",
-    champion: bool = False,
-    promoted_at: str = "",
-    roc_auc: float | None = 0.9,
-    best: bool = False,
-) -> VersionInfo:
-    tags = {}
-    if promoted_at:
-        tags["promoted_at"] = promoted_at
-    if roc_auc is not None:
-        tags["roc_auc"] = f"{roc_auc:.4f}"
-    if best:
-        tags["best_model"] = "true"
-    aliases = ("champion",) if champion else ()
-    return VersionInfo(f"heart-disease-{name}", number, stage, aliases, tags, "run", "src", number)
-
-
-def family(*versions: VersionInfo) -> FamilyState:
-    names = sorted({v.name for v in versions})
-    return FamilyState(
-        tuple(
-            RegisteredModel(
-                n, tuple(sorted((v for v in versions if v.name == n), key=lambda v: -v.version))
-            )
-            for n in names
-        ),
-        "champion",
-    )
 
 
 def test_no_champion_in_an_empty_or_unpromoted_family() -> None:
