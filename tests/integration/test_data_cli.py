@@ -124,8 +124,9 @@ def test_unreachable_source(tmp_path: Path) -> None:
 
 
 def test_corrupted_cache_is_detected_refetched_and_never_trained_on(
-    tmp_path: Path, mirror: Path
+    tmp_path: Path, mirror: Path, empty_store: Path
 ) -> None:
+    shutil.copy2(empty_store, tmp_path / "mlflow.db")  # a store, already migrated
     settings = make_settings(tmp_path, mirror)
     assert run_heartml(settings, "data", "download").returncode == 0
     cached = settings.data_dir / "processed.cleveland.data"
@@ -165,8 +166,9 @@ def test_malformed_experiment_yaml(tmp_path: Path, mirror: Path, data_cache: Pat
     ],
 )
 def test_a_bad_hyper_parameter_fails_training_in_one_line_and_registers_nothing(
-    tmp_path: Path, mirror: Path, data_cache: Path, candidate: str, expected: str
+    tmp_path: Path, mirror: Path, data_cache: Path, empty_store: Path, candidate: str, expected: str
 ) -> None:
+    shutil.copy2(empty_store, tmp_path / "mlflow.db")  # a store, already migrated
     settings = make_settings(tmp_path, mirror, data_dir=data_cache)
     bad = tmp_path / "bad-params.yaml"
     bad.write_text(f"version: 1\ncandidates:\n  logistic_regression: {{}}\n  {candidate}\n")
