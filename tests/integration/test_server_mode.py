@@ -111,8 +111,16 @@ def predicted_by(api: str) -> tuple[str, str]:
 def test_whole_flow_on_postgresql(
     postgres_server: str, tmp_path: Path, mirror: Path, data_cache: Path
 ) -> None:
+    # Two candidates: the flow needs a champion and another algorithm to promote; training
+    # every candidate is tested elsewhere.
+    experiment = tmp_path / "two-candidates.yaml"
+    experiment.write_text("version: 1\ncandidates:\n  logistic_regression: {}\n  knn: {}\n")
     settings: Settings = make_settings(
-        tmp_path, mirror, mlflow_tracking_uri=postgres_server, data_dir=data_cache
+        tmp_path,
+        mirror,
+        mlflow_tracking_uri=postgres_server,
+        data_dir=data_cache,
+        experiment_config=experiment,
     )
     trained = invoke_heartml(settings, "train")
     assert trained.returncode == 0, trained.stderr
