@@ -15,11 +15,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from heartml.registry import (
+    NO_STAGE,
+    TAG_BEST,
+    TAG_PREVIOUS,
+    TAG_PROMOTED_AT,
+    FamilyState,
+    RegisteredModel,
+    VersionInfo,
+)
 from heartml.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,6 +206,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def run_heartml(
     settings: Settings, *args: str, cwd: Path | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
+    """`heartml ARGS` in its own process: for what only a process proves (the console script,
+    signals, several commands at once)."""
     return subprocess.run(
         [*HEARTML, *args],
         env=settings_env(settings),
@@ -205,6 +217,51 @@ def run_heartml(
         timeout=timeout,
         check=False,
     )
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What a command did: the same fields as a finished subprocess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke_heartml(
+    settings: Settings, *args: str, env: dict[str, str] | None = None, promote_only: bool = False
+) -> CliResult:
+    """`heartml ARGS` in this process (Typer's runner), with the settings' environment.
+
+    The exit codes are the console script's: the mapping lives in heartml's command classes.
+    ``promote_only`` runs the promote command alone, as `scripts/promote-model.py` does.
+    """
+    from typer.testing import CliRunner
+
+    from heartml.cli import app, promote_app
+
+    variables = {
+        k: v for k, v in settings_env(settings).items() if k.startswith(("HEARTML_", "MLFLOW_"))
+    }
+    result = CliRunner().invoke(
+        promote_app if promote_only else app,
+        list(args),
+        env={**variables, **(env or {})},
+        catch_exceptions=False,
+    )
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def one_line_error(result: CliResult | subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """The command failed with exit 1 and exactly one line on stderr, holding ``fragments``."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
 
 
 @pytest.fixture(autouse=True)
@@ -228,6 +285,26 @@ def settings(tmp_path: Path, mirror: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def data_cache(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
+    """The Cleveland file fetched and verified once, for the tests that only read it."""
+    from heartml.data import download_data
+
+    root = tmp_path_factory.mktemp("data-cache")
+    download_data(make_settings(root, mirror, data_dir=root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store MLflow created and migrated, empty: tests copy it (migrating takes seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}", f"sqlite:///{path}").search_registered_models()
+    return path
+
+
+@pytest.fixture(scope="session")
 def trained_root(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
     """One real training session on a store shared, read-only, by the tests that need it."""
     from heartml.data import download_data
@@ -248,6 +325,50 @@ def trained_settings(trained_root: Path, tmp_path: Path, mirror: Path) -> Settin
     shutil.copy2(trained_root / "mlflow.db", root / "mlflow.db")
     shutil.copytree(trained_root / "data", root / "data")
     return make_settings(root, mirror, artifact_dir=trained_root / "mlartifacts")
+
+
+# --- registry states without a store ----------------------------------------------------------
+
+
+def version_info(
+    name: str,
+    number: int = 1,
+    *,
+    stage: str = NO_STAGE,
+    champion: bool = False,
+    promoted_at: str = "",
+    previous: str = "",
+    roc_auc: float | None = 0.9,
+    best: bool = False,
+    created_ms: int | None = None,
+) -> VersionInfo:
+    """A version of ``heart-disease-NAME`` as the registry would report it."""
+    tags: dict[str, str] = {}
+    if promoted_at:
+        tags[TAG_PROMOTED_AT] = promoted_at
+    if previous:
+        tags[TAG_PREVIOUS] = previous
+    if roc_auc is not None:
+        tags["roc_auc"] = f"{roc_auc:.4f}"
+    if best:
+        tags[TAG_BEST] = "true"
+    created = number if created_ms is None else created_ms
+    aliases = ("champion",) if champion else ()
+    return VersionInfo(f"heart-disease-{name}", number, stage, aliases, tags, "run", "s", created)
+
+
+def family_state(*versions: VersionInfo) -> FamilyState:
+    """The family of these versions, newest first within each model, alias ``champion``."""
+    names = sorted({v.name for v in versions})
+    return FamilyState(
+        tuple(
+            RegisteredModel(
+                n, tuple(sorted((v for v in versions if v.name == n), key=lambda v: -v.version))
+            )
+            for n in names
+        ),
+        "champion",
+    )
 
 
 def assert_one_champion(settings: Settings) -> str:
@@ -379,3 +500,11 @@ class MlflowServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One real `mlflow server` for the session (starting one takes seconds): each test keeps
+    to a model prefix of its own."""
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server

@@ -9,12 +9,18 @@ tables for the embedded SQLite file. Writes always go through ``MlflowClient``.
 Both readers return the same plain records as ``MlflowClient`` would give; a test runs every
 reader against the same store and compares them with the client's answer. Any other store
 (``postgresql://`` opened directly, say) returns ``None`` and the caller uses the client.
+
+MLflow's tables are private and change between releases, so the SQLite reader first checks the
+store's schema revision (alembic's ``alembic_version``) against :data:`TESTED_REVISIONS`, the
+revisions the comparison test has run on. For any other revision it logs one warning and
+returns ``None``: the client, which knows its own schema, reads instead.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -24,6 +30,17 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# The alembic revisions of MLflow's schema that the SQLite reader is tested with: the one
+# MLflow 3.17.2 creates. Add a revision here only with the pin that creates it, once the
+# comparison test (tests/integration/test_promote.py) passes on it.
+TESTED_REVISIONS = frozenset({"dc11669786a5"})
+
+# Alembic's "batch" migrations rebuild a SQLite table through a temporary copy of this name;
+# one left behind means a migration stopped half-way.
+LEFTOVER_PREFIX = "_alembic_tmp_"
 
 
 class StoreReadError(Exception):
@@ -66,63 +83,145 @@ def read_raw_family(tracking_uri: str, prefix: str, retries: int = 3) -> RawFami
 # --- SQLite -----------------------------------------------------------------------------------
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI; None for an in-memory or malformed one."""
     # sqlite:///relative.db and sqlite:////absolute.db, as SQLAlchemy spells them.
+    if not uri.startswith("sqlite://"):
+        return None
     rest = uri[len("sqlite://") :]
     if not rest.startswith("/") or rest in ("/", "/:memory:"):
         return None
     return Path(rest[1:])
 
 
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """The schema of a SQLite store: its tables and alembic revision."""
+
+    tables: frozenset[str]
+    revision: str | None
+
+    @property
+    def empty(self) -> bool:
+        """No MLflow table yet: a store MLflow has still to create."""
+        return not any(not t.startswith("alembic_") for t in self.tables)
+
+    @property
+    def tested(self) -> bool:
+        return self.revision in TESTED_REVISIONS
+
+    @property
+    def leftovers(self) -> tuple[str, ...]:
+        return tuple(sorted(t for t in self.tables if t.startswith(LEFTOVER_PREFIX)))
+
+    @property
+    def half_migrated(self) -> bool:
+        """A migration stopped half-way and the store is not at a known revision."""
+        return bool(self.leftovers) and not self.tested
+
+
+def _schema_of(db: sqlite3.Connection) -> SchemaState:
+    tables = frozenset(
+        row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    )
+    revision = None
+    if "alembic_version" in tables:
+        row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+        revision = str(row[0]) if row else None
+    return SchemaState(tables, revision)
+
+
+def read_schema(path: Path) -> SchemaState:
+    """The store's tables and revision; an empty state for a file that does not exist yet."""
+    if not path.is_file():
+        return SchemaState(frozenset(), None)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, isolation_level=None)
+    try:
+        return _schema_of(db)
+    finally:
+        db.close()
+
+
+_warned: set[tuple[Path, str | None]] = set()
+
+
+def _warn_untested(path: Path, schema: SchemaState) -> None:
+    """Say once per store and revision that the client reads instead (the API checks often)."""
+    key = (path.absolute(), schema.revision)
+    if key in _warned:
+        return
+    _warned.add(key)
+    logger.warning(
+        "%s is at MLflow schema revision %s, which heartml's fast reader was not tested with "
+        "(tested: %s); reading it through MLflow instead",
+        path,
+        schema.revision or "(none)",
+        ", ".join(sorted(TESTED_REVISIONS)),
+    )
+
+
 def _read_sqlite(uri: str, prefix: str) -> RawFamily | None:
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is None or not path.is_file():
         # A store that does not exist yet: let MLflow create and migrate it.
         return None
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, isolation_level=None)
         try:
-            # One read transaction: the four SELECTs see one snapshot of the registry.
+            # One read transaction: the schema check and the SELECTs see one snapshot.
             db.execute("BEGIN")
-            names = [
-                row[0]
-                for row in db.execute("SELECT name FROM registered_models ORDER BY name")
-                if row[0].startswith(prefix)
-            ]
-            wanted = set(names)
-            aliases: dict[str, dict[str, int]] = {name: {} for name in names}
-            for alias, version, name in db.execute(
-                "SELECT alias, version, name FROM registered_model_aliases"
-            ):
-                if name in wanted:
-                    aliases[name][alias] = int(version)
-            tags: dict[tuple[str, int], dict[str, str]] = {}
-            for key, value, name, version in db.execute(
-                "SELECT key, value, name, version FROM model_version_tags"
-            ):
-                if name in wanted:
-                    tags.setdefault((name, int(version)), {})[key] = value or ""
-            versions = tuple(
-                RawVersion(
-                    name=name,
-                    version=int(version),
-                    stage=stage or "None",
-                    tags=tags.get((name, int(version)), {}),
-                    run_id=run_id or "",
-                    source=source or "",
-                    created_ms=int(created or 0),
-                )
-                for name, version, stage, run_id, source, created in db.execute(
-                    "SELECT name, version, current_stage, run_id, source, creation_time "
-                    "FROM model_versions WHERE current_stage != 'Deleted_Internal'"
-                )
-                if name in wanted
-            )
+            schema = _schema_of(db)
+            if not schema.tested:
+                # A store still to create, or left half-migrated, is MLflow's to handle and
+                # heartml's to report (heartml.registry.embedded); any other revision is a
+                # schema this reader does not know.
+                if not schema.empty and not schema.half_migrated:
+                    _warn_untested(path, schema)
+                return None
+            family = _select_family(db, prefix)
         finally:
             db.close()
     except sqlite3.Error:
-        # A schema this reader does not know (a newer MLflow): the client knows better.
+        # The client knows better, and reports what is wrong in its own words.
         return None
+    return family
+
+
+def _select_family(db: sqlite3.Connection, prefix: str) -> RawFamily:
+    names = [
+        row[0]
+        for row in db.execute("SELECT name FROM registered_models ORDER BY name")
+        if row[0].startswith(prefix)
+    ]
+    wanted = set(names)
+    aliases: dict[str, dict[str, int]] = {name: {} for name in names}
+    for alias, version, name in db.execute(
+        "SELECT alias, version, name FROM registered_model_aliases"
+    ):
+        if name in wanted:
+            aliases[name][alias] = int(version)
+    tags: dict[tuple[str, int], dict[str, str]] = {}
+    for key, value, name, version in db.execute(
+        "SELECT key, value, name, version FROM model_version_tags"
+    ):
+        if name in wanted:
+            tags.setdefault((name, int(version)), {})[key] = value or ""
+    versions = tuple(
+        RawVersion(
+            name=name,
+            version=int(version),
+            stage=stage or "None",
+            tags=tags.get((name, int(version)), {}),
+            run_id=run_id or "",
+            source=source or "",
+            created_ms=int(created or 0),
+        )
+        for name, version, stage, run_id, source, created in db.execute(
+            "SELECT name, version, current_stage, run_id, source, creation_time "
+            "FROM model_versions WHERE current_stage != 'Deleted_Internal'"
+        )
+        if name in wanted
+    )
     return RawFamily(aliases=aliases, versions=versions)
 
 

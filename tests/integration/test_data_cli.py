@@ -1,4 +1,7 @@
-"""`heartml data download|validate` through the CLI: mirrors, caching, and every failure."""
+"""`heartml data download|validate` through the CLI: mirrors, caching, and every failure.
+
+The commands run in this process (Typer's runner, the console script's exit codes).
+"""
 
 import http.server
 import json
@@ -10,21 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, make_settings, run_heartml
+from conftest import CliResult, free_port, invoke_heartml, make_settings, one_line_error
 from heartml.data import SITE_FILES
+from heartml.settings import Settings
+
+
+def run_heartml(settings: Settings, *args: str) -> CliResult:
+    return invoke_heartml(settings, *args)
 
 
 def cache_listing(settings_dir: Path) -> list[str]:
     return sorted(p.name for p in settings_dir.iterdir()) if settings_dir.exists() else []
-
-
-def assert_one_line_error(stderr: str, *fragments: str) -> None:
-    lines = [line for line in stderr.strip().splitlines() if line]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_download_then_reuse_the_verified_cache(tmp_path: Path, mirror: Path) -> None:
@@ -62,8 +61,13 @@ def test_all_sites_and_validate(tmp_path: Path, mirror: Path) -> None:
 @pytest.fixture
 def http_mirror(mirror: Path) -> Iterator[str]:
     """The mirror served over real HTTP on loopback, like the UCI site."""
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass  # the command's stderr is what the tests read, in this same process
+
     port = free_port()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror))
+    handler = partial(QuietHandler, directory=str(mirror))
     http.server.ThreadingHTTPServer.allow_reuse_address = True
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -82,8 +86,7 @@ def test_download_over_http(tmp_path: Path, http_mirror: str, mirror: Path) -> N
     assert result.returncode == 0, result.stderr
     bad = make_settings(tmp_path / "b", http_mirror)
     missing = run_heartml(bad, "data", "download")
-    assert missing.returncode == 1
-    assert_one_line_error(missing.stderr, "processed.cleveland.data", "HTTP 404")
+    one_line_error(missing, "processed.cleveland.data", "HTTP 404")
     assert cache_listing(bad.data_dir) == []
 
 
@@ -95,8 +98,7 @@ def test_corrupt_mirror_file_is_refused_and_nothing_is_left(tmp_path: Path, mirr
     target.write_bytes(target.read_bytes().replace(b"63.0", b"64.0", 1))
     settings = make_settings(tmp_path / "s", corrupt)
     result = run_heartml(settings, "data", "download")
-    assert result.returncode == 1
-    assert_one_line_error(result.stderr, "processed.cleveland.data", "checksum mismatch")
+    one_line_error(result, "processed.cleveland.data", "checksum mismatch")
     assert cache_listing(settings.data_dir) == []
 
 
@@ -105,44 +107,40 @@ def test_missing_file_in_mirror(tmp_path: Path) -> None:
     empty.mkdir()
     settings = make_settings(tmp_path / "s", empty)
     result = run_heartml(settings, "data", "download")
-    assert result.returncode == 1
-    assert_one_line_error(result.stderr, "processed.cleveland.data", "not found")
+    one_line_error(result, "processed.cleveland.data", "not found")
 
 
 def test_unknown_source(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, tmp_path / "no-such-dir")
     result = run_heartml(settings, "data", "download")
-    assert result.returncode == 1
-    assert_one_line_error(result.stderr, "processed.cleveland.data", "no-such-dir")
+    one_line_error(result, "processed.cleveland.data", "no-such-dir")
 
 
 def test_unreachable_source(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, f"http://127.0.0.1:{free_port()}")
     result = run_heartml(settings, "data", "download")
-    assert result.returncode == 1
-    assert_one_line_error(result.stderr, "processed.cleveland.data", "cannot reach")
+    one_line_error(result, "processed.cleveland.data", "cannot reach")
     assert cache_listing(settings.data_dir) == []
 
 
 def test_corrupted_cache_is_detected_refetched_and_never_trained_on(
-    tmp_path: Path, mirror: Path
+    tmp_path: Path, mirror: Path, empty_store: Path
 ) -> None:
+    shutil.copy2(empty_store, tmp_path / "mlflow.db")  # a store, already migrated
     settings = make_settings(tmp_path, mirror)
     assert run_heartml(settings, "data", "download").returncode == 0
     cached = settings.data_dir / "processed.cleveland.data"
     cached.write_bytes(cached.read_bytes()[:-20])
 
     refused = run_heartml(settings, "train")
-    assert refused.returncode == 1
-    assert_one_line_error(refused.stderr, "processed.cleveland.data", "checksum")
+    one_line_error(refused, "processed.cleveland.data", "checksum")
     # Training never ran on unverified data: nothing was registered.
     listed = run_heartml(settings, "promote", "--list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["models"] == []
 
     validated = run_heartml(settings, "data", "validate")
-    assert validated.returncode == 1
-    assert_one_line_error(validated.stderr, "checksum")
+    one_line_error(validated, "checksum")
 
     again = run_heartml(settings, "data", "download")
     assert again.returncode == 0, again.stderr
@@ -150,14 +148,12 @@ def test_corrupted_cache_is_detected_refetched_and_never_trained_on(
     assert cached.read_bytes() == (mirror / "processed.cleveland.data").read_bytes()
 
 
-def test_malformed_experiment_yaml(tmp_path: Path, mirror: Path) -> None:
-    settings = make_settings(tmp_path, mirror)
-    assert run_heartml(settings, "data", "download").returncode == 0
+def test_malformed_experiment_yaml(tmp_path: Path, mirror: Path, data_cache: Path) -> None:
+    settings = make_settings(tmp_path, mirror, data_dir=data_cache)
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\ncandidates: {knn: [\n")
     result = run_heartml(settings, "train", "--config", str(bad))
-    assert result.returncode == 1
-    assert_one_line_error(result.stderr, "bad.yaml", "not valid YAML")
+    one_line_error(result, "bad.yaml", "not valid YAML")
 
 
 @pytest.mark.parametrize(
@@ -170,15 +166,14 @@ def test_malformed_experiment_yaml(tmp_path: Path, mirror: Path) -> None:
     ],
 )
 def test_a_bad_hyper_parameter_fails_training_in_one_line_and_registers_nothing(
-    tmp_path: Path, mirror: Path, candidate: str, expected: str
+    tmp_path: Path, mirror: Path, data_cache: Path, empty_store: Path, candidate: str, expected: str
 ) -> None:
-    settings = make_settings(tmp_path, mirror)
-    assert run_heartml(settings, "data", "download").returncode == 0
+    shutil.copy2(empty_store, tmp_path / "mlflow.db")  # a store, already migrated
+    settings = make_settings(tmp_path, mirror, data_dir=data_cache)
     bad = tmp_path / "bad-params.yaml"
     bad.write_text(f"version: 1\ncandidates:\n  logistic_regression: {{}}\n  {candidate}\n")
     result = run_heartml(settings, "train", "--config", str(bad))
-    assert result.returncode == 1
-    assert_one_line_error(result.stderr, "candidate", expected)
+    one_line_error(result, "candidate", expected)
     listed = run_heartml(settings, "promote", "--list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["models"] == []

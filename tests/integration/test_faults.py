@@ -3,7 +3,7 @@
 A small HTTP proxy on loopback stands between `heartml` and a real `mlflow server`. It forwards
 every request until its budget runs out, then drops the connection and stops listening, as a
 server that dies mid-promotion would. "The server returns" is the proxy listening again on the
-same port.
+same port. The command runs in this process (Typer's runner), the proxy in a thread of it.
 """
 
 from __future__ import annotations
@@ -11,23 +11,13 @@ from __future__ import annotations
 import http.client
 import http.server
 import socket
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import (
-    MlflowServer,
-    assert_one_champion,
-    free_port,
-    make_settings,
-    run_heartml,
-    settings_env,
-)
+from conftest import MlflowServer, assert_one_champion, free_port, invoke_heartml, make_settings
 from heartml.registry import promote_version, read_family
 from heartml.settings import Settings
 
@@ -97,12 +87,6 @@ class DyingProxy:
         self.server.server_close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    with MlflowServer(tmp_path_factory.mktemp("fault-server")) as started:
-        yield started
-
-
 def family_settings(tmp_path: Path, uri: str, prefix: str) -> Settings:
     return make_settings(
         tmp_path, tmp_path, mlflow_tracking_uri=uri, model_prefix=prefix, registry_retries=0
@@ -124,8 +108,9 @@ def build_family(uri: str, prefix: str) -> None:
 # A full `promote --auto` makes 26 requests here; cut at points across the whole write path.
 @pytest.mark.parametrize("cut_after", [4, 7, 9, 11, 13, 16])
 def test_server_dying_mid_promotion_then_rerun_completes_it(
-    server: MlflowServer, tmp_path: Path, cut_after: int
+    mlflow_server: MlflowServer, tmp_path: Path, cut_after: int
 ) -> None:
+    server = mlflow_server
     prefix = f"hdcut{cut_after}x-"
     build_family(server.uri, prefix)
     # The svm version is champion before the promotion that will be interrupted.
@@ -135,7 +120,7 @@ def test_server_dying_mid_promotion_then_rerun_completes_it(
     port = free_port()
     proxy = DyingProxy(server.port, port, budget=cut_after)
     through_proxy = family_settings(tmp_path, proxy.uri, prefix)
-    first = run_heartml(through_proxy, "promote", "--auto", timeout=120)
+    first = invoke_heartml(through_proxy, "promote", "--auto")
     proxy.close()
     assert proxy.forwarded == cut_after, "the server should have died mid-promotion"
     if first.returncode != 0:
@@ -153,63 +138,9 @@ def test_server_dying_mid_promotion_then_rerun_completes_it(
 
     back = DyingProxy(server.port, port, budget=None)  # the server returns, same address
     try:
-        again = run_heartml(through_proxy, "promote", "--auto", timeout=120)
+        again = invoke_heartml(through_proxy, "promote", "--auto")
         assert again.returncode == 0, again.stderr
         assert assert_one_champion(direct) == f"{prefix}knn/1"
         assert read_family(direct).find(prefix + "svm", 1).stage == "Archived"
     finally:
         back.close()
-
-
-def test_list_through_a_dead_server_fails_fast_with_one_line(tmp_path: Path) -> None:
-    settings = family_settings(tmp_path, f"http://127.0.0.1:{free_port()}", "heart-disease-")
-    result = run_heartml(settings, "promote", "--list", timeout=60)
-    assert result.returncode == 1
-    assert result.stderr.strip().startswith("error: tracking store http://127.0.0.1:")
-    assert "unreachable" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.slow
-def test_two_full_trainings_at_the_same_moment(
-    server: MlflowServer, tmp_path: Path, mirror: Path
-) -> None:
-    settings = make_settings(tmp_path, mirror, mlflow_tracking_uri=server.uri)
-    assert run_heartml(settings, "data", "download").returncode == 0
-    env = settings_env(settings)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "heartml", "train"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=300) for p in processes]
-    finally:
-        for process in processes:  # never leave a training running into the next tests
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
-
-    client = MlflowClient(server.uri, server.uri)
-    experiment = client.get_experiment_by_name("heart-disease-classification")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 2
-    for parent in parents:
-        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert len(children) == 5
-        assert all(r.info.status == "FINISHED" for r in [parent, *children])
-        assert all(len(r.data.metrics) >= 9 for r in children)
-    versions = client.search_model_versions("name LIKE 'heart-disease-%'")
-    assert len(versions) == 10
-    state = read_family(settings)
-    assert len([v for v in state.versions if v.is_best]) == 1
-    assert len(state.alias_holders) == 1
-    assert state.in_production == state.alias_holders

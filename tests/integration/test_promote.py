@@ -1,7 +1,10 @@
 """`heartml promote` / `scripts/promote-model.py` against real stores.
 
 Registry states are built directly with MlflowClient (fast, exact) on a temporary SQLite store
-and, for the main flows, on a real `mlflow server` started on a free port.
+and, for the main flows, on a real `mlflow server` started on a free port. The command runs in
+this process (Typer's runner, the console script's exit codes); real processes are kept for
+what only they show: the seed's script, the console script's usage errors, simultaneous
+promotions, and a dead store.
 """
 
 from __future__ import annotations
@@ -13,13 +16,23 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, MlflowServer, assert_one_champion, free_port, make_settings, settings_env
+from conftest import (
+    HEARTML,
+    REPO,
+    CliResult,
+    MlflowServer,
+    assert_one_champion,
+    free_port,
+    invoke_heartml,
+    make_settings,
+    one_line_error,
+    settings_env,
+)
 from heartml.registry import (
     PRODUCTION,
     FamilyState,
@@ -65,47 +78,38 @@ class Registry:
     def assert_one_champion(self) -> str:
         return assert_one_champion(self.settings)
 
-    def run(self, *args: str, script: bool = False) -> subprocess.CompletedProcess[str]:
+    @property
+    def env(self) -> dict[str, str]:
+        return {"HEARTML_MODEL_PREFIX": self.prefix, "HEARTML_PROMOTED_BY": "test-suite"}
+
+    def run(self, *args: str) -> CliResult:
+        """`heartml promote ARGS`, in this process."""
+        return invoke_heartml(self.settings, "promote", *args, env=self.env)
+
+    def run_process(self, *args: str, script: bool = False) -> subprocess.CompletedProcess[str]:
+        """`heartml promote ARGS`, or `scripts/promote-model.py ARGS`, as a process."""
         command = (
             [sys.executable, str(REPO / "scripts" / "promote-model.py")]
             if script
-            else [sys.executable, "-m", "heartml", "promote"]
+            else [*HEARTML, "promote"]
         )
-        env = settings_env(self.settings)
-        env["HEARTML_MODEL_PREFIX"] = self.prefix
-        env["HEARTML_PROMOTED_BY"] = "test-suite"
         return subprocess.run(
-            [*command, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+            [*command, *args],
+            env={**settings_env(self.settings), **self.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
 
 
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty SQLite store, copied by each test (migrations take a second)."""
-    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}", f"sqlite:///{path}").search_registered_models()
-    return path
-
-
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    with MlflowServer(tmp_path_factory.mktemp("promote-server")) as server:
-        yield server
-
-
-@pytest.fixture
-def sqlite_registry(tmp_path: Path, empty_store: Path) -> Registry:
+def sqlite_family(tmp_path: Path, empty_store: Path) -> Registry:
     shutil.copy2(empty_store, tmp_path / "mlflow.db")
     return Registry(make_settings(tmp_path, tmp_path / "unused"))
 
 
-@pytest.fixture(params=["sqlite", "server"])
-def registry(request: pytest.FixtureRequest, tmp_path: Path, empty_store: Path) -> Registry:
-    if request.param == "sqlite":
-        shutil.copy2(empty_store, tmp_path / "mlflow.db")
-        return Registry(make_settings(tmp_path, tmp_path / "unused"))
-    server: MlflowServer = request.getfixturevalue("shared_server")
-    # One server for the module; a prefix of its own keeps each test's family apart.
+def server_family(tmp_path: Path, server: MlflowServer) -> Registry:
+    # One server for the session; a prefix of its own keeps each test's family apart.
     prefix = f"hd{next(_prefixes)}x-"
     return Registry(
         make_settings(
@@ -114,11 +118,17 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path, empty_store: Path) 
     )
 
 
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in result.stderr, result.stderr
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+@pytest.fixture
+def sqlite_registry(tmp_path: Path, empty_store: Path) -> Registry:
+    return sqlite_family(tmp_path, empty_store)
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path, empty_store: Path) -> Registry:
+    """The flows that talk to the store differently over HTTP run on both stores."""
+    if request.param == "sqlite":
+        return sqlite_family(tmp_path, empty_store)
+    return server_family(tmp_path, request.getfixturevalue("mlflow_server"))
 
 
 # --- --auto ----------------------------------------------------------------------------------
@@ -157,18 +167,9 @@ def test_auto_promotes_the_best_and_archives_the_champion_of_another_model(
     assert knn.stage == "None"  # never a champion, left alone
 
 
-def test_auto_picks_the_highest_roc_auc_when_several_are_tagged(sqlite_registry: Registry) -> None:
-    sqlite_registry.add("knn", 0.91, best=True)
-    sqlite_registry.add("svm", 0.94, best=True)
-    assert sqlite_registry.run("--auto").returncode == 0
-    assert sqlite_registry.assert_one_champion() == "heart-disease-svm/1"
-
-
-def test_auto_without_a_tagged_version(registry: Registry) -> None:
-    registry.add("knn", 0.91)
-    result = registry.run("--auto")
-    assert result.returncode == 1
-    assert "no version tagged best_model=true" in one_line_error(result)
+def test_auto_without_a_tagged_version(sqlite_registry: Registry) -> None:
+    sqlite_registry.add("knn", 0.91)
+    one_line_error(sqlite_registry.run("--auto"), "no version tagged best_model=true")
 
 
 def test_auto_when_the_best_is_already_champion_is_a_no_op(sqlite_registry: Registry) -> None:
@@ -184,46 +185,50 @@ def test_auto_when_the_best_is_already_champion_is_a_no_op(sqlite_registry: Regi
 # --- NAME [VERSION] --------------------------------------------------------------------------
 
 
-def test_name_promotes_the_latest_version_and_name_version_that_one(registry: Registry) -> None:
-    name = registry.prefix + "svm"
+def test_name_promotes_the_latest_version_and_name_version_that_one(
+    sqlite_registry: Registry,
+) -> None:
+    name = "heart-disease-svm"
     for score in (0.90, 0.91, 0.92):
-        registry.add("svm", score)
-    latest = registry.run(name)
+        sqlite_registry.add("svm", score)
+    latest = sqlite_registry.run(name)
     assert latest.returncode == 0, latest.stderr
-    assert registry.assert_one_champion() == f"{name}/3"
-    chosen = registry.run(name, "1")
+    assert sqlite_registry.assert_one_champion() == f"{name}/3"
+    chosen = sqlite_registry.run(name, "1")
     assert chosen.returncode == 0, chosen.stderr
-    assert registry.assert_one_champion() == f"{name}/1"
-    assert registry.state().find(name, 3).stage == "Archived"
+    assert sqlite_registry.assert_one_champion() == f"{name}/1"
+    assert sqlite_registry.state().find(name, 3).stage == "Archived"
 
 
-def test_unknown_name_and_unknown_version(registry: Registry) -> None:
-    registry.add("svm", 0.9)
-    unknown = registry.run(registry.prefix + "nope")
-    assert unknown.returncode == 1
-    assert "unknown model" in one_line_error(unknown)
-    missing = registry.run(registry.prefix + "svm", "9")
-    assert missing.returncode == 1
-    assert "has no version 9" in one_line_error(missing)
-    assert registry.champion() is None
+def test_unknown_name_and_unknown_version(sqlite_registry: Registry) -> None:
+    sqlite_registry.add("svm", 0.9)
+    one_line_error(sqlite_registry.run("heart-disease-nope"), "unknown model")
+    one_line_error(sqlite_registry.run("heart-disease-svm", "9"), "has no version 9")
+    assert sqlite_registry.champion() is None
 
 
 def test_usage_errors_exit_1_not_2(sqlite_registry: Registry) -> None:
     assert sqlite_registry.run("--bogus").returncode == 1
     assert sqlite_registry.run().returncode == 1
     assert sqlite_registry.run("--auto", "--list").returncode == 1
+    # The console script maps them the same way.
+    bogus = sqlite_registry.run_process("--bogus")
+    assert bogus.returncode == 1
+    assert "No such option: --bogus" in bogus.stderr
 
 
 # --- the gate --------------------------------------------------------------------------------
 
 
-def test_gate_refuses_a_worse_challenger_and_force_overrides(registry: Registry) -> None:
+def test_gate_refuses_a_worse_challenger_and_force_overrides(sqlite_registry: Registry) -> None:
+    registry = sqlite_registry
     champion = registry.add("svm", 0.95)
     promote_version(registry.settings, registry.prefix + "svm", champion)
     challenger = registry.add("knn", 0.90, best=True)
 
     refused = registry.run("--auto")
     assert refused.returncode == 2
+    assert "⛔ Not promoted — refused by the gate:" in refused.stdout
     assert "0.9000" in refused.stdout and "0.9500" in refused.stdout
     assert registry.assert_one_champion() == f"{registry.prefix}svm/{champion}"
 
@@ -247,7 +252,8 @@ def test_gate_minimum_and_tolerance(sqlite_registry: Registry) -> None:
     assert sqlite_registry.assert_one_champion() == "heart-disease-svm/1"
 
 
-def test_dry_run_changes_nothing(registry: Registry) -> None:
+def test_dry_run_changes_nothing(sqlite_registry: Registry) -> None:
+    registry = sqlite_registry
     first = registry.add("svm", 0.91)
     promote_version(registry.settings, registry.prefix + "svm", first)
     registry.add("knn", 0.95, best=True)
@@ -303,14 +309,10 @@ def test_rollback_restores_the_previous_champion_and_history_lists_both(
 
 
 def test_rollback_without_a_previous_champion(sqlite_registry: Registry) -> None:
-    result = sqlite_registry.run("--rollback")
-    assert result.returncode == 1
-    assert "no champion" in one_line_error(result)
+    one_line_error(sqlite_registry.run("--rollback"), "no champion")
     sqlite_registry.add("svm", 0.9, best=True)
     assert sqlite_registry.run("--auto").returncode == 0
-    result = sqlite_registry.run("--rollback")
-    assert result.returncode == 1
-    assert "no previous champion" in one_line_error(result)
+    one_line_error(sqlite_registry.run("--rollback"), "no previous champion")
 
 
 # --- concurrency and repair ------------------------------------------------------------------
@@ -321,7 +323,7 @@ def test_two_simultaneous_promotions_leave_exactly_one_champion(registry: Regist
     registry.add("knn", 0.92)
     env = settings_env(registry.settings)
     env["HEARTML_MODEL_PREFIX"] = registry.prefix
-    for _ in range(3):
+    for _ in range(2):
         processes = [
             subprocess.Popen(
                 [sys.executable, "-m", "heartml", "promote", registry.prefix + algorithm],
@@ -420,8 +422,8 @@ def test_list_prints_the_seed_layout(sqlite_registry: Registry) -> None:
     client.set_registered_model_alias("heart-disease-logistic_regression", "champion", "2")
 
     assert sqlite_registry.run("--list").stdout == GOLDEN_LIST
-    script = sqlite_registry.run("--list", script=True)
-    assert script.returncode == 0
+    script = sqlite_registry.run_process("--list", script=True)
+    assert script.returncode == 0, script.stderr
     assert script.stdout == GOLDEN_LIST
 
     data = json.loads(sqlite_registry.run("--list", "--json").stdout)
@@ -454,17 +456,14 @@ def test_fast_reads_match_the_mlflow_client(registry: Registry) -> None:
 
 
 def test_unreachable_store_is_one_line_and_fast(tmp_path: Path) -> None:
+    # Every command reads the family first: one of them shows how a dead store is reported.
     settings = make_settings(
         tmp_path,
         tmp_path,
         mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
         registry_retries=1,
     )
-    registry = Registry.__new__(Registry)
-    registry.settings, registry.prefix = settings, settings.model_prefix
-    for args in (["--list"], ["--auto"], ["heart-disease-svm"]):
-        started = time.monotonic()
-        result = registry.run(*args)
-        assert result.returncode == 1
-        assert "unreachable" in one_line_error(result)
-        assert time.monotonic() - started < 30
+    started = time.monotonic()
+    result = Registry(settings).run_process("--auto")
+    one_line_error(result, f"error: tracking store {settings.mlflow_tracking_uri} is unreachable")
+    assert time.monotonic() - started < 30

@@ -1,7 +1,8 @@
 """Server mode end to end: MLflow on PostgreSQL (scripts/mlflow-server.sh), reached over HTTP.
 
 train → promote → serve with reload → promote another → rollback, and the API follows every
-change. Skipped only where PostgreSQL is not installed and cannot be (not root).
+change. Skipped only where PostgreSQL is not installed and cannot be (not root). The API runs
+as a real process; the other commands run in this one (Typer's runner).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import pytest
 from conftest import (
     REPO,
     free_port,
+    invoke_heartml,
     make_settings,
-    run_heartml,
     settings_env,
     stop_group,
     wait_for_http,
@@ -107,12 +108,23 @@ def predicted_by(api: str) -> tuple[str, str]:
     return str(answer["model_name"]), str(answer["model_version"])
 
 
-def test_whole_flow_on_postgresql(postgres_server: str, tmp_path: Path, mirror: Path) -> None:
-    settings: Settings = make_settings(tmp_path, mirror, mlflow_tracking_uri=postgres_server)
-    assert run_heartml(settings, "data", "download").returncode == 0
-    trained = run_heartml(settings, "train")
+def test_whole_flow_on_postgresql(
+    postgres_server: str, tmp_path: Path, mirror: Path, data_cache: Path
+) -> None:
+    # Two candidates: the flow needs a champion and another algorithm to promote; training
+    # every candidate is tested elsewhere.
+    experiment = tmp_path / "two-candidates.yaml"
+    experiment.write_text("version: 1\ncandidates:\n  logistic_regression: {}\n  knn: {}\n")
+    settings: Settings = make_settings(
+        tmp_path,
+        mirror,
+        mlflow_tracking_uri=postgres_server,
+        data_dir=data_cache,
+        experiment_config=experiment,
+    )
+    trained = invoke_heartml(settings, "train")
     assert trained.returncode == 0, trained.stderr
-    auto = run_heartml(settings, "promote", "--auto")
+    auto = invoke_heartml(settings, "promote", "--auto")
     assert auto.returncode == 0, auto.stderr
     champion = read_family(settings).champion
     assert champion is not None
@@ -136,18 +148,18 @@ def test_whole_flow_on_postgresql(postgres_server: str, tmp_path: Path, mirror: 
 
         # A person promotes another algorithm; the API follows.
         other = next(v for v in read_family(settings).versions if v.name != champion.name)
-        manual = run_heartml(settings, "promote", other.name, str(other.version))
+        manual = invoke_heartml(settings, "promote", other.name, str(other.version))
         assert manual.returncode == 0, manual.stderr
         wait_for_model(api, other.name, other.version)
         assert predicted_by(api) == (other.name, str(other.version))
 
         # Roll back: the previous champion is served again.
-        rolled = run_heartml(settings, "promote", "--rollback")
+        rolled = invoke_heartml(settings, "promote", "--rollback")
         assert rolled.returncode == 0, rolled.stderr
         wait_for_model(api, champion.name, champion.version)
         assert predicted_by(api) == (champion.name, str(champion.version))
 
-        history = json.loads(run_heartml(settings, "promote", "--history", "--json").stdout)
+        history = json.loads(invoke_heartml(settings, "promote", "--history", "--json").stdout)
         assert len(history) >= 3
         assert history[0]["reason"].startswith("rollback from")
     finally:

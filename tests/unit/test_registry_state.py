@@ -6,51 +6,16 @@ from typing import Any
 
 import pytest
 
+from conftest import family_state as family
+from conftest import version_info as version
 from heartml.registry import (
     ARCHIVED,
     PRODUCTION,
-    FamilyState,
-    ModelInfo,
     NotFoundError,
-    VersionInfo,
-    _transition,
-    check_gate,
+    judge_challenger,
 )
+from heartml.registry.mlflow_io import transition
 from heartml.settings import Settings
-
-
-def version(
-    name: str,
-    number: int,
-    *,
-    stage: str = "None",
-    champion: bool = False,
-    promoted_at: str = "",
-    roc_auc: float | None = 0.9,
-    best: bool = False,
-) -> VersionInfo:
-    tags = {}
-    if promoted_at:
-        tags["promoted_at"] = promoted_at
-    if roc_auc is not None:
-        tags["roc_auc"] = f"{roc_auc:.4f}"
-    if best:
-        tags["best_model"] = "true"
-    aliases = ("champion",) if champion else ()
-    return VersionInfo(f"heart-disease-{name}", number, stage, aliases, tags, "run", "src", number)
-
-
-def family(*versions: VersionInfo) -> FamilyState:
-    names = sorted({v.name for v in versions})
-    return FamilyState(
-        tuple(
-            ModelInfo(
-                n, tuple(sorted((v for v in versions if v.name == n), key=lambda v: -v.version))
-            )
-            for n in names
-        ),
-        "champion",
-    )
 
 
 def test_no_champion_in_an_empty_or_unpromoted_family() -> None:
@@ -119,14 +84,15 @@ def test_find_and_best_tagged() -> None:
 def test_gate(challenger: float, champion: float | None, tolerance: float, allowed: bool) -> None:
     settings = Settings(promotion_tolerance=tolerance)
     current = version("svm", 1, roc_auc=champion) if champion is not None else None
-    why = check_gate(settings, version("knn", 1, roc_auc=challenger), current)
-    assert (why is None) == allowed
+    verdict = judge_challenger(settings, version("knn", 1, roc_auc=challenger), current)
+    assert verdict.passed == allowed
     if not allowed:
-        assert f"{challenger:.4f}" in why  # type: ignore[operator]
+        assert f"{challenger:.4f}" in (verdict.reason or "")
 
 
 def test_gate_refuses_a_version_without_a_score() -> None:
-    assert "no roc_auc tag" in (check_gate(Settings(), version("knn", 1, roc_auc=None), None) or "")
+    verdict = judge_challenger(Settings(), version("knn", 1, roc_auc=None), None)
+    assert "no roc_auc tag" in (verdict.reason or "")
 
 
 class RefusingStages:
@@ -137,7 +103,7 @@ class RefusingStages:
 
 
 def test_a_failed_stage_move_becomes_a_warning_with_the_repair() -> None:
-    warning = _transition(RefusingStages(), version("svm", 1), PRODUCTION)  # type: ignore[arg-type]
+    warning = transition(RefusingStages(), version("svm", 1), PRODUCTION)  # type: ignore[arg-type]
     assert warning is not None
     assert "could not move heart-disease-svm/1 to stage Production" in warning
     assert "rerun the same command" in warning

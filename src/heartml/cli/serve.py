@@ -1,7 +1,7 @@
-"""The `heartml serve` and `heartml export` commands.
+"""`heartml serve` and `heartml export`: the champion over HTTP, or written to a directory.
 
-Registered by :mod:`heartml.cli`; nothing heavy is imported here at module level, so that
-`heartml --help` and `heartml promote --list` stay fast.
+Nothing heavy is imported at module level, so that `heartml --help` and
+`heartml promote --list` stay fast.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from heartml.cli.common import fail, format_score, load_settings, user_errors
 
 
 def serve(
@@ -32,11 +34,10 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the champion over HTTP and follow promotions (see /docs once running)."""
-    from heartml.cli import _settings, _user_errors, fail
     from heartml.serve.server import ServeError, run_server
 
-    settings = _settings(host=host, port=port, workers=workers, model_dir=model_dir)
-    with _user_errors():
+    settings = load_settings(host=host, port=port, workers=workers, model_dir=model_dir)
+    with user_errors():
         try:
             run_server(settings)
         except ServeError as exc:
@@ -47,19 +48,18 @@ def export(
     directory: Annotated[Path, typer.Argument(help="Where to write the model directory.")],
 ) -> None:
     """Write the champion's model files and model.json to DIRECTORY, for `serve --model-dir`."""
-    from heartml.cli import _settings, _user_errors, fail
     from heartml.export import ExportError, export_champion
 
-    settings = _settings()
-    with _user_errors():
+    settings = load_settings()
+    with user_errors():
         try:
             result = export_champion(settings, directory)
         except ExportError as exc:
             fail(str(exc))
     info = result.info
-    score = "n/a" if info.roc_auc is None else f"{info.roc_auc:.4f}"
     typer.echo(
-        f"✅ exported {info.name} v{info.version} (ROC-AUC: {score}, run {info.run_id}) "
+        f"✅ exported {info.name} v{info.version} (ROC-AUC: {format_score(info.roc_auc)}, "
+        f"run {info.run_id}) "
         f"to {result.directory}"
     )
     typer.echo(f"   files: {', '.join(result.files)}")

@@ -1,0 +1,71 @@
+"""What every command shares: exit codes, the one-line error, settings from options."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import typer
+
+from heartml.errors import one_line
+from heartml.settings import Settings
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_REFUSED = 2
+
+
+def setup_logging() -> None:
+    level = os.environ.get("HEARTML_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    # MLflow logs every run URL and registration at INFO; the tables say it better. The
+    # variable reaches an MLflow imported later, the level one imported already.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Print one line to stderr and exit: the only way a heartml command reports an error."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Known failures become one line and exit 1; anything else too, unless HEARTML_DEBUG."""
+    from heartml.data import DataError
+    from heartml.experiment import ConfigError
+
+    known: tuple[type[BaseException], ...] = (DataError, ConfigError)
+    try:
+        from heartml.registry import RegistryError
+        from heartml.train import TrainingError
+
+        known = (*known, RegistryError, TrainingError)
+        yield
+    except typer.Exit:
+        raise
+    except known as exc:
+        fail(str(exc))
+    except Exception as exc:
+        if os.environ.get("HEARTML_DEBUG"):
+            raise
+        fail(f"unexpected {type(exc).__name__}: {one_line(exc)} (set HEARTML_DEBUG=1 for details)")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The settings, with the options the user gave (None: not given) over the environment."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except Exception as exc:
+        fail(f"invalid settings: {one_line(exc)}")
+
+
+def format_score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,223 @@
+"""`heartml promote` and `scripts/promote-model.py`: the registry's status, promotion, history,
+rollback, in the seed's layout and flags."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from heartml.cli.common import EXIT_REFUSED, fail, format_score, load_settings, user_errors
+
+if TYPE_CHECKING:
+    from heartml.registry import FamilyState, HistoryEntry, PromotionResult
+
+
+PROMOTE_HELP = """Promote a model version to Production (alias 'champion') across the family.
+
+\b
+  promote --list                 registry status (add --json for JSON)
+  promote --auto                 promote the version tagged best_model=true, gated
+  promote NAME [VERSION]         promote NAME's latest version, or VERSION
+  promote --history              every promotion, newest first
+  promote --rollback             make the previous champion the champion again
+
+\b
+Exit codes:
+  0  promoted, or already champion
+  1  error: unknown model or version, no version tagged best, store unreachable
+  2  refused by the gate (roc_auc below the minimum or below the champion)
+"""
+
+
+def promote(
+    name: Annotated[str | None, typer.Argument(help="Registered model name.")] = None,
+    version: Annotated[int | None, typer.Argument(help="Version (default: latest).")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="Promote the best-tagged version.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="Show the registry.")] = False,
+    history: Annotated[bool, typer.Option("--history", help="Show every promotion.")] = False,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="Restore the previous champion.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would change; change nothing.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Skip the gate.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    min_roc_auc: Annotated[
+        float | None, typer.Option("--min-roc-auc", help="Gate minimum (env HEARTML_MIN_ROC_AUC).")
+    ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--tolerance", help="Allowed drop below the champion (env HEARTML_PROMOTION_TOLERANCE)."
+        ),
+    ] = None,
+) -> None:
+    from heartml import registry
+
+    modes = [bool(name), auto, list_, history, rollback]
+    if sum(modes) != 1:
+        fail("choose exactly one of NAME [VERSION], --auto, --list, --history, --rollback")
+    settings = load_settings(min_roc_auc=min_roc_auc, promotion_tolerance=tolerance)
+
+    with user_errors():
+        if list_:
+            state = registry.read_family(settings)
+            if as_json:
+                typer.echo(json.dumps(family_json(state), indent=2))
+            else:
+                typer.echo(format_family(state), nl=False)
+            return
+        if history:
+            entries = registry.promotion_history(settings)
+            if as_json:
+                typer.echo(json.dumps([e.as_dict() for e in entries], indent=2))
+            else:
+                typer.echo(format_history(entries), nl=False)
+            return
+        if auto:
+            before = registry.read_family(settings)
+            if not as_json:
+                _banner("📊 MLflow Model Registry - Before Promotion")
+                typer.echo(format_family(before), nl=False)
+                _banner(" Auto-Promoting Best Model")
+                typer.echo(" Searching for best model...")
+                best = before.best_tagged()
+                typer.echo(
+                    f"✅ Found best model: {best.name} v{best.version} "
+                    f"(ROC-AUC: {format_score(best.roc_auc)})"
+                )
+                typer.echo(f" Looking for model: {best.name}")
+            result = registry.promote_best(settings, force=force, dry_run=dry_run, state=before)
+        elif rollback:
+            result = registry.rollback(settings, dry_run=dry_run)
+        else:
+            assert name is not None
+            if not as_json:
+                typer.echo(f" Looking for model: {name}")
+            result = registry.promote_version(
+                settings, name, version, reason="manual promotion", force=force, dry_run=dry_run
+            )
+        _report_promotion(result, as_json)
+        if auto and not as_json and not dry_run and not result.refused:
+            _banner("📊 MLflow Model Registry - After Promotion")
+            typer.echo(format_family(registry.read_family(settings)), nl=False)
+    if result.refused:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+promote.__doc__ = PROMOTE_HELP
+
+
+def _banner(title: str) -> None:
+    typer.echo("")
+    typer.echo("=" * 40)
+    typer.echo(title)
+    typer.echo("=" * 40)
+    typer.echo("")
+
+
+def _report_promotion(result: PromotionResult, as_json: bool) -> None:
+    from heartml.registry import PromotionOutcome
+
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    target = result.target
+    typer.echo(f"✅ Found version {target.version}")
+    typer.echo(f"   Current stage: {target.stage}")
+    if result.outcome is PromotionOutcome.PROMOTED:
+        typer.echo("")
+        typer.echo(f"🚀 Promoting version {target.version} to Production...")
+        typer.echo(f"✅ Successfully promoted {target.name} v{target.version} to Production!")
+        if result.previous is not None:
+            typer.echo(f"   Previous champion: {result.previous.ref}")
+        for ref in result.archived:
+            typer.echo(f"   Archived: {ref}")
+    elif result.outcome is PromotionOutcome.REFUSED:
+        typer.echo(f"⛔ Not promoted — {result.message}")
+    else:
+        typer.echo(f"ℹ️  {result.message}")
+    for warning in result.warnings:
+        typer.echo(f"⚠️  warning: {warning}", err=True)
+
+
+def format_family(state: FamilyState) -> str:
+    """The seed's registry layout: 📦 model, 🏆/📌 version and stage, its aliases and tags."""
+    from heartml.registry import EVENT_PREFIX, TAG_BEST, TAG_ROC_AUC
+
+    lines = ["📋 Registered Models:", "=" * 80]
+    if not state.models:
+        lines += ["", "   (no registered models in the family)"]
+    champion = state.champion
+    for model in state.models:
+        lines += ["", f"📦 {model.name}"]
+        for v in model.versions:
+            icon = "🏆" if champion is not None and v.ref == champion.ref else "📌"
+            lines.append(f"   {icon} Version {v.version} - Stage: {v.stage}")
+            if v.aliases:
+                lines.append(f"      Aliases: {', '.join(v.aliases)}")
+            first = [k for k in (TAG_BEST, TAG_ROC_AUC) if k in v.tags]
+            rest = sorted(k for k in v.tags if k not in first and not k.startswith(EVENT_PREFIX))
+            lines += [f"      Tag: {key} = {v.tags[key]}" for key in (*first, *rest)]
+    notes = state.disagreements()
+    if notes:
+        lines += ["", "⚠️  The champion alias and the Production stage disagree:"]
+        lines += [f"   - {note}" for note in notes]
+        if champion is not None:
+            lines.append(
+                f"   Resolve with: heartml promote {champion.name} {champion.version}"
+                "  (or NAME VERSION of the version you want as champion)"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def family_json(state: FamilyState) -> dict[str, object]:
+    from heartml.registry import EVENT_PREFIX
+
+    champion = state.champion
+    return {
+        "champion": None
+        if champion is None
+        else {"name": champion.name, "version": champion.version, "roc_auc": champion.roc_auc},
+        "consistent": state.consistent,
+        "disagreements": state.disagreements(),
+        "models": [
+            {
+                "name": m.name,
+                "versions": [
+                    {
+                        "version": v.version,
+                        "stage": v.stage,
+                        "aliases": list(v.aliases),
+                        "champion": champion is not None and v.ref == champion.ref,
+                        "run_id": v.run_id,
+                        "tags": {
+                            k: t
+                            for k, t in sorted(v.tags.items())
+                            if not k.startswith(EVENT_PREFIX)
+                        },
+                    }
+                    for v in m.versions
+                ],
+            }
+            for m in state.models
+        ],
+    }
+
+
+def format_history(entries: Sequence[HistoryEntry]) -> str:
+    lines = ["📜 Promotion history (newest first):", "=" * 80]
+    if not entries:
+        lines.append("   (no promotions yet)")
+    for entry in entries:
+        lines.append(
+            f"{entry.at}  {entry.name} v{entry.version}  (ROC-AUC {format_score(entry.roc_auc)})"
+        )
+        lines.append(f"      replaced: {entry.previous or '-'}")
+        lines.append(f"      reason:   {entry.reason}")
+        lines.append(f"      by:       {entry.by}")
+    return "\n".join(lines) + "\n"

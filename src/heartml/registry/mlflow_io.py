@@ -1,0 +1,310 @@
+"""Talking to MLflow: configure it, read the family's state, apply a plan's writes.
+
+Reads go straight to the store when :mod:`heartml.store` can (no MLflow import); everything
+else goes through ``MlflowClient``. Every store failure becomes a one-line
+:class:`~heartml.registry.values.RegistryError`. The functions that write take a plan from
+:mod:`heartml.registry.plans` and decide nothing themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from heartml.errors import one_line
+from heartml.registry.values import (
+    ARCHIVED,
+    NO_STAGE,
+    PRODUCTION,
+    TAG_BEST,
+    TAG_PREVIOUS,
+    FamilyState,
+    NotFoundError,
+    RegisteredModel,
+    RegistryError,
+    StoreUnavailableError,
+    VersionInfo,
+)
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from heartml.registry.plans import BestTagPlan, Claim, PromotionPlan, ReconcilePlan
+    from heartml.settings import Settings
+    from heartml.store import RawFamily
+
+T = TypeVar("T")
+
+
+def configure_mlflow(settings: Settings) -> None:
+    """Point MLflow at the store; bound its HTTP retries so a dead server fails in seconds.
+
+    An embedded SQLite store is created or migrated here, by one process at a time
+    (:func:`heartml.registry.embedded.prepare_sqlite_store`).
+    """
+    import mlflow
+
+    from heartml.registry.embedded import prepare_sqlite_store
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    call_store(settings, lambda: prepare_sqlite_store(settings.mlflow_tracking_uri))
+
+
+def get_client(settings: Settings) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    configure_mlflow(settings)
+    return MlflowClient(
+        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+    )
+
+
+UNREACHABLE_MARKERS = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish",
+    "unable to open database",
+    "timed out",
+    "Connection aborted",
+    "RemoteDisconnected",
+)
+
+
+def unreachable_error(settings: Settings) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        f"tracking store {settings.mlflow_tracking_uri} is unreachable; "
+        "is the MLflow server running?"
+    )
+
+
+def describe_failure(exc: BaseException, settings: Settings) -> RegistryError:
+    """One line for any failure of the store: missing thing, unreachable store, or other."""
+    text = one_line(exc, limit=sys.maxsize)
+    if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+        return NotFoundError(text.split(". ")[0])
+    if any(marker in text for marker in UNREACHABLE_MARKERS) or isinstance(exc, ConnectionError):
+        return unreachable_error(settings)
+    return RegistryError(f"registry error: {one_line(exc)}")
+
+
+def call_store(settings: Settings, action: Callable[[], T]) -> T:
+    """Run one registry call, turning every store failure into a one-line RegistryError.
+
+    HTTP-level retries of transient errors (connection refused, 429, 5xx) are done by MLflow's
+    client, bounded by :func:`configure_mlflow`.
+    """
+    try:
+        return action()
+    except RegistryError:
+        raise
+    except Exception as exc:
+        raise describe_failure(exc, settings) from exc
+
+
+def ensure_experiment(settings: Settings) -> str:
+    """The training experiment's id; created with its artifacts next to a local store."""
+
+    def _ensure() -> str:
+        client = get_client(settings)
+        existing = client.get_experiment_by_name(settings.experiment_name)
+        if existing is not None:
+            if existing.lifecycle_stage == "deleted":
+                client.restore_experiment(existing.experiment_id)
+            return str(existing.experiment_id)
+        location = settings.artifact_dir.resolve().as_uri() if settings.is_local_store else None
+        try:
+            return str(client.create_experiment(settings.experiment_name, location))
+        except Exception:
+            # Another process created it between our look-up and our create.
+            again = client.get_experiment_by_name(settings.experiment_name)
+            if again is None:
+                raise
+            return str(again.experiment_id)
+
+    return call_store(settings, _ensure)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def read_with_client(client: MlflowClient, prefix: str) -> RawFamily:
+    """The family as MlflowClient sees it (the slow, general path; also the tests' reference).
+
+    ``search_model_versions`` leaves ``aliases`` empty on SQL stores, so aliases are read from
+    the registered models, which carry them.
+    """
+    from heartml.store import RawFamily, RawVersion
+
+    pattern = f"name LIKE '{prefix}%'"
+    models = _paged(lambda token: client.search_registered_models(pattern, page_token=token))
+    versions = _paged(lambda token: client.search_model_versions(pattern, page_token=token))
+    aliases = {
+        m.name: {alias: int(v) for alias, v in (m.aliases or {}).items()}
+        for m in models
+        if m.name.startswith(prefix)
+    }
+    return RawFamily(
+        aliases=aliases,
+        versions=tuple(
+            RawVersion(
+                name=mv.name,
+                version=int(mv.version),
+                stage=mv.current_stage or NO_STAGE,
+                tags=dict(mv.tags or {}),
+                run_id=mv.run_id or "",
+                source=mv.source or "",
+                created_ms=int(mv.creation_timestamp or 0),
+            )
+            for mv in versions
+            if mv.name in aliases
+        ),
+    )
+
+
+def family_from_raw(raw: RawFamily, alias: str) -> FamilyState:
+    by_model: dict[str, list[VersionInfo]] = {name: [] for name in raw.aliases}
+    for v in raw.versions:
+        held = tuple(sorted(a for a, n in raw.aliases[v.name].items() if n == v.version))
+        by_model[v.name].append(
+            VersionInfo(v.name, v.version, v.stage, held, v.tags, v.run_id, v.source, v.created_ms)
+        )
+    return FamilyState(
+        models=tuple(
+            RegisteredModel(name, tuple(sorted(vs, key=lambda v: -v.version)))
+            for name, vs in sorted(by_model.items())
+        ),
+        alias=alias,
+    )
+
+
+def read_family(settings: Settings, client: MlflowClient | None = None) -> FamilyState:
+    """Every model of the family with its versions, stages, tags and aliases.
+
+    Reads go straight to the store when heartml.store can (no MLflow import), else through
+    the client.
+    """
+    from heartml.store import StoreReadError, read_raw_family
+
+    try:
+        raw = read_raw_family(
+            settings.mlflow_tracking_uri, settings.model_prefix, settings.registry_retries
+        )
+    except StoreReadError as exc:
+        if exc.unreachable:
+            raise unreachable_error(settings) from exc
+        raise RegistryError(f"registry error: {exc}") from exc
+    if raw is None:
+        raw = call_store(
+            settings,
+            lambda: read_with_client(client or get_client(settings), settings.model_prefix),
+        )
+    return family_from_raw(raw, settings.champion_alias)
+
+
+def _paged(fetch: Callable[[str | None], Any]) -> list[Any]:
+    items: list[Any] = []
+    token: str | None = None
+    while True:
+        page = fetch(token)
+        items.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return items
+
+
+# --------------------------------------------------------------------------------------------
+# Writing what a plan says
+# --------------------------------------------------------------------------------------------
+
+
+def set_version_tags(client: MlflowClient, version: VersionInfo, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(version.name, str(version.version), key, value)
+
+
+def transition(client: MlflowClient, version: VersionInfo, stage: str) -> str | None:
+    """Move a version to a stage; a failure is returned as a warning, never raised.
+
+    Stages only mirror the alias, so a failed transition (the seed's known issue) cannot
+    change who is champion; rerunning the same command repairs it.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # stages are deprecated; we keep them in step
+            client.transition_model_version_stage(
+                version.name, str(version.version), stage, archive_existing_versions=False
+            )
+    except Exception as exc:
+        return (
+            f"could not move {version.ref} to stage {stage} ({type(exc).__name__}: "
+            f"{one_line(exc, limit=200)}); the alias decides who is champion — rerun the same "
+            "command to repair the stage"
+        )
+    return None
+
+
+def apply_reconcile(
+    settings: Settings, client: MlflowClient, plan: ReconcilePlan
+) -> tuple[list[str], list[str]]:
+    """Make the writes of a reconcile; returns what was archived and the stage warnings."""
+    archived: list[str] = []
+    warnings: list[str] = []
+    alias = settings.champion_alias
+
+    def _act() -> None:
+        for other in plan.release_alias:
+            client.delete_registered_model_alias(other.name, alias)
+        if plan.claim_alias:
+            client.set_registered_model_alias(plan.champion.name, alias, str(plan.champion.version))
+        for loser in plan.archive:
+            if (warning := transition(client, loser, ARCHIVED)) is not None:
+                warnings.append(warning)
+            else:
+                archived.append(loser.ref)
+        if (
+            plan.to_production
+            and (warning := transition(client, plan.champion, PRODUCTION)) is not None
+        ):
+            warnings.append(warning)
+
+    call_store(settings, _act)
+    return archived, warnings
+
+
+def apply_claim(
+    settings: Settings, client: MlflowClient, plan: PromotionPlan, claim: Claim
+) -> None:
+    """Write the claim on the target, then move the alias to it."""
+    target = plan.target
+
+    def _claim() -> None:
+        # The claim (tags) comes first, then the alias: a reader that sees the alias always
+        # sees the promoted_at that orders it. The alias leaves the old champion before it
+        # reaches the new one, so even an interrupted promotion never leaves two holders;
+        # in between, the old champion's Production stage still names it champion.
+        if claim.clear_previous:  # a first promotion, or again after the family had none
+            with contextlib.suppress(Exception):
+                client.delete_model_version_tag(target.name, str(target.version), TAG_PREVIOUS)
+        set_version_tags(client, target, dict(claim.tags))
+        for holder in plan.release_alias:
+            client.delete_registered_model_alias(holder.name, plan.alias)
+        client.set_registered_model_alias(target.name, plan.alias, str(target.version))
+
+    call_store(settings, _claim)
+
+
+def apply_best_tag(client: MlflowClient, plan: BestTagPlan) -> None:
+    """Set ``best_model=false`` on every version the plan clears."""
+    for other in plan.clear:
+        client.set_model_version_tag(other.name, str(other.version), TAG_BEST, "false")

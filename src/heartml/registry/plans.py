@@ -1,0 +1,330 @@
+"""Promotion decisions as pure functions: the family's state and the settings in, a plan out.
+
+A plan says what a verb will change — which version becomes champion, which lose the alias and
+go to ``Archived``, what the gate said, what a rollback restores, which ``best_model`` tags are
+cleared — and what the verb answers once the plan is applied. Nothing here reads or writes the
+store: :mod:`heartml.registry.actions` reads the state, asks for a plan and applies it, so every
+rule of the README's "The promotion rule" is tested here without a store.
+
+Why promotions converge: MLflow offers no transaction across models, so every write is followed
+by a reconcile (:func:`plan_reconcile`) that demotes every claim but the winning one. The winning
+claim is the one with the latest ``promoted_at`` tag (then name, then version), a rule every
+process applies identically. Whatever interleaving two promotions take, the one that reads last
+sees both claims and removes the loser, and no process ever removes the winner: the family
+converges to exactly one champion, which is the only version in Production.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from heartml.registry.gate import GateVerdict, judge_challenger
+from heartml.registry.values import (
+    ARCHIVED,
+    EVENT_PREFIX,
+    PRODUCTION,
+    TAG_PREVIOUS,
+    TAG_PROMOTED_AT,
+    TAG_PROMOTED_BY,
+    TAG_REASON,
+    FamilyState,
+    HistoryEntry,
+    NotFoundError,
+    PromotionOutcome,
+    PromotionResult,
+    VersionInfo,
+)
+
+if TYPE_CHECKING:
+    from heartml.settings import Settings
+
+
+# --------------------------------------------------------------------------------------------
+# Reconcile: one champion, holding the alias and the only one in Production
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcilePlan:
+    """What makes an inconsistent family consistent around its champion."""
+
+    champion: VersionInfo
+    release_alias: tuple[VersionInfo, ...]  # other holders of the alias lose it
+    claim_alias: bool  # the champion does not hold the alias yet
+    archive: tuple[VersionInfo, ...]  # other holders of the alias or the stage, not yet Archived
+    to_production: bool  # the champion is not in Production yet
+
+
+def plan_reconcile(state: FamilyState) -> ReconcilePlan | None:
+    """Demote every claim but the winning one; None when the family is already consistent.
+
+    Versions that never held the alias or the stage keep their stage.
+    """
+    champion = state.champion
+    if champion is None or state.consistent:
+        return None
+    losers = {v.ref: v for v in (*state.alias_holders, *state.in_production)}
+    losers.pop(champion.ref, None)
+    return ReconcilePlan(
+        champion=champion,
+        release_alias=tuple(v for v in state.alias_holders if v.ref != champion.ref),
+        claim_alias=state.alias not in champion.aliases,
+        archive=tuple(v for v in losers.values() if v.stage != ARCHIVED),
+        to_production=champion.stage != PRODUCTION,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Promotion
+# --------------------------------------------------------------------------------------------
+
+
+class Decision(StrEnum):
+    """What a promotion will do."""
+
+    PROMOTE = "promote"  # claim, move the alias, put in Production, reconcile
+    REPAIR = "repair"  # the target is champion already, but the family disagrees
+    NOTHING = "nothing"  # the target is champion and the family is consistent
+    REFUSE = "refuse"  # the gate says no
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionPlan:
+    """What promoting ``target`` will change, and what the command answers."""
+
+    decision: Decision
+    target: VersionInfo
+    previous: VersionInfo | None  # the champion it replaces
+    alias: str
+    gate: GateVerdict | None = None  # None: not gated (by name, rollback) or forced
+    release_alias: tuple[VersionInfo, ...] = ()  # holders in other models, before the claim
+    archive: tuple[str, ...] = ()  # what loses the alias or the stage to the target
+    disagreements: tuple[str, ...] = ()  # what a repair fixes
+
+    def unapplied_result(self, *, dry_run: bool) -> PromotionResult | None:
+        """The answer when nothing is written (no-op, refusal, dry run); None otherwise."""
+        target, previous = self.target, self.previous
+        if self.decision is Decision.NOTHING:
+            return PromotionResult(
+                PromotionOutcome.ALREADY_CHAMPION,
+                target,
+                previous,
+                f"{target.ref} is already champion",
+            )
+        if self.decision is Decision.REFUSE:
+            assert self.gate is not None
+            return PromotionResult(
+                PromotionOutcome.REFUSED,
+                target,
+                previous,
+                f"refused by the gate: {self.gate.reason}",
+                gate=self.gate,
+            )
+        if not dry_run:
+            return None
+        if self.decision is Decision.REPAIR:
+            notes = "; ".join(self.disagreements)
+            return PromotionResult(
+                PromotionOutcome.DRY_RUN, target, previous, f"would repair the family: {notes}"
+            )
+        archive_note = f"; would archive {', '.join(self.archive)}" if self.archive else ""
+        return PromotionResult(
+            PromotionOutcome.DRY_RUN,
+            target,
+            previous,
+            f"would promote {target.ref} to {PRODUCTION} (alias '{self.alias}')" + archive_note,
+            self.archive,
+            gate=self.gate,
+        )
+
+    def repaired_result(
+        self, archived: tuple[str, ...], warnings: tuple[str, ...]
+    ) -> PromotionResult:
+        return PromotionResult(
+            PromotionOutcome.REPAIRED,
+            self.target,
+            self.previous,
+            f"{self.target.ref} is champion; repaired the family",
+            archived,
+            warnings,
+        )
+
+    def applied_result(
+        self, final: FamilyState, archived: tuple[str, ...], warnings: tuple[str, ...]
+    ) -> PromotionResult:
+        """Promoted — unless a concurrent promotion's newer claim won the reconcile."""
+        target, winner = self.target, final.champion
+        if winner is not None and winner.ref != target.ref:
+            return PromotionResult(
+                PromotionOutcome.SUPERSEDED,
+                target,
+                self.previous,
+                f"{target.ref} was promoted but a concurrent promotion of {winner.ref} is newer "
+                "and won",
+                archived,
+                warnings,
+                self.gate,
+            )
+        return PromotionResult(
+            PromotionOutcome.PROMOTED,
+            target,
+            self.previous,
+            f"promoted {target.ref} to {PRODUCTION}",
+            archived,
+            warnings,
+            self.gate,
+        )
+
+
+def plan_promotion(
+    state: FamilyState,
+    settings: Settings,
+    name: str,
+    version: int | None = None,
+    *,
+    gated: bool = False,
+    force: bool = False,
+) -> PromotionPlan:
+    """Decide what making NAME/VERSION (latest when None) the champion takes.
+
+    Promoting the champion again changes nothing, or repairs a family that disagrees. Gated
+    promotions (``--auto``, training) are refused below the gate unless ``force``; promoting
+    by name and rolling back are a person's decision and are not gated.
+    """
+    target = state.find(name, version)
+    current = state.champion
+    alias = settings.champion_alias
+    if current is not None and current.ref == target.ref:
+        if state.consistent:
+            return PromotionPlan(Decision.NOTHING, target, current, alias)
+        return PromotionPlan(
+            Decision.REPAIR, target, current, alias, disagreements=tuple(state.disagreements())
+        )
+    verdict = judge_challenger(settings, target, current) if gated and not force else None
+    if verdict is not None and not verdict.passed:
+        return PromotionPlan(Decision.REFUSE, target, current, alias, gate=verdict)
+    return PromotionPlan(
+        Decision.PROMOTE,
+        target,
+        current,
+        alias,
+        gate=verdict,
+        # Within one model, setting the alias moves it; other models' holders release it.
+        release_alias=tuple(v for v in state.alias_holders if v.name != target.name),
+        archive=tuple(
+            sorted({v.ref for v in (*state.alias_holders, *state.in_production)} - {target.ref})
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The tags a promotion writes on its target before the alias moves."""
+
+    tags: Mapping[str, str]
+    clear_previous: bool  # a first promotion: a stale previous_champion tag must go
+
+
+def event_tag(at: str) -> str:
+    """The key of a promotion's event tag, unique per instant: ``promotion_event.<at>``."""
+    return EVENT_PREFIX + at.replace(":", "").replace("-", "").replace(".", "")
+
+
+def plan_claim(plan: PromotionPlan, *, reason: str, by: str, at: str) -> Claim:
+    """The claim of ``plan``'s target: when, by whom, why, what it replaces, and the event
+    that ``--history`` reads."""
+    previous = plan.previous.ref if plan.previous else None
+    event = {
+        "at": at,
+        "by": by,
+        "previous": previous,
+        "reason": reason,
+        "roc_auc": plan.target.roc_auc,
+    }
+    tags = {
+        TAG_PROMOTED_AT: at,
+        TAG_PROMOTED_BY: by,
+        TAG_REASON: reason,
+        event_tag(at): json.dumps(event, sort_keys=True),
+    }
+    if previous:
+        tags[TAG_PREVIOUS] = previous
+    return Claim(tags=tags, clear_previous=previous is None)
+
+
+# --------------------------------------------------------------------------------------------
+# Rollback, best_model, history
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackPlan:
+    """The version a rollback restores, and the reason it records."""
+
+    name: str
+    version: int
+    reason: str
+
+
+def plan_rollback(state: FamilyState) -> RollbackPlan:
+    """The champion's predecessor (its ``previous_champion`` tag), or NotFoundError."""
+    current = state.champion
+    if current is None:
+        raise NotFoundError("there is no champion to roll back from")
+    previous = current.tags.get(TAG_PREVIOUS, "")
+    name, _, version = previous.rpartition("/")
+    if not name or not version.isdigit():
+        raise NotFoundError(f"champion {current.ref} has no previous champion to roll back to")
+    return RollbackPlan(name, int(version), f"rollback from {current.ref}")
+
+
+@dataclass(frozen=True, slots=True)
+class BestTagPlan:
+    """Exactly one version keeps ``best_model=true``; the others are set to false."""
+
+    keep: VersionInfo | None
+    clear: tuple[VersionInfo, ...] = field(default_factory=tuple)
+
+
+def plan_best_tag(state: FamilyState, keep: str | None = None) -> BestTagPlan:
+    """Clear every ``best_model=true`` but ``keep`` (a ``name/version``).
+
+    Without ``keep``, the newest marked version stays: each trainer marks its own, then clears
+    the others, so under concurrency the last one to look leaves exactly one.
+    """
+    marked = [v for v in state.versions if v.is_best]
+    if keep is None:
+        winner = max(marked, key=lambda v: (v.created_ms, v.name, v.version), default=None)
+    else:
+        winner = next((v for v in marked if v.ref == keep), None)
+    kept = winner.ref if winner else keep
+    return BestTagPlan(winner, tuple(v for v in marked if v.ref != kept))
+
+
+def history_of(state: FamilyState) -> list[HistoryEntry]:
+    """Every promotion recorded in the family's event tags, newest first."""
+    entries: list[HistoryEntry] = []
+    for version in state.versions:
+        for key, value in version.tags.items():
+            if not key.startswith(EVENT_PREFIX):
+                continue
+            try:
+                event = json.loads(value)
+            except ValueError:
+                continue
+            entries.append(
+                HistoryEntry(
+                    at=str(event.get("at", "")),
+                    name=version.name,
+                    version=version.version,
+                    previous=event.get("previous"),
+                    reason=str(event.get("reason", "")),
+                    by=str(event.get("by", "")),
+                    roc_auc=event.get("roc_auc"),
+                )
+            )
+    return sorted(entries, key=lambda e: (e.at, e.name, e.version), reverse=True)

@@ -1,0 +1,262 @@
+"""What the registry holds, as plain values: versions, the family, promotion results.
+
+The family is every registered model whose name starts with ``Settings.model_prefix``. Its
+*champion* is the one version holding the alias ``Settings.champion_alias``; the stage
+``Production`` follows the alias. Nothing here talks to MLflow: :mod:`heartml.registry.mlflow_io`
+reads these values from the store, :mod:`heartml.registry.plans` decides on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from heartml.registry.gate import GateVerdict
+
+PRODUCTION = "Production"
+ARCHIVED = "Archived"
+NO_STAGE = "None"
+
+TAG_BEST = "best_model"
+TAG_ROC_AUC = "roc_auc"
+TAG_MODEL_TYPE = "model_type"
+TAG_PROMOTED_AT = "promoted_at"
+TAG_PROMOTED_BY = "promoted_by"
+TAG_PREVIOUS = "previous_champion"
+TAG_REASON = "promotion_reason"
+EVENT_PREFIX = "promotion_event."
+
+
+class RegistryError(Exception):
+    """A registry operation failed; the message is one line for the user."""
+
+
+class NotFoundError(RegistryError):
+    """An unknown model or version, or no version tagged best."""
+
+
+class StoreUnavailableError(RegistryError):
+    """The tracking store cannot be reached."""
+
+
+class BrokenStoreError(RegistryError):
+    """The store is damaged (a schema migration left half-done); the message says the repair."""
+
+
+def utc_now_iso(timespec: str = "microseconds") -> str:
+    """Now, in UTC, ISO-8601 with a ``Z``: the one timestamp format of tags, exports and /model."""
+    return datetime.now(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """A registered version and what travels with it: into ``model.json``, into ``/model``."""
+
+    name: str
+    version: int
+    run_id: str
+    roc_auc: float | None
+    model_type: str | None
+    promoted_at: str | None
+
+    def card_fields(self) -> dict[str, Any]:
+        """The card's own fields (not a subclass's), in order."""
+        return {f.name: getattr(self, f.name) for f in fields(ModelCard)}
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One model version as heartml sees it."""
+
+    name: str
+    version: int
+    stage: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    run_id: str
+    source: str
+    created_ms: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def roc_auc(self) -> float | None:
+        try:
+            return float(self.tags[TAG_ROC_AUC])
+        except (KeyError, ValueError):
+            return None
+
+    @property
+    def model_type(self) -> str | None:
+        return self.tags.get(TAG_MODEL_TYPE)
+
+    @property
+    def promoted_at(self) -> str | None:
+        return self.tags.get(TAG_PROMOTED_AT)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def card(self) -> ModelCard:
+        return ModelCard(
+            self.name, self.version, self.run_id, self.roc_auc, self.model_type, self.promoted_at
+        )
+
+    @property
+    def is_best(self) -> bool:
+        return self.tags.get(TAG_BEST, "").lower() == "true"
+
+    @property
+    def claim_key(self) -> tuple[str, str, int]:
+        """Order of champion claims: the latest promotion wins; name and version break ties."""
+        return self.promoted_at or "", self.name, self.version
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredModel:
+    """One registered model of the family and its versions."""
+
+    name: str
+    versions: tuple[VersionInfo, ...]  # newest first
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyState:
+    """A snapshot of every model in the family and who holds the champion alias and stage."""
+
+    models: tuple[RegisteredModel, ...]
+    alias: str
+
+    @property
+    def versions(self) -> tuple[VersionInfo, ...]:
+        return tuple(v for m in self.models for v in m.versions)
+
+    @property
+    def alias_holders(self) -> tuple[VersionInfo, ...]:
+        return tuple(v for v in self.versions if self.alias in v.aliases)
+
+    @property
+    def in_production(self) -> tuple[VersionInfo, ...]:
+        return tuple(v for v in self.versions if v.stage == PRODUCTION)
+
+    @property
+    def champion(self) -> VersionInfo | None:
+        """The alias decides; without any alias holder, the (latest) Production version."""
+        claims = self.alias_holders or self.in_production
+        return max(claims, key=lambda v: v.claim_key) if claims else None
+
+    @property
+    def consistent(self) -> bool:
+        """Exactly the champion holds the alias and the Production stage, nobody else."""
+        champion = self.champion
+        if champion is None:
+            return True
+        return self.alias_holders == (champion,) and self.in_production == (champion,)
+
+    def disagreements(self) -> list[str]:
+        """Human-readable reasons why the family is not consistent."""
+        notes: list[str] = []
+        champion = self.champion
+        if champion is None:
+            return notes
+        if not self.alias_holders:
+            notes.append(
+                f"no version holds the '{self.alias}' alias; {champion.ref} is in "
+                f"{PRODUCTION} (set by hand?) and is served"
+            )
+        for other in self.alias_holders:
+            if other is not champion:
+                notes.append(
+                    f"{other.ref} also holds '{self.alias}' (set by hand, or an interrupted "
+                    "promotion)"
+                )
+        if champion.stage != PRODUCTION:
+            notes.append(f"champion {champion.ref} is in stage {champion.stage}, not {PRODUCTION}")
+        for other in self.in_production:
+            if other is not champion:
+                notes.append(
+                    f"{other.ref} is in {PRODUCTION} but is not the champion (moved by hand?)"
+                )
+        return notes
+
+    def find(self, name: str, version: int | None = None) -> VersionInfo:
+        model = next((m for m in self.models if m.name == name), None)
+        if model is None:
+            raise NotFoundError(f"unknown model {name!r}")
+        if not model.versions:
+            raise NotFoundError(f"model {name!r} has no versions")
+        if version is None:
+            return model.versions[0]
+        found = next((v for v in model.versions if v.version == version), None)
+        if found is None:
+            raise NotFoundError(f"model {name!r} has no version {version}")
+        return found
+
+    def best_tagged(self) -> VersionInfo:
+        tagged = [v for v in self.versions if v.is_best]
+        if not tagged:
+            raise NotFoundError(f"no version tagged {TAG_BEST}=true (run `heartml train` first)")
+        return max(tagged, key=lambda v: (v.roc_auc or 0.0, v.created_ms, v.name, v.version))
+
+
+class PromotionOutcome(StrEnum):
+    """How a promotion ended (the ``outcome`` of ``promote --json``)."""
+
+    PROMOTED = "promoted"
+    ALREADY_CHAMPION = "already_champion"
+    REPAIRED = "repaired"
+    REFUSED = "refused"
+    DRY_RUN = "dry_run"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionResult:
+    """What a promotion did, or would do (dry run), and the message the command prints."""
+
+    outcome: PromotionOutcome
+    target: VersionInfo
+    previous: VersionInfo | None
+    message: str
+    archived: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    gate: GateVerdict | None = None  # the gate's verdict, when the promotion was gated
+
+    @property
+    def refused(self) -> bool:
+        return self.outcome is PromotionOutcome.REFUSED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome.value,
+            "name": self.target.name,
+            "version": self.target.version,
+            "roc_auc": self.target.roc_auc,
+            "previous": self.previous.ref if self.previous else None,
+            "message": self.message,
+            "archived": list(self.archived),
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One promotion, read back from the event tag it wrote."""
+
+    at: str
+    name: str
+    version: int
+    previous: str | None
+    reason: str
+    by: str
+    roc_auc: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
