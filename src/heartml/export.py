@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from heartml.errors import one_line
 from heartml.registry import ModelCard, utc_now_iso
 
 if TYPE_CHECKING:
@@ -120,8 +121,7 @@ def export_champion(settings: Settings, directory: Path) -> ExportResult:
             # What is exported must load the way serving loads it.
             load_engine(staged)
         except Exception as exc:
-            text = " ".join(str(exc).split())[:300]
-            raise ExportError(f"could not download or load {uri}: {text}") from exc
+            raise ExportError(f"could not download or load {uri}: {one_line(exc)}") from exc
         if not (staged / "MLmodel").is_file():
             raise ExportError(f"{uri} has no MLmodel file")
         info = ExportInfo(

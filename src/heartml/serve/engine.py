@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from heartml.errors import one_line
 from heartml.onnx_model import (
     TOLERANCE,
     OnnxEngine,
@@ -73,7 +74,7 @@ def load_engine(model_dir: Path) -> Engine:
             engine = OnnxEngine(files.graph.read_bytes())
             deviation = largest_deviation(engine, Probe.load(files.probe))
         except Exception as exc:  # ONNX Runtime and numpy raise their own types
-            reason = f"cannot be run under this ONNX Runtime ({_one_line(exc)})"
+            reason = f"cannot be run under this ONNX Runtime ({one_line(exc, 200)})"
         else:
             if deviation <= TOLERANCE:
                 return engine
@@ -84,10 +85,6 @@ def load_engine(model_dir: Path) -> Engine:
     import mlflow.sklearn
 
     return SklearnEngine(mlflow.sklearn.load_model(str(model_dir)))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def engine_for_pipeline(pipeline: Any, rows: Rows, training: TrainingRows | None = None) -> Engine:

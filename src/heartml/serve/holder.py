@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from heartml.errors import one_line
 from heartml.registry import ModelCard, utc_now_iso
 
 if TYPE_CHECKING:
@@ -167,11 +168,6 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
-
-
 class ModelHolder:
     """The served model, the background thread that replaces it, and what happened so far."""
 
@@ -219,7 +215,7 @@ class ModelHolder:
             ref = self.source.resolve()
         except Exception as exc:
             self.metrics.registry_checks.labels("error").inc()
-            message = f"could not read {self.source.describe()}: {_one_line(exc)}"
+            message = f"could not read {self.source.describe()}: {one_line(exc)}"
             return self._failed(message, check=True)
         self.metrics.registry_checks.labels("ok").inc()
 
@@ -240,7 +236,7 @@ class ModelHolder:
             engine = self.source.load(ref)
         except Exception as exc:
             keeping = f"; still serving {current.ref.ref}" if current else ""
-            return self._failed(f"could not load {ref.ref}: {_one_line(exc)}{keeping}")
+            return self._failed(f"could not load {ref.ref}: {one_line(exc)}{keeping}")
 
         previous = current.ref.ref if current else None
         message = (
