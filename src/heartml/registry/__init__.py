@@ -5,11 +5,15 @@
 - :mod:`~heartml.registry.plans`: what a promotion, reconcile, rollback or tagging changes (pure);
 - :mod:`~heartml.registry.mlflow_io`: reading the family from MLflow, writing what a plan says;
 - :mod:`~heartml.registry.actions`: the verbs, which read, plan and apply;
-- :mod:`~heartml.registry.embedded`: the SQLite store created and migrated one process at a time.
+- :mod:`~heartml.registry.embedded`: the SQLite store created and migrated one process at a time;
+- :mod:`~heartml.registry.access`: who may change what (accounts, levels, the reason rule; pure);
+- :mod:`~heartml.registry.accounts`: the auth app's API (who am I, what may I, grants).
 
 Importing the package imports no MLflow: each function imports it when it talks to the store.
 """
 
+from heartml.registry.access import AccessDeniedError, Account, ChangeKind
+from heartml.registry.accounts import current_account, require_experiment_access
 from heartml.registry.actions import (
     RECONCILE_PASSES,
     promote_best,
@@ -85,8 +89,11 @@ __all__ = [
     "TAG_PROMOTED_BY",
     "TAG_REASON",
     "TAG_ROC_AUC",
+    "AccessDeniedError",
+    "Account",
     "BestTagPlan",
     "BrokenStoreError",
+    "ChangeKind",
     "Claim",
     "Decision",
     "FamilyState",
@@ -108,6 +115,7 @@ __all__ = [
     "VersionInfo",
     "call_store",
     "configure_mlflow",
+    "current_account",
     "ensure_experiment",
     "family_from_raw",
     "get_client",
@@ -126,6 +134,7 @@ __all__ = [
     "read_with_client",
     "reconcile_family",
     "repair_sqlite_store",
+    "require_experiment_access",
     "rollback",
     "tag_best_version",
     "tag_candidate_version",
