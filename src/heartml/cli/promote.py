@@ -219,5 +219,11 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
         )
         lines.append(f"      replaced: {entry.previous or '-'}")
         lines.append(f"      reason:   {entry.reason}")
-        lines.append(f"      by:       {entry.by}")
+        lines.append(f"      by:       {entry.by}{_how_known(entry.authenticated)}")
     return "\n".join(lines) + "\n"
+
+
+def _how_known(authenticated: bool | None) -> str:
+    if authenticated is None:
+        return ""
+    return " (authenticated account)" if authenticated else " (not authenticated)"
