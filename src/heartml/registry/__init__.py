@@ -16,6 +16,7 @@ from heartml.registry.access import AccessDeniedError, Account, ChangeKind
 from heartml.registry.accounts import current_account, require_experiment_access
 from heartml.registry.actions import (
     RECONCILE_PASSES,
+    ReasonRequiredError,
     promote_best,
     promote_version,
     promotion_history,
@@ -106,6 +107,7 @@ __all__ = [
     "PromotionOutcome",
     "PromotionPlan",
     "PromotionResult",
+    "ReasonRequiredError",
     "ReconcilePlan",
     "RegisteredModel",
     "RegistryError",
