@@ -204,13 +204,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def run_heartml(
-    settings: Settings, *args: str, cwd: Path | None = None, timeout: float = 300
+    settings: Settings,
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`heartml ARGS` in its own process: for what only a process proves (the console script,
-    signals, several commands at once)."""
+    signals, several commands at once). ``env`` adds variables (an account's credentials)."""
     return subprocess.run(
         [*HEARTML, *args],
-        env=settings_env(settings),
+        env={**settings_env(settings), **(env or {})},
         cwd=cwd,
         capture_output=True,
         text=True,
