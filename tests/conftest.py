@@ -54,7 +54,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             if "container" not in getattr(report, "keywords", {}):
                 continue
             seconds += getattr(report, "duration", 0.0)
-            if outcome and (report.when == "call" or outcome in {"error", "skipped"}):
+            # A deselected item is listed as itself, not as a report: it has no phase.
+            if outcome and (
+                getattr(report, "when", "") == "call" or outcome in {"error", "skipped"}
+            ):
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
     if outcomes:
         counts = ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items())
