@@ -294,6 +294,18 @@ def test_the_serving_account_reads_and_changes_nothing(trained: Registry) -> Non
     assert after.stdout == before.stdout  # byte-identical
 
 
+def test_the_ui_obeys_the_same_grants(trained: Registry) -> None:
+    """The MLflow UI calls the ajax-api: a promoter may set the alias there, a person may not
+    (both set it where it already is, so the registry does not change)."""
+    champion = family(trained)["champion"]
+    body = {"name": champion["name"], "alias": "champion", "version": str(champion["version"])}
+    endpoint = "/ajax-api/2.0/mlflow/registered-models/alias"
+    before = trained.heartml(SERVING, "promote", "--list", "--json").stdout
+    assert rest_post(trained, PERSON, endpoint, body) == 403
+    assert rest_post(trained, PROMOTER, endpoint, body) == 200
+    assert trained.heartml(SERVING, "promote", "--list", "--json").stdout == before
+
+
 def rest_post(registry: Registry, account: str, endpoint: str, body: dict[str, Any]) -> int:
     """The HTTP status of one POST to the server's REST API as ``account``."""
     import base64
