@@ -178,8 +178,8 @@ def test_train_promote_then_the_registry_image_follows(
         # A second promotion: another candidate, by hand, past the gate, with the reason an
         # authenticated registry asks for.
         other = next(v for v in family.versions if v.name != champion.name)
-        args = ("promote", other.name, str(other.version), "--force", "--reason", "test")
-        done = run_heartml(remote, *args, env=pipeline)
+        by_hand = ("promote", other.name, str(other.version), "--force", "--reason", "test")
+        done = run_heartml(remote, *by_hand, env=pipeline)
         assert done.returncode == 0, done.stderr
         wait_until(lambda: served() == (other.name, other.version), 120, "the API follows")
         status, answer = containers.http(f"{api.url}/predict", EXAMPLE_PATIENT)
