@@ -485,6 +485,9 @@ class MlflowServer:
                 "--workers",
                 "1",
             ],
+            # No job runner: heartml schedules no MLflow jobs, and it would start eight more
+            # processes beside the server on a 2-core machine.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
