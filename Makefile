@@ -62,7 +62,7 @@ list: install ## Show the model registry
 	$(HEARTML) promote --list
 
 mlflow-ui: install ## MLflow UI on port 5001 over the same store
-	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port 5001
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port 5001
 
 # The container tests need a Docker engine: with-docker.sh starts one when none answers (and
 # stops it by its PID afterwards, whatever happens), or says why they are skipped.

@@ -54,7 +54,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             if "container" not in getattr(report, "keywords", {}):
                 continue
             seconds += getattr(report, "duration", 0.0)
-            if outcome and (report.when == "call" or outcome in {"error", "skipped"}):
+            # A deselected item is listed as itself, not as a report: it has no phase.
+            if outcome and (
+                getattr(report, "when", "") == "call" or outcome in {"error", "skipped"}
+            ):
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
     if outcomes:
         counts = ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items())
@@ -204,13 +207,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def run_heartml(
-    settings: Settings, *args: str, cwd: Path | None = None, timeout: float = 300
+    settings: Settings,
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`heartml ARGS` in its own process: for what only a process proves (the console script,
-    signals, several commands at once)."""
+    signals, several commands at once). ``env`` adds variables (an account's credentials)."""
     return subprocess.run(
         [*HEARTML, *args],
-        env=settings_env(settings),
+        env={**settings_env(settings), **(env or {})},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -478,6 +485,9 @@ class MlflowServer:
                 "--workers",
                 "1",
             ],
+            # No job runner: heartml schedules no MLflow jobs, and it would start eight more
+            # processes beside the server on a 2-core machine.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

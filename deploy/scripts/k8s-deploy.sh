@@ -7,8 +7,10 @@
 #   report    make deploy-report    what runs where: image, rollout history, URLs
 #
 # Environment: OVERLAY (dev|prod), NAMESPACE, IMAGE, MLFLOW_IMAGE, ROLLOUT_TIMEOUT, EXPORT_DIR,
-# RUN_DIR, SMOKE, and for secrets HEARTML_ADMIN_TOKEN, POSTGRES_PASSWORD, GRAFANA_ADMIN_PASSWORD
-# (Jenkins binds them from credential ids; unset ones keep the Secret already in the cluster).
+# RUN_DIR, SMOKE, and for secrets HEARTML_ADMIN_TOKEN, POSTGRES_PASSWORD, GRAFANA_ADMIN_PASSWORD,
+# MLFLOW_SERVING_PASSWORD (Jenkins binds them from credential ids; unset ones keep the Secret
+# already in the cluster). The MLflow auth app's admin password and secret key are generated
+# into their Secret at the first deploy and never leave the cluster.
 set -euo pipefail
 
 OVERLAY=${OVERLAY:-dev}
@@ -58,6 +60,19 @@ ensure_secrets() {
         apply_secret heartml-postgres POSTGRES_USER=POSTGRES_USER POSTGRES_PASSWORD=POSTGRES_PASSWORD
     elif ! kc get secret heartml-postgres >/dev/null 2>&1; then
         fail "secret heartml-postgres missing in $NAMESPACE: set POSTGRES_PASSWORD (Jenkins credential heartml-postgres-password) or create it (deploy/k8s/secrets.example.yaml)"
+    fi
+    if ! kc get secret heartml-mlflow-auth >/dev/null 2>&1; then
+        # First deploy: the auth app's admin password and secret key, random, straight into
+        # the Secret (read them with kubectl when bootstrapping accounts; README, Operations).
+        MLFLOW_AUTH_ADMIN_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))') \
+            MLFLOW_FLASK_SERVER_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))') \
+            apply_secret heartml-mlflow-auth MLFLOW_AUTH_ADMIN_PASSWORD=MLFLOW_AUTH_ADMIN_PASSWORD \
+            MLFLOW_FLASK_SERVER_SECRET_KEY=MLFLOW_FLASK_SERVER_SECRET_KEY
+    fi
+    if [[ -n "${MLFLOW_SERVING_PASSWORD:-}" ]]; then
+        MLFLOW_SERVING_USER=${MLFLOW_SERVING_USER:-heartml-serving}
+        apply_secret heartml-mlflow-serving MLFLOW_TRACKING_USERNAME=MLFLOW_SERVING_USER \
+            MLFLOW_TRACKING_PASSWORD=MLFLOW_SERVING_PASSWORD
     fi
     if [[ -n "${GRAFANA_ADMIN_PASSWORD:-}" ]]; then
         apply_secret heartml-grafana GF_SECURITY_ADMIN_PASSWORD=GRAFANA_ADMIN_PASSWORD

@@ -43,6 +43,16 @@ class Settings(BaseSettings):
         "whose name starts with it.",
     )
     champion_alias: str = "champion"
+    registry_access_config: Path = Field(
+        default=Path("configs/registry-access.yaml"),
+        description="Who uses an authenticated registry (pipeline, serving, promoters, people): "
+        "read by `heartml registry bootstrap`, and by training to let the promoters promote "
+        "the models it creates.",
+    )
+    registry_secrets_dir: Path = Field(
+        default=Path(".run/registry"),
+        description="Where `heartml registry bootstrap` keeps the accounts' passwords (mode 600).",
+    )
 
     # --- data ----------------------------------------------------------------------------------
     data_source: str = Field(

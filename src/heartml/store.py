@@ -44,11 +44,13 @@ LEFTOVER_PREFIX = "_alembic_tmp_"
 
 
 class StoreReadError(Exception):
-    """The store could not be read; ``unreachable`` tells a dead server from a bad answer."""
+    """The store could not be read; ``unreachable`` tells a dead server from a bad answer,
+    ``status`` is the HTTP status of a refusal (401: no or a wrong password, 403: forbidden)."""
 
-    def __init__(self, message: str, *, unreachable: bool) -> None:
+    def __init__(self, message: str, *, unreachable: bool, status: int | None = None) -> None:
         super().__init__(message)
         self.unreachable = unreachable
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +252,9 @@ def _get_json(url: str, retries: int) -> dict[str, Any]:
         except urllib.error.HTTPError as exc:
             transient = exc.code in (429, 500, 502, 503, 504)
             if not transient or attempt == retries:
-                raise StoreReadError(f"HTTP {exc.code} from {url}", unreachable=transient) from exc
+                raise StoreReadError(
+                    f"HTTP {exc.code} from {url}", unreachable=transient, status=exc.code
+                ) from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
             if attempt == retries:
                 raise StoreReadError(str(exc), unreachable=True) from exc

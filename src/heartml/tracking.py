@@ -81,14 +81,20 @@ def git_commit() -> str:
 
 
 def open_store(settings: Settings) -> str:
-    """Import what logging needs and make sure the experiment exists; returns its id."""
+    """Import what logging needs and make sure the experiment exists; returns its id.
+
+    On an authenticated registry the account must be allowed to log runs there: checked now,
+    so that a refusal comes before the candidates are logged, in one line.
+    """
     import mlflow.sklearn  # noqa: F401
     import skops.io  # noqa: F401
 
     from heartml import registry
 
     registry.configure_mlflow(settings)
-    return registry.ensure_experiment(settings)
+    experiment_id = registry.ensure_experiment(settings)
+    registry.require_experiment_access(settings, experiment_id)
+    return experiment_id
 
 
 def log_candidate(

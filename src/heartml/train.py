@@ -211,6 +211,9 @@ def train_candidates(
                     result.metrics.roc_auc,
                     result.name,
                 )
+    # On an authenticated registry, the promoters may promote the models just created.
+    for note in registry.share_with_promoters(settings, [r.model_name for r in results]):
+        logger.warning(note)
 
     promotion, warning = None, None
     if promote:

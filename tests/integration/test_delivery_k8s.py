@@ -172,8 +172,8 @@ def test_mlflow_on_postgres_with_artifacts_volume(
     assert postgres["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     (mlflow,) = containers(find(docs, "Deployment", "heartml-mlflow"))
     env = {e["name"]: e for e in mlflow["env"]}
-    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql://")
-    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "heartml-postgres"
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"] == "postgresql://heartml-postgres:5432/mlflow"
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "heartml-postgres"
     assert env["MLFLOW_ARTIFACTS_DESTINATION"]["value"] == "/mlartifacts"
     assert mlflow["ports"][0]["containerPort"] == 5001
     assert "--serve-artifacts" in mlflow["args"]
@@ -183,6 +183,43 @@ def test_mlflow_on_postgres_with_artifacts_volume(
     assert configmap["data"]["MLFLOW_TRACKING_URI"] == "http://heartml-mlflow:5001"
     prometheus = [d for d in docs if d["metadata"]["name"].startswith("heartml-prometheus-config")]
     assert prometheus and {"prometheus.yml", "alerts.yml"} <= prometheus[0]["data"].keys()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_authenticates_with_secrets_from_the_environment_only(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """The auth app on, its database created beside the registry's, every secret a
+    secretKeyRef (never a literal, never argv); the API pods read as the serving account."""
+    docs = rendered[overlay]
+    pod = find(docs, "Deployment", "heartml-mlflow")["spec"]["template"]["spec"]
+    (mlflow,) = pod["containers"]
+    assert mlflow["args"][:2] == ["--app-name", "basic-auth"]
+    env = {e["name"]: e for e in mlflow["env"]}
+    for name, secret in (
+        ("PGPASSWORD", "heartml-postgres"),
+        ("MLFLOW_AUTH_ADMIN_PASSWORD", "heartml-mlflow-auth"),
+        ("MLFLOW_FLASK_SERVER_SECRET_KEY", "heartml-mlflow-auth"),
+    ):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == secret, name
+    assert env["MLFLOW_ENABLE_WORKSPACES"]["value"] == "true"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
+    for container in (*pod["initContainers"], mlflow):
+        literal = " ".join(
+            [*container.get("command", []), *container.get("args", [])]
+            + [str(e.get("value", "")) for e in container.get("env", [])]
+        )
+        assert "PASSWORD" not in literal.upper().replace("PGPASSWORD", ""), container["name"]
+        assert "@" not in literal, container["name"]  # no credentials in a URI
+    (init,) = pod["initContainers"]
+    assert "CREATE DATABASE mlflow_auth" in " ".join(init["command"])
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    ingress = find(docs, "Ingress", "heartml-mlflow")["metadata"]["annotations"]
+    assert ingress["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
+    (api,) = containers(find(docs, "Deployment", "heartml-api"))
+    api_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in api["env"]}
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert api_env[name]["name"] == "heartml-mlflow-serving" and api_env[name]["optional"]
 
 
 def test_alert_rules_and_prometheus_configs_pass_promtool(tools: Path) -> None:

@@ -232,8 +232,17 @@ def test_jenkins_promotion_gate_and_deploy_conditions() -> None:
         assert "!params.SKIP_DEPLOY" in stages[name], name
     text = (REPO / "Jenkinsfile").read_text()
     assert "choice(name: 'OVERLAY', choices: ['dev', 'prod']" in text
-    for credential in ("heartml-registry", "heartml-kubeconfig", "heartml-postgres-password"):
+    for credential in (
+        "heartml-registry",
+        "heartml-kubeconfig",
+        "heartml-postgres-password",
+        "heartml-mlflow-pipeline",
+        "heartml-mlflow-serving",
+    ):
         assert f"credentialsId: '{credential}'" in text
+    # Training, the promotion and the export run as the registry's pipeline account.
+    for name in ("Train", "Promote best model", "Export model"):
+        assert "credentialsId: 'heartml-mlflow-pipeline'" in stages[name], name
     assert "make deploy-report" in text
 
 
@@ -275,7 +284,12 @@ def test_compose_has_the_full_stack() -> None:
     assert {"postgres", "mlflow", "api", "prometheus", "grafana"} <= services.keys()
     assert "127.0.0.1:5001:5001" in services["mlflow"]["ports"]
     assert "5001" in " ".join(services["mlflow"]["command"])
-    assert "postgresql://" in services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    mlflow_env = services["mlflow"]["environment"]
+    assert mlflow_env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://postgres:5432/mlflow"
+    assert "--app-name" in services["mlflow"]["command"]
+    # The auth app's secrets come from the environment or .env, with no default value.
+    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert mlflow_env[name].startswith(f"${{{name}:?"), name
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     api = services["api"]
     assert "127.0.0.1:8000:8000" in api["ports"]
@@ -311,10 +325,17 @@ def test_configmap_keys_are_the_settings_environment_variables() -> None:
 def test_secrets_example_has_placeholders_only() -> None:
     docs = list(yaml.safe_load_all((REPO / "deploy/k8s/secrets.example.yaml").read_text()))
     names = {doc["metadata"]["name"] for doc in docs}
-    assert names == {"heartml-api-secrets", "heartml-postgres", "heartml-grafana"}
+    assert names == {
+        "heartml-api-secrets",
+        "heartml-postgres",
+        "heartml-grafana",
+        "heartml-mlflow-auth",
+        "heartml-mlflow-serving",
+    }
     for doc in docs:
         for key, value in doc["stringData"].items():
-            assert key == "POSTGRES_USER" or value.startswith("REPLACE-ME"), key
+            named = key in ("POSTGRES_USER", "MLFLOW_TRACKING_USERNAME")
+            assert named or value.startswith("REPLACE-ME"), key
 
 
 def test_alert_rules_cover_the_failures_and_use_contract_metrics() -> None:

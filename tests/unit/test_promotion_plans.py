@@ -142,19 +142,20 @@ def test_the_claim_carries_when_who_why_what_it_replaced_and_an_event() -> None:
     state = family(version("svm", champion=True, stage=PRODUCTION, promoted_at=T1),
                    version("knn", roc_auc=0.93))  # fmt: skip
     plan = plan_promotion(state, SETTINGS, "heart-disease-knn")
-    claim = plan_claim(plan, reason="manual promotion", by="ana@host", at=T2)
+    claim = plan_claim(plan, reason="manual promotion: canary", by="ana", at=T2, authenticated=True)
     assert claim.tags[TAG_PROMOTED_AT] == T2
-    assert claim.tags["promoted_by"] == "ana@host"
-    assert claim.tags["promotion_reason"] == "manual promotion"
+    assert claim.tags["promoted_by"] == "ana"
+    assert claim.tags["promotion_reason"] == "manual promotion: canary"
     assert claim.tags[TAG_PREVIOUS] == "heart-disease-svm/1"
     assert not claim.clear_previous
     [event_key] = [k for k in claim.tags if k.startswith(EVENT_PREFIX)]
     assert event_key == EVENT_PREFIX + "20260201T000000000000Z"
     assert json.loads(claim.tags[event_key]) == {
         "at": T2,
-        "by": "ana@host",
+        "by": "ana",
+        "authenticated": True,
         "previous": "heart-disease-svm/1",
-        "reason": "manual promotion",
+        "reason": "manual promotion: canary",
         "roc_auc": 0.93,
     }
 
@@ -178,6 +179,7 @@ def test_history_reads_every_claim_back_newest_first() -> None:
     ]
     assert history[0].roc_auc == 0.95
     assert history[0].by == "tester"
+    assert history[0].authenticated is False  # the helper's claims name nobody authenticated
 
 
 # --- "... moves the alias, puts the version in Production, then reconciles ..." ---------------

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from heartml.candidates import build_candidate
+from heartml.registry import AccessDeniedError
 from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES, synthetic_rows
 from heartml.serve.app import create_app
 from heartml.serve.engine import Engine, engine_for_pipeline
@@ -316,6 +317,29 @@ def test_a_new_champion_is_swapped_in_and_a_failed_load_keeps_the_old(
     text = client.get("/metrics").text
     assert 'heartml_model_info{name="heart-disease-test",source="registry",version="2"} 1.0' in text
     assert 'version="1"' not in text.split("heartml_model_info")[-1].split("\n")[0]
+
+
+def test_a_refused_account_keeps_the_model_serving_and_says_so(
+    client: TestClient, source: StaticSource
+) -> None:
+    holder = client.app.state.holder  # type: ignore[attr-defined]
+    refusal = "the registry at http://r refused account 'heartml-serving' (HTTP 401)"
+    source.resolve_error = AccessDeniedError(refusal)
+    assert holder.check().result == "failed"
+    ready = client.get("/ready")
+    assert ready.status_code == 200  # still in the Service: it has a model to serve
+    assert ready.json()["status"] == "ready"
+    assert refusal in ready.json()["warning"]
+    assert "still serving heart-disease-test/1" in ready.json()["warning"]
+    info = client.get("/model").json()
+    assert info["registry_refusal"] == refusal
+    assert client.post("/predict", json=EXAMPLE_PATIENT).status_code == 200
+    assert metric(client, 'heartml_registry_checks_total{result="refused"}') == 1.0
+
+    source.resolve_error = None  # the Secret fixed: the warning goes
+    assert holder.check().result == "unchanged"
+    assert client.get("/ready").json()["warning"] is None
+    assert client.get("/model").json()["registry_refusal"] is None
 
 
 def test_admin_reload_needs_the_token(client: TestClient, source: StaticSource) -> None:

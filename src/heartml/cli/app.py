@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from heartml.cli.accounts import registry_app
 from heartml.cli.common import EXIT_ERROR, EXIT_OK, setup_logging
 from heartml.cli.data import data_app
 from heartml.cli.promote import PROMOTE_HELP, promote
@@ -88,6 +89,7 @@ app.command(name="promote", help=PROMOTE_HELP, no_args_is_help=False)(promote)
 app.command()(serve)
 app.command()(export)
 app.add_typer(store_app, name="store")
+app.add_typer(registry_app, name="registry")
 
 promote_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 promote_app.command(cls=HeartmlCommand, help=PROMOTE_HELP)(promote)

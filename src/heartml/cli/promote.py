@@ -25,9 +25,15 @@ PROMOTE_HELP = """Promote a model version to Production (alias 'champion') acros
   promote --rollback             make the previous champion the champion again
 
 \b
+On a registry with authentication the promotion is recorded under the account the server
+authenticated (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), and promoting by
+name, rolling back and --force need --reason "...": the reason is kept with the event.
+
+\b
 Exit codes:
   0  promoted, or already champion
-  1  error: unknown model or version, no version tagged best, store unreachable
+  1  error: unknown model or version, no version tagged best, store unreachable,
+     account refused or short of a permission, --reason missing
   2  refused by the gate (roc_auc below the minimum or below the champion)
 """
 
@@ -45,6 +51,14 @@ def promote(
         bool, typer.Option("--dry-run", help="Say what would change; change nothing.")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Skip the gate.")] = False,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason",
+            help="Why: recorded with the promotion and shown by --history (required on an "
+            "authenticated registry for NAME [VERSION], --rollback and --force).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     min_roc_auc: Annotated[
         float | None, typer.Option("--min-roc-auc", help="Gate minimum (env HEARTML_MIN_ROC_AUC).")
@@ -91,15 +105,17 @@ def promote(
                     f"(ROC-AUC: {format_score(best.roc_auc)})"
                 )
                 typer.echo(f" Looking for model: {best.name}")
-            result = registry.promote_best(settings, force=force, dry_run=dry_run, state=before)
+            result = registry.promote_best(
+                settings, reason=reason, force=force, dry_run=dry_run, state=before
+            )
         elif rollback:
-            result = registry.rollback(settings, dry_run=dry_run)
+            result = registry.rollback(settings, reason=reason, dry_run=dry_run)
         else:
             assert name is not None
             if not as_json:
                 typer.echo(f" Looking for model: {name}")
             result = registry.promote_version(
-                settings, name, version, reason="manual promotion", force=force, dry_run=dry_run
+                settings, name, version, reason=reason, force=force, dry_run=dry_run
             )
         _report_promotion(result, as_json)
         if auto and not as_json and not dry_run and not result.refused:
@@ -219,5 +235,11 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
         )
         lines.append(f"      replaced: {entry.previous or '-'}")
         lines.append(f"      reason:   {entry.reason}")
-        lines.append(f"      by:       {entry.by}")
+        lines.append(f"      by:       {entry.by}{_how_known(entry.authenticated)}")
     return "\n".join(lines) + "\n"
+
+
+def _how_known(authenticated: bool | None) -> str:
+    if authenticated is None:
+        return ""
+    return " (authenticated account)" if authenticated else " (not authenticated)"

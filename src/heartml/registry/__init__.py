@@ -5,13 +5,19 @@
 - :mod:`~heartml.registry.plans`: what a promotion, reconcile, rollback or tagging changes (pure);
 - :mod:`~heartml.registry.mlflow_io`: reading the family from MLflow, writing what a plan says;
 - :mod:`~heartml.registry.actions`: the verbs, which read, plan and apply;
-- :mod:`~heartml.registry.embedded`: the SQLite store created and migrated one process at a time.
+- :mod:`~heartml.registry.embedded`: the SQLite store created and migrated one process at a time;
+- :mod:`~heartml.registry.access`: who may change what (accounts, levels, the reason rule; pure);
+- :mod:`~heartml.registry.accounts`: the auth app's API (who am I, what may I, grants);
+- :mod:`~heartml.registry.bootstrap`: accounts and grants made to match a versioned file.
 
 Importing the package imports no MLflow: each function imports it when it talks to the store.
 """
 
+from heartml.registry.access import AccessDeniedError, Account, ChangeKind
+from heartml.registry.accounts import current_account, require_experiment_access
 from heartml.registry.actions import (
     RECONCILE_PASSES,
+    ReasonRequiredError,
     promote_best,
     promote_version,
     promotion_history,
@@ -20,6 +26,13 @@ from heartml.registry.actions import (
     tag_best_version,
     tag_candidate_version,
     whoami,
+)
+from heartml.registry.bootstrap import (
+    AccessConfig,
+    BootstrapReport,
+    bootstrap_registry,
+    load_access_config,
+    share_with_promoters,
 )
 from heartml.registry.embedded import RepairResult, prepare_sqlite_store, repair_sqlite_store
 from heartml.registry.gate import GateCheck, GateInput, GateVerdict, judge_challenger
@@ -85,8 +98,13 @@ __all__ = [
     "TAG_PROMOTED_BY",
     "TAG_REASON",
     "TAG_ROC_AUC",
+    "AccessConfig",
+    "AccessDeniedError",
+    "Account",
     "BestTagPlan",
+    "BootstrapReport",
     "BrokenStoreError",
+    "ChangeKind",
     "Claim",
     "Decision",
     "FamilyState",
@@ -99,6 +117,7 @@ __all__ = [
     "PromotionOutcome",
     "PromotionPlan",
     "PromotionResult",
+    "ReasonRequiredError",
     "ReconcilePlan",
     "RegisteredModel",
     "RegistryError",
@@ -106,13 +125,16 @@ __all__ = [
     "RollbackPlan",
     "StoreUnavailableError",
     "VersionInfo",
+    "bootstrap_registry",
     "call_store",
     "configure_mlflow",
+    "current_account",
     "ensure_experiment",
     "family_from_raw",
     "get_client",
     "history_of",
     "judge_challenger",
+    "load_access_config",
     "plan_best_tag",
     "plan_claim",
     "plan_promotion",
@@ -126,7 +148,9 @@ __all__ = [
     "read_with_client",
     "reconcile_family",
     "repair_sqlite_store",
+    "require_experiment_access",
     "rollback",
+    "share_with_promoters",
     "tag_best_version",
     "tag_candidate_version",
     "utc_now_iso",

@@ -7,11 +7,19 @@ family is left with one champion even when a command is interrupted or races ano
 
 from __future__ import annotations
 
-import getpass
-import os
-import socket
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from heartml.registry.access import (
+    EDIT,
+    ChangeKind,
+    needs_of,
+    promotion_needs,
+    reason_problem,
+    reconcile_needs,
+    recorded_reason,
+)
+from heartml.registry.accounts import claimed_name, current_account, require_access
 from heartml.registry.mlflow_io import (
     apply_best_tag,
     apply_claim,
@@ -39,6 +47,7 @@ from heartml.registry.values import (
     HistoryEntry,
     PromotionOutcome,
     PromotionResult,
+    RegistryError,
     utc_now_iso,
 )
 
@@ -49,16 +58,20 @@ if TYPE_CHECKING:
 
 RECONCILE_PASSES = 3
 
+# What each kind of promotion records as its reason before the person's own words.
+WHY = {
+    ChangeKind.AUTO: "auto-promotion of the best model",
+    ChangeKind.BY_NAME: "manual promotion",
+}
+
+
+class ReasonRequiredError(RegistryError):
+    """A promotion on an authenticated registry that must say why (``--reason``)."""
+
 
 def whoami() -> str:
-    """Who promotes: HEARTML_PROMOTED_BY (Jenkins sets its build tag), else user@host."""
-    if explicit := os.environ.get("HEARTML_PROMOTED_BY"):
-        return explicit
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+    """Who promotes where nobody is authenticated: HEARTML_PROMOTED_BY, else user@host."""
+    return claimed_name()
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,7 +89,7 @@ def tag_candidate_version(
         client.set_model_version_tag(name, version, TAG_ROC_AUC, f"{roc_auc:.4f}")
         client.set_model_version_tag(name, version, TAG_MODEL_TYPE, model_type)
 
-    call_store(settings, _tag)
+    call_store(settings, _tag, f"tag {name}/{version}")
 
 
 def tag_best_version(
@@ -94,7 +107,7 @@ def tag_best_version(
         client.set_model_version_tag(name, version, TAG_BEST, "true")
         apply_best_tag(client, plan_best_tag(read_family(settings, client)))
 
-    call_store(settings, _tag)
+    call_store(settings, _tag, f"tag {name}/{version} {TAG_BEST}=true")
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,28 +143,59 @@ def promote_version(
     name: str,
     version: int | None = None,
     *,
-    reason: str = "manual promotion",
+    reason: str | None = None,
+    kind: ChangeKind = ChangeKind.BY_NAME,
+    why: str | None = None,
     gated: bool = False,
     force: bool = False,
     dry_run: bool = False,
     state: FamilyState | None = None,
+    extra_needs: Mapping[str, str] | None = None,
 ) -> PromotionResult:
     """Make NAME/VERSION (latest when None) the champion of the family.
 
     Gated promotions (``--auto`` and training) refuse a challenger below the gate unless
     ``force``. Promoting the champion again is a no-op that still repairs its stage.
+
+    On an authenticated registry the promotion is recorded under the account the server
+    authenticated, must carry a ``reason`` where :func:`~heartml.registry.access.reason_problem`
+    says so, and is refused before anything is written unless the account holds every
+    permission the plan's writes need (and ``extra_needs``, what the caller writes after).
+    ``why`` says what kind of promotion it is; the person's ``reason`` follows it.
     """
     state = state or read_family(settings)
     plan = plan_promotion(state, settings, name, version, gated=gated, force=force)
     if (answer := plan.unapplied_result(dry_run=dry_run)) is not None:
         return answer
 
-    client = call_store(settings, lambda: get_client(settings))
+    account = current_account(settings)
     if plan.decision is Decision.REPAIR:
+        repair = plan_reconcile(state)
+        needs = reconcile_needs(repair) if repair is not None else {}
+        require_access(settings, account, needs, f"repair the family around {plan.target.ref}")
+        client = call_store(settings, lambda: get_client(settings))
         _, repaired, repair_warnings = reconcile_family(settings, client)
         return plan.repaired_result(tuple(repaired), tuple(repair_warnings))
 
-    claim = plan_claim(plan, reason=reason, by=whoami(), at=utc_now_iso())
+    if problem := reason_problem(
+        kind, authenticated=account.authenticated, force=force, reason=reason
+    ):
+        raise ReasonRequiredError(f"{problem} (account '{account}', nothing was changed)")
+    needs = needs_of([*promotion_needs(plan).items(), *(extra_needs or {}).items()])
+    verb = "roll back to" if kind is ChangeKind.ROLLBACK else "promote"
+    require_access(settings, account, needs, f"{verb} {plan.target.ref}")
+
+    what = why or WHY.get(kind, "manual promotion")
+    if force and gated:
+        what += " (gate skipped with --force)"
+    client = call_store(settings, lambda: get_client(settings))
+    claim = plan_claim(
+        plan,
+        reason=recorded_reason(what, reason),
+        by=account.name,
+        at=utc_now_iso(),
+        authenticated=account.authenticated,
+    )
     apply_claim(settings, client, plan, claim)
     warnings: list[str] = []
     if (warning := transition(client, plan.target, PRODUCTION)) is not None:
@@ -164,7 +208,7 @@ def promote_version(
 def promote_best(
     settings: Settings,
     *,
-    reason: str = "auto-promotion of the best model",
+    reason: str | None = None,
     force: bool = False,
     dry_run: bool = False,
     state: FamilyState | None = None,
@@ -177,6 +221,7 @@ def promote_best(
         best.name,
         best.version,
         reason=reason,
+        kind=ChangeKind.AUTO,
         gated=True,
         force=force,
         dry_run=dry_run,
@@ -189,17 +234,24 @@ def promotion_history(settings: Settings) -> list[HistoryEntry]:
     return history_of(read_family(settings))
 
 
-def rollback(settings: Settings, *, dry_run: bool = False) -> PromotionResult:
+def rollback(
+    settings: Settings, *, reason: str | None = None, dry_run: bool = False
+) -> PromotionResult:
     """Make the champion's predecessor the champion again (no gate: an operator's decision)."""
     state = read_family(settings)
     restore = plan_rollback(state)
+    # The best_model tag moves to the restored version afterwards: checked with the rest.
+    best_moves = [(v.name, EDIT) for v in state.versions if v.is_best]
     result = promote_version(
         settings,
         restore.name,
         restore.version,
-        reason=restore.reason,
+        reason=reason,
+        kind=ChangeKind.ROLLBACK,
+        why=restore.reason,
         dry_run=dry_run,
         state=state,
+        extra_needs=needs_of([*best_moves, (restore.name, EDIT)]),
     )
     if result.outcome is PromotionOutcome.PROMOTED:
         # The restored version becomes the one tagged best, so the next `--auto` (every
@@ -211,5 +263,5 @@ def rollback(settings: Settings, *, dry_run: bool = False) -> PromotionResult:
             client.set_model_version_tag(target.name, str(target.version), TAG_BEST, "true")
             apply_best_tag(client, plan_best_tag(read_family(settings, client), target.ref))
 
-        call_store(settings, _move_best)
+        call_store(settings, _move_best, f"move {TAG_BEST} to {result.target.ref}")
     return result

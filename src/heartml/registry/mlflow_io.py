@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from heartml.errors import one_line
+from heartml.registry.access import AccessDeniedError, refused_message
 from heartml.registry.values import (
     ARCHIVED,
     NO_STAGE,
@@ -84,8 +86,41 @@ def unreachable_error(settings: Settings) -> StoreUnavailableError:
     )
 
 
-def describe_failure(exc: BaseException, settings: Settings) -> RegistryError:
-    """One line for any failure of the store: missing thing, unreachable store, or other."""
+ENDPOINT = re.compile(r"(/(?:ajax-)?api/\d\.\d/[\w./-]+)")
+
+
+def refused_status(exc: BaseException) -> int | None:
+    """401 or 403 when the server refused the request (MLflow's client, requests, the reader)."""
+    status = getattr(exc, "status", None)  # heartml.store.StoreReadError
+    response = getattr(exc, "response", None)  # requests.HTTPError (artifact uploads)
+    if response is not None:
+        status = getattr(response, "status_code", None)
+    get_status = getattr(exc, "get_http_status_code", None)  # MlflowException
+    if callable(get_status):
+        status = get_status()
+    return status if status in (401, 403) else None
+
+
+def access_denial(exc: BaseException, settings: Settings, action: str) -> AccessDeniedError | None:
+    """The one-line refusal for a 401 or 403, naming the account and the action; else None."""
+    from heartml.registry.accounts import configured_username
+
+    status = refused_status(exc)
+    if status is None:
+        return None
+    endpoint = ENDPOINT.search(str(exc))
+    detail = f"on {endpoint.group(1)}" if endpoint else ""
+    return AccessDeniedError(
+        refused_message(settings.mlflow_tracking_uri, configured_username(), status, action, detail)
+    )
+
+
+def describe_failure(
+    exc: BaseException, settings: Settings, action: str = "use the registry"
+) -> RegistryError:
+    """One line for any failure of the store: refused, missing thing, unreachable, or other."""
+    if (denied := access_denial(exc, settings, action)) is not None:
+        return denied
     text = one_line(exc, limit=sys.maxsize)
     if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
         return NotFoundError(text.split(". ")[0])
@@ -94,18 +129,19 @@ def describe_failure(exc: BaseException, settings: Settings) -> RegistryError:
     return RegistryError(f"registry error: {one_line(exc)}")
 
 
-def call_store(settings: Settings, action: Callable[[], T]) -> T:
-    """Run one registry call, turning every store failure into a one-line RegistryError.
+def call_store(settings: Settings, call: Callable[[], T], action: str = "use the registry") -> T:
+    """Run one registry call, turning every store failure into a one-line RegistryError;
+    ``action`` says what was being done, for a refusal.
 
     HTTP-level retries of transient errors (connection refused, 429, 5xx) are done by MLflow's
     client, bounded by :func:`configure_mlflow`.
     """
     try:
-        return action()
+        return call()
     except RegistryError:
         raise
     except Exception as exc:
-        raise describe_failure(exc, settings) from exc
+        raise describe_failure(exc, settings, action) from exc
 
 
 def ensure_experiment(settings: Settings) -> str:
@@ -128,7 +164,9 @@ def ensure_experiment(settings: Settings) -> str:
                 raise
             return str(again.experiment_id)
 
-    return call_store(settings, _ensure)
+    return call_store(
+        settings, _ensure, f"open or create the experiment '{settings.experiment_name}'"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +237,8 @@ def read_family(settings: Settings, client: MlflowClient | None = None) -> Famil
             settings.mlflow_tracking_uri, settings.model_prefix, settings.registry_retries
         )
     except StoreReadError as exc:
+        if (denied := access_denial(exc, settings, "read the registry")) is not None:
+            raise denied from exc
         if exc.unreachable:
             raise unreachable_error(settings) from exc
         raise RegistryError(f"registry error: {exc}") from exc
@@ -206,6 +246,7 @@ def read_family(settings: Settings, client: MlflowClient | None = None) -> Famil
         raw = call_store(
             settings,
             lambda: read_with_client(client or get_client(settings), settings.model_prefix),
+            "read the registry",
         )
     return family_from_raw(raw, settings.champion_alias)
 
@@ -278,7 +319,7 @@ def apply_reconcile(
         ):
             warnings.append(warning)
 
-    call_store(settings, _act)
+    call_store(settings, _act, f"move the alias '{alias}' and stages to {plan.champion.ref}")
     return archived, warnings
 
 
@@ -301,7 +342,7 @@ def apply_claim(
             client.delete_registered_model_alias(holder.name, plan.alias)
         client.set_registered_model_alias(target.name, plan.alias, str(target.version))
 
-    call_store(settings, _claim)
+    call_store(settings, _claim, f"promote {target.ref}")
 
 
 def apply_best_tag(client: MlflowClient, plan: BestTagPlan) -> None:

@@ -234,13 +234,17 @@ def event_tag(at: str) -> str:
     return EVENT_PREFIX + at.replace(":", "").replace("-", "").replace(".", "")
 
 
-def plan_claim(plan: PromotionPlan, *, reason: str, by: str, at: str) -> Claim:
+def plan_claim(
+    plan: PromotionPlan, *, reason: str, by: str, at: str, authenticated: bool = False
+) -> Claim:
     """The claim of ``plan``'s target: when, by whom, why, what it replaces, and the event
-    that ``--history`` reads."""
+    that ``--history`` reads. ``authenticated``: ``by`` is the account the server
+    authenticated, not a name the promoter's environment claimed."""
     previous = plan.previous.ref if plan.previous else None
     event = {
         "at": at,
         "by": by,
+        "authenticated": authenticated,
         "previous": previous,
         "reason": reason,
         "roc_auc": plan.target.roc_auc,
@@ -325,6 +329,7 @@ def history_of(state: FamilyState) -> list[HistoryEntry]:
                     reason=str(event.get("reason", "")),
                     by=str(event.get("by", "")),
                     roc_auc=event.get("roc_auc"),
+                    authenticated=event.get("authenticated"),
                 )
             )
     return sorted(entries, key=lambda e: (e.at, e.name, e.version), reverse=True)

@@ -257,6 +257,7 @@ class HistoryEntry:
     reason: str
     by: str
     roc_auc: float | None = None
+    authenticated: bool | None = None  # None: recorded before heartml noted it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from heartml.errors import one_line
-from heartml.registry import ModelCard, utc_now_iso
+from heartml.registry import AccessDeniedError, ModelCard, utc_now_iso
 
 if TYPE_CHECKING:
     from heartml.serve.engine import Engine
@@ -113,12 +113,19 @@ class RegistrySource:
         import mlflow.artifacts
 
         from heartml.registry import configure_mlflow
+        from heartml.registry.mlflow_io import access_denial
         from heartml.serve.engine import load_engine
 
         configure_mlflow(self.settings)
         # The engine holds what it needs in memory: the downloaded files can go.
         with tempfile.TemporaryDirectory(prefix="heartml-model-") as local:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=local)
+            try:
+                path = mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=local)
+            except Exception as exc:
+                denied = access_denial(exc, self.settings, f"download {ref.ref}")
+                if denied is None:
+                    raise
+                raise denied from exc
             return load_engine(Path(path))
 
 
@@ -186,12 +193,25 @@ class ModelHolder:
         self.last_error: str | None = None
         self.reloads = 0
         self.failed_reloads = 0
+        # The registry's refusal of the account (401/403) at the last look, if it refused:
+        # the model loaded before keeps serving, and /ready and /model say why it is not
+        # following promotions.
+        self.registry_refusal: str | None = None
 
     # --- what requests see -----------------------------------------------------------------
 
     @property
     def current(self) -> ServedModel | None:
         return self._current
+
+    def warning(self) -> str | None:
+        """Why a ready server is not following the registry (its account is refused)."""
+        served = self._current
+        if served is None or self.registry_refusal is None:
+            return None
+        return (
+            f"{self.registry_refusal}; promotions are not followed, still serving {served.ref.ref}"
+        )
 
     def not_ready_reason(self) -> str:
         if self._current is not None:
@@ -214,10 +234,13 @@ class ModelHolder:
         try:
             ref = self.source.resolve()
         except Exception as exc:
-            self.metrics.registry_checks.labels("error").inc()
+            refused = isinstance(exc, AccessDeniedError)
+            self.metrics.registry_checks.labels("refused" if refused else "error").inc()
+            self.registry_refusal = one_line(exc) if refused else None
             message = f"could not read {self.source.describe()}: {one_line(exc)}"
             return self._failed(message, check=True)
         self.metrics.registry_checks.labels("ok").inc()
+        self.registry_refusal = None
 
         current = self._current
         if ref is None:
@@ -235,6 +258,8 @@ class ModelHolder:
         try:
             engine = self.source.load(ref)
         except Exception as exc:
+            if isinstance(exc, AccessDeniedError):
+                self.registry_refusal = one_line(exc)
             keeping = f"; still serving {current.ref.ref}" if current else ""
             return self._failed(f"could not load {ref.ref}: {one_line(exc)}{keeping}")
 

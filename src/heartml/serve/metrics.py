@@ -119,14 +119,15 @@ class ServeMetrics:
         )
         self.registry_checks = Counter(
             "heartml_registry_checks_total",
-            "Looks at the registry (or the model directory) for the champion, by result.",
+            "Looks at the registry (or the model directory) for the champion, by result: ok, "
+            "refused (the registry refused the serving account: 401 or 403) or error.",
             ["result"],
             registry=r,
         )
         # Pre-create the label sets dashboards expect, so they read 0 rather than nothing.
         for result in ("success", "failure"):
             self.reloads.labels(result)
-        for result in ("ok", "error"):
+        for result in ("ok", "refused", "error"):
             self.registry_checks.labels(result)
         for prediction in ("0", "1"):
             self.predictions.labels(prediction)

@@ -150,6 +150,12 @@ class ModelInfo(BaseModel):
     last_check_at: str | None
     last_check: str | None = Field(description="Outcome of the last look at the registry")
     last_error: str | None = Field(description="The last failed check or load, if any")
+    registry_refusal: str | None = Field(
+        default=None,
+        description="Set while the registry refuses the serving account (HTTP 401: wrong or "
+        "missing password, 403: no permission): the model above keeps serving, promotions are "
+        "not followed",
+    )
     reloads: int = Field(description="Successful loads since start")
     failed_reloads: int
 
@@ -162,6 +168,11 @@ class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     model: str | None = None
     reason: str | None = None
+    warning: str | None = Field(
+        default=None,
+        description="Ready, but the registry refuses the serving account: promotions are not "
+        "followed until its credentials are fixed",
+    )
 
 
 class ReloadResult(BaseModel):

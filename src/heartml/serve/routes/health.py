@@ -21,7 +21,8 @@ async def health() -> Response:
 @router.get(
     "/ready",
     response_model=Readiness,
-    summary="Readiness: 200 once a model is loaded, 503 with the reason before",
+    summary="Readiness: 200 once a model is loaded, 503 with the reason before; a warning "
+    "when the registry refuses the serving account (the loaded model keeps serving)",
     responses={503: {"model": Readiness, "description": "No model loaded yet"}},
 )
 async def ready(holder: HolderDep) -> Response:
@@ -30,4 +31,6 @@ async def ready(holder: HolderDep) -> Response:
         return json_response(
             {"status": "not ready", "model": None, "reason": holder.not_ready_reason()}, 503
         )
-    return json_response({"status": "ready", "model": served.ref.ref, "reason": None})
+    return json_response(
+        {"status": "ready", "model": served.ref.ref, "reason": None, "warning": holder.warning()}
+    )

@@ -30,6 +30,7 @@ def model_info(holder: ModelHolder) -> dict[str, Any] | None:
         "last_check_at": holder.last_check_at,
         "last_check": holder.last_check,
         "last_error": holder.last_error,
+        "registry_refusal": holder.registry_refusal,
         "reloads": holder.reloads,
         "failed_reloads": holder.failed_reloads,
     }
