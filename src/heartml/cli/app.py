@@ -21,6 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from heartml.cli.common import EXIT_ERROR, EXIT_OK, setup_logging
 from heartml.cli.data import data_app
+from heartml.cli.monitor import monitor
 from heartml.cli.promote import PROMOTE_HELP, promote
 from heartml.cli.serve import export, serve
 from heartml.cli.store import store_app
@@ -88,6 +89,7 @@ app.command(name="promote", help=PROMOTE_HELP, no_args_is_help=False)(promote)
 app.command()(serve)
 app.command()(export)
 app.add_typer(store_app, name="store")
+app.command()(monitor)
 
 promote_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 promote_app.command(cls=HeartmlCommand, help=PROMOTE_HELP)(promote)
