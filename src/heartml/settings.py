@@ -8,10 +8,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 UCI_BASE_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease"
+
+AUTO = "auto"
+OFF = "off"
+
+
+def parse_shadow_setting(value: str) -> tuple[str, int] | str:
+    """``auto``, ``off``, or ``(name, version)`` for ``NAME/VERSION``; ValueError otherwise."""
+    text = value.strip()
+    if text.lower() in (AUTO, OFF):
+        return text.lower()
+    name, sep, version = text.rpartition("/")
+    if not sep or not name or not version.isdigit() or int(version) < 1:
+        raise ValueError(f"HEARTML_SHADOW must be auto, off or NAME/VERSION, not {value!r}")
+    return name, int(version)
 
 
 class Settings(BaseSettings):
@@ -93,6 +107,37 @@ class Settings(BaseSettings):
         "still routed to a terminating pod are answered (Kubernetes: a few seconds; this plus "
         "the 10 s graceful close must stay below terminationGracePeriodSeconds).",
     )
+
+    # --- live evidence (shadow challenger, prediction log, drift) ----------------------------
+    shadow: str = Field(
+        default="auto",
+        description="Challenger scored in the shadow of every answer: auto (the best-tagged "
+        "version when it is not the champion), off, or NAME/VERSION.",
+    )
+    prediction_log_dir: Path | None = Field(
+        default=None,
+        description="Append every answered row to JSON-lines files here (0600); unset: no log.",
+    )
+    prediction_log_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=4096, description="A log file is rotated past this size."
+    )
+    drift_window: int = Field(
+        default=500,
+        ge=10,
+        le=100_000,
+        description="Recent requests' rows compared with the training profile (PSI, missing).",
+    )
+    background_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Rows waiting for the shadow or the log writer; beyond, dropped and counted.",
+    )
+
+    @field_validator("shadow")
+    @classmethod
+    def _check_shadow(cls, value: str) -> str:
+        parsed = parse_shadow_setting(value)
+        return parsed if isinstance(parsed, str) else f"{parsed[0]}/{parsed[1]}"
 
     @property
     def is_local_store(self) -> bool:

@@ -109,6 +109,8 @@ def log_candidate(
     import mlflow
     from mlflow.models import infer_signature
 
+    from heartml.profile import write_profile
+
     model_name = f"{settings.model_prefix}{candidate.name}"
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=candidate.name, nested=True, tags=lineage
@@ -152,12 +154,17 @@ def log_candidate(
                 pyfunc_predict_fn="predict_proba",
                 # Explicit requirements: inferring them would re-import the model in a subprocess.
                 pip_requirements=pip_requirements(),
-                # The ONNX graph and its probe, inside the model directory (heartml.onnx_model).
-                extra_files=onnx_files(candidate.onnx, Path(staging)),
+                # The ONNX graph and its probe, inside the model directory (heartml.onnx_model),
+                # and the training rows' profile that serving measures drift against.
+                extra_files=[
+                    *onnx_files(candidate.onnx, Path(staging)),
+                    profile := write_profile(x_train.to_numpy(dtype="float64"), Path(staging)),
+                ],
                 # MLflow loads the saved model through pyfunc and scores the input example before
                 # registering it: every registered version is known to load the way serving loads.
                 registered_model_name=model_name,
             )
+            mlflow.log_artifact(profile)  # also on the run, beside the plots
     version = str(info.registered_model_version)
     return CandidateResult(candidate.name, candidate.metrics, run.info.run_id, model_name, version)
 

@@ -28,6 +28,16 @@ CONTRACT_METRICS = {
     "heartml_model_loaded",
     "heartml_model_reloads_total",
     "heartml_registry_checks_total",
+    # live evidence (heartml.serve.livemetrics)
+    "heartml_feature_psi",
+    "heartml_feature_missing_ratio",
+    "heartml_drift_window_rows",
+    "heartml_shadow_predictions_total",
+    "heartml_shadow_disagreements_total",
+    "heartml_shadow_abs_diff",
+    "heartml_shadow_info",
+    "heartml_background_dropped_total",
+    "heartml_prediction_log_records_total",
 }
 CONFIGMAP_KEYS = {
     "MLFLOW_TRACKING_URI",
@@ -44,6 +54,8 @@ CONFIGMAP_KEYS = {
     "HEARTML_LOG_LEVEL",
     "HEARTML_MIN_ROC_AUC",
     "HEARTML_PROMOTION_TOLERANCE",
+    "HEARTML_SHADOW",
+    "HEARTML_DRIFT_WINDOW",
     "HEARTML_SHUTDOWN_DELAY_S",
 }
 JENKINS_STAGES = [
@@ -378,6 +390,9 @@ def test_dashboard_shows_traffic_latency_predictions_and_model() -> None:
         assert f"histogram_quantile({quantile}," in joined
     assert "sum by (prediction) (rate(heartml_predictions_total" in joined
     assert "heartml_model_info" in joined and "heartml_model_version" in joined
+    for evidence in ("heartml_feature_psi", "heartml_shadow_disagreements_total"):
+        assert evidence in joined
+    assert "heartml_background_dropped_total" in joined
     assert all(panel["datasource"]["uid"] == "prometheus" for panel in dashboard["panels"])
     for path in (
         MONITORING / "grafana-datasources.yaml",

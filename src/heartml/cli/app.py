@@ -22,6 +22,7 @@ from typer.core import TyperCommand, TyperGroup
 from heartml.cli.accounts import registry_app
 from heartml.cli.common import EXIT_ERROR, EXIT_OK, setup_logging
 from heartml.cli.data import data_app
+from heartml.cli.monitor import monitor
 from heartml.cli.promote import PROMOTE_HELP, promote
 from heartml.cli.serve import export, serve
 from heartml.cli.store import store_app
@@ -90,6 +91,7 @@ app.command()(serve)
 app.command()(export)
 app.add_typer(store_app, name="store")
 app.add_typer(registry_app, name="registry")
+app.command()(monitor)
 
 promote_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 promote_app.command(cls=HeartmlCommand, help=PROMOTE_HELP)(promote)

@@ -15,9 +15,10 @@ from pydantic.json_schema import models_json_schema
 
 import heartml
 from heartml.serve.deps import error_entries, json_response
+from heartml.serve.evidence import LiveEvidence
 from heartml.serve.holder import ModelHolder, ModelSource, source_for
 from heartml.serve.metrics import ServeMetrics
-from heartml.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
+from heartml.serve.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from heartml.serve.routes import admin, health, model, predict, schema
 from heartml.serve.routes import metrics as metrics_routes
 from heartml.serve.schemas import BatchRequest, PatientFeatures
@@ -43,16 +44,24 @@ def create_app(
     ``follow=False`` skips the background loader (tests drive ``app.state.holder.check()``).
     """
     metrics = ServeMetrics()
-    holder = ModelHolder(source or source_for(settings), metrics, settings.reload_interval_s)
+    evidence = LiveEvidence(settings, metrics.registry)
+    holder = ModelHolder(
+        source or source_for(settings),
+        metrics,
+        settings.reload_interval_s,
+        on_check=evidence.follow,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        evidence.start()
         if follow:
             holder.start()
         try:
             yield
         finally:
             holder.stop()
+            evidence.close()  # after the last request: what was answered gets written
 
     app = FastAPI(
         title="heartml",
@@ -63,6 +72,7 @@ def create_app(
     app.state.settings = settings
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.evidence = evidence
 
     for router in (
         predict.router,  # first: the router tries routes in order, and these are the hot ones
@@ -93,6 +103,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s too
 
     def openapi() -> dict[str, Any]:

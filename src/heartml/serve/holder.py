@@ -27,6 +27,9 @@ from heartml.errors import one_line
 from heartml.registry import AccessDeniedError, ModelCard, utc_now_iso
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from heartml.profile import ReferenceProfile
     from heartml.serve.engine import Engine
     from heartml.serve.metrics import ServeMetrics
     from heartml.settings import Settings
@@ -57,10 +60,19 @@ class ModelRef(ModelCard):
 
 
 @dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model's engine and, when training stored one, its reference profile (for drift)."""
+
+    engine: Engine
+    profile: ReferenceProfile | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServedModel:
     ref: ModelRef
     engine: Engine
     loaded_at: str
+    profile: ReferenceProfile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +92,8 @@ class ModelSource(Protocol):
         """The model that should be served now (None: there is none); raises on failure."""
         ...
 
-    def load(self, ref: ModelRef) -> Engine:
-        """The inference engine of ``ref``, ready to serve."""
+    def load(self, ref: ModelRef) -> Engine | LoadedModel:
+        """The inference engine of ``ref``, ready to serve (with its profile, when known)."""
         ...
 
 
@@ -107,14 +119,16 @@ class RegistrySource:
             return None
         return ModelRef(**champion.card.card_fields(), source="registry", uri=champion.uri)
 
-    def load(self, ref: ModelRef) -> Engine:
+    def load(self, ref: ModelRef) -> LoadedModel:
+        return self.load_model(ref)
+
+    def load_model(self, ref: ModelRef) -> LoadedModel:
         import tempfile
 
         import mlflow.artifacts
 
         from heartml.registry import configure_mlflow
         from heartml.registry.mlflow_io import access_denial
-        from heartml.serve.engine import load_engine
 
         configure_mlflow(self.settings)
         # The engine holds what it needs in memory: the downloaded files can go.
@@ -126,7 +140,7 @@ class RegistrySource:
                 if denied is None:
                     raise
                 raise denied from exc
-            return load_engine(Path(path))
+            return load_model_dir(Path(path))
 
 
 class DirectorySource:
@@ -151,10 +165,16 @@ class DirectorySource:
             stamp=info.exported_at,
         )
 
-    def load(self, ref: ModelRef) -> Engine:
-        from heartml.serve.engine import load_engine
+    def load(self, ref: ModelRef) -> LoadedModel:
+        return load_model_dir(Path(ref.uri))
 
-        return load_engine(Path(ref.uri))
+
+def load_model_dir(model_dir: Path) -> LoadedModel:
+    """The engine of an MLflow model directory and the reference profile stored with it."""
+    from heartml.profile import read_profile
+    from heartml.serve.engine import load_engine
+
+    return LoadedModel(load_engine(model_dir), read_profile(model_dir))
 
 
 def source_for(settings: Settings) -> ModelSource:
@@ -163,7 +183,7 @@ def source_for(settings: Settings) -> ModelSource:
     return RegistrySource(settings)
 
 
-def _freeze_heap() -> None:
+def freeze_heap() -> None:
     """Move everything alive now (MLflow, scikit-learn, the model) out of the GC's sight.
 
     Otherwise every full collection walks those millions of objects: a 100+ ms pause, every
@@ -179,9 +199,16 @@ class ModelHolder:
     """The served model, the background thread that replaces it, and what happened so far."""
 
     def __init__(
-        self, source: ModelSource, metrics: ServeMetrics, reload_interval_s: float
+        self,
+        source: ModelSource,
+        metrics: ServeMetrics,
+        reload_interval_s: float,
+        on_check: Callable[[ServedModel | None], None] | None = None,
     ) -> None:
         self.source = source
+        # Called after every look, in the same thread, with the model then served: how the
+        # shadowed challenger and the drift reference follow promotions.
+        self.on_check = on_check
         self.metrics = metrics
         self.reload_interval_s = reload_interval_s
         self._current: ServedModel | None = None
@@ -227,7 +254,10 @@ class ModelHolder:
     def check(self) -> CheckOutcome:
         """Look at the source once; load and swap in a different model. Never raises."""
         with self._check_lock:
-            return self._check()
+            outcome = self._check()
+            if self.on_check is not None:
+                self.on_check(self._current)
+            return outcome
 
     def _check(self) -> CheckOutcome:
         self.last_check_at = utc_now_iso(timespec="milliseconds")
@@ -256,13 +286,16 @@ class ModelHolder:
 
         started = time.perf_counter()
         try:
-            engine = self.source.load(ref)
+            loaded = self.source.load(ref)
         except Exception as exc:
             if isinstance(exc, AccessDeniedError):
                 self.registry_refusal = one_line(exc)
             keeping = f"; still serving {current.ref.ref}" if current else ""
             return self._failed(f"could not load {ref.ref}: {one_line(exc)}{keeping}")
 
+        if not isinstance(loaded, LoadedModel):
+            loaded = LoadedModel(loaded)
+        engine = loaded.engine
         previous = current.ref.ref if current else None
         message = (
             f"loaded {ref.ref} from {ref.source} in {time.perf_counter() - started:.2f} s "
@@ -275,9 +308,12 @@ class ModelHolder:
         self.metrics.reloads.labels("success").inc()
         self.metrics.show_model(ref.name, ref.version, ref.source)
         self._current = ServedModel(
-            ref=ref, engine=engine, loaded_at=utc_now_iso(timespec="milliseconds")
+            ref=ref,
+            engine=engine,
+            loaded_at=utc_now_iso(timespec="milliseconds"),
+            profile=loaded.profile,
         )
-        _freeze_heap()
+        freeze_heap()
         logger.info(message)
         return CheckOutcome("reloaded", message)
 

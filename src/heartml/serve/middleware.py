@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.exceptions import HTTPException
 
 from heartml.serve.metrics import KNOWN_ENDPOINTS
+from heartml.serve.predlog import request_id
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -109,3 +110,38 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+REQUEST_ID_KEY = "heartml.request_id"
+
+
+class RequestIdMiddleware:
+    """Give every request an id: the client's ``X-Request-ID`` when sane, else a new one.
+
+    The id is in ``scope[REQUEST_ID_KEY]`` for the routes (the prediction log records it) and
+    in the response's ``X-Request-ID`` header, so a client can quote it (labels for the
+    monitor report, a support ticket).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given = value
+                break
+        rid = request_id(given)
+        scope[REQUEST_ID_KEY] = rid
+        header = (b"x-request-id", rid.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

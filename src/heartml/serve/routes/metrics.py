@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from heartml.serve.deps import MetricsDep
@@ -16,6 +16,7 @@ router = APIRouter(tags=["metrics"])
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
-async def get_metrics(metrics: MetricsDep) -> Response:
+async def get_metrics(request: Request, metrics: MetricsDep) -> Response:
+    request.app.state.evidence.refresh()  # the drift gauges, from the window as it is now
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from heartml.serve.deps import HolderDep, json_response, problem
+from heartml.serve.evidence_schemas import LiveModelInfo
 from heartml.serve.holder import ModelHolder
-from heartml.serve.schemas import ModelInfo, Problem
+from heartml.serve.schemas import Problem
 
 router = APIRouter(tags=["model"])
 
@@ -38,12 +39,16 @@ def model_info(holder: ModelHolder) -> dict[str, Any] | None:
 
 @router.get(
     "/model",
-    response_model=ModelInfo,
-    summary="The served model: name, version, run, score, provenance, reload status",
+    response_model=LiveModelInfo,
+    summary="The served model: name, version, run, score, provenance, reload status, and the "
+    "shadowed challenger's agreement and input drift so far",
     responses={503: {"model": Problem, "description": "No model loaded yet"}},
 )
-async def get_model(holder: HolderDep) -> Response:
+async def get_model(request: Request, holder: HolderDep) -> Response:
     info = model_info(holder)
     if info is None:
         return problem(503, holder.not_ready_reason())
-    return json_response(info)
+    evidence = request.app.state.evidence
+    return json_response(
+        {**info, "shadow": evidence.shadow.describe(), "drift": evidence.describe()}
+    )

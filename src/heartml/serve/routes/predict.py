@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from heartml.serve.deps import JSONBytes, json_response, problem, validation_problem
+from heartml.serve.middleware import REQUEST_ID_KEY
 from heartml.serve.schemas import (
     LABELS,
     BatchPrediction,
@@ -118,6 +119,7 @@ async def predict(request: Request) -> Response:
         return problem(503, state.holder.not_ready_reason())
     row = np.array([tuple(patient.__dict__.values())], dtype=np.float64)
     [predicted], [probability] = classify(served, row, state.metrics)
+    state.evidence.record(request.scope[REQUEST_ID_KEY], served, row, [predicted], [probability])
     return json_response(
         {
             "prediction": predicted,
@@ -160,6 +162,7 @@ async def predict_batch(request: Request) -> Response:
         return problem(503, state.holder.not_ready_reason())
     rows = np.array([tuple(p.__dict__.values()) for p in batch.instances], dtype=np.float64)
     classes, probabilities = classify(served, rows, state.metrics)
+    state.evidence.record(request.scope[REQUEST_ID_KEY], served, rows, classes, probabilities)
     name, version = served.ref.name, served.ref.version
     predictions = [
         {

@@ -1,0 +1,66 @@
+"""`heartml monitor`: the prediction log as an HTML report with plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from heartml.cli.common import fail, load_settings, user_errors
+
+
+def monitor(
+    log: Annotated[
+        Path | None,
+        typer.Option(
+            "--log", help="Prediction-log directory (default: HEARTML_PREDICTION_LOG_DIR)."
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="CSV of outcomes, columns request_id,outcome (0/1) and optionally row: adds "
+            "live ROC-AUC and calibration of the champion and the shadow.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Where to write the self-contained HTML report.")
+    ] = Path("monitor-report.html"),
+    window: Annotated[
+        int, typer.Option("--window", min=10, help="Rows per PSI window (the server's default).")
+    ] = 500,
+) -> None:
+    """Write an HTML report of the prediction log: drift, predictions, live performance."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from heartml.monitor import MonitorError, read_labels, read_log, render_report, summarise
+
+    directory = log or load_settings().prediction_log_dir
+    if directory is None:
+        fail("no prediction log: pass --log DIR or set HEARTML_PREDICTION_LOG_DIR")
+    console = Console(stderr=True)
+    with user_errors():
+        try:
+            with Progress(
+                TextColumn("reading the log"),
+                BarColumn(),
+                DownloadColumn(),
+                console=console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("read", total=None)
+                data = read_log(
+                    directory, lambda done, total: bar.update(task, completed=done, total=total)
+                )
+            summary = summarise(data, read_labels(labels) if labels else None, window)
+            page = render_report(summary)
+        except MonitorError as exc:
+            fail(str(exc))
+        try:
+            out.write_text(page, encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror}")
+    typer.echo(f"wrote {out} ({len(data.records)} records, {len(page) // 1024} KiB)")

@@ -1,0 +1,141 @@
+"""Live evidence, wired: what the prediction routes hand over after answering, and where it goes.
+
+``LiveEvidence.record`` is the one call a prediction route makes once its answer is known. On
+the request path it only copies the rows into the drift window and offers one small object to
+a queue; the challenger's scoring and the log's writing happen in their own threads::
+
+    request ──answer──> client
+       └─ record ─> drift window (ring buffer)
+                 └─> shadow queue ─(challenger scores)─> prediction-log queue ─> JSONL files
+                     (full, or no challenger: straight to the prediction-log queue)
+
+``follow`` runs after each look the model holder takes at the registry: the drift reference
+becomes the served model's training profile and the shadow chooses its challenger again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from heartml.serve.drift import MIN_ROWS, DriftWindow
+from heartml.serve.livemetrics import LiveMetrics
+from heartml.serve.predlog import Answered, PredictionLog
+from heartml.serve.shadow import Shadow
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+    from prometheus_client import CollectorRegistry
+
+    from heartml.serve.holder import ServedModel
+    from heartml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Of the drain: how long a clean shutdown may spend writing what is still queued.
+FLUSH_TIMEOUT_S = 5.0
+
+
+class LiveEvidence:
+    """The drift window, the shadowed challenger and the prediction log of one app."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        self.metrics = LiveMetrics(registry)
+        self.drift = DriftWindow(settings.drift_window, self.metrics)
+        self.log: PredictionLog | None = None
+        if settings.prediction_log_dir is not None:
+            self.log = PredictionLog(
+                settings.prediction_log_dir,
+                settings.prediction_log_max_bytes,
+                settings.background_queue_size,
+                self.metrics,
+            )
+        self.shadow = Shadow(
+            settings,
+            self.metrics,
+            settings.background_queue_size,
+            forward=None if self.log is None else self.log.offer,
+        )
+        self._served: tuple[str, int] | None = None
+
+    # --- the request path ------------------------------------------------------------------
+
+    def record(
+        self,
+        request_id: str,
+        served: ServedModel,
+        rows: NDArray[np.float64],
+        classes: list[int],
+        probabilities: list[float],
+    ) -> None:
+        """Hand an answered request over (rows as received, NaN = missing). Never blocks."""
+        self.drift.add(rows)
+        shadowing = self.shadow.current is not None
+        if not shadowing and self.log is None:
+            return
+        profile = served.profile
+        answered = Answered(
+            request_id=request_id,
+            time=time.time(),
+            model_name=served.ref.name,
+            model_version=served.ref.version,
+            rows=rows,
+            classes=classes,
+            probabilities=probabilities,
+            impute_values=None if profile is None else profile.impute_values,
+        )
+        if shadowing and self.shadow.offer(answered):
+            return
+        if self.log is not None:
+            self.log.offer(answered)  # full queue: dropped and counted there
+
+    # --- following the served model (the holder's reload thread) ---------------------------
+
+    def follow(self, served: ServedModel | None) -> None:
+        key = None if served is None else (served.ref.name, served.ref.version)
+        if key != self._served:
+            self._served = key
+            self.drift.use_profile(None if served is None else served.profile)
+            if served is not None and served.profile is None:
+                logger.warning(
+                    "%s has no reference profile (trained before heartml stored one): "
+                    "input drift is not measured",
+                    served.ref.ref,
+                )
+            if self.log is not None and served is not None and served.profile is not None:
+                try:
+                    self.log.write_reference(served.ref.name, served.ref.version, served.profile)
+                except OSError as exc:
+                    logger.warning("could not write the reference profile to the log: %s", exc)
+        self.shadow.follow(served)
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.log is not None:
+            self.log.start()
+        self.shadow.start()
+
+    def close(self) -> None:
+        """Score and write everything queued, then stop (the app's shutdown, after the drain)."""
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        self.shadow.close(max(0.1, deadline - time.monotonic()))
+        if self.log is not None:
+            self.log.close(max(0.1, deadline - time.monotonic()))
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/model`` shows under ``drift`` (the shadow has its own entry)."""
+        profile = self.drift.profile
+        return {
+            "window": self.drift.size,
+            "rows": self.drift.rows,
+            "psi_from_rows": min(MIN_ROWS, self.drift.size),
+            "reference_rows": None if profile is None else profile.rows,
+            "psi": dict(self.drift.psi),
+        }
+
+    def refresh(self) -> None:
+        """Recompute the drift gauges (before ``/metrics`` answers)."""
+        self.drift.update()

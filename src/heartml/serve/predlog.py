@@ -1,0 +1,211 @@
+"""The prediction log: one JSON line per answered row, written off the request path.
+
+Opt-in (these are health data): ``HEARTML_PREDICTION_LOG_DIR`` names the directory; unset, no
+record is ever built. Each worker process appends to its own file,
+``predictions-<UTC start>-<pid>-<n>.jsonl``, created 0600 (the service user only) and rotated
+when it passes ``HEARTML_PREDICTION_LOG_MAX_BYTES``. Files are only ever appended to and, once
+rotated, never touched again: a shipper or a data team can pick them up as they close.
+
+JSON lines rather than Parquet: a record is durable as soon as its line is written (a Parquet
+file is readable only once its footer is, so a crash would lose the whole open file), a line is
+written without buffering thousands of rows in memory, the serving image needs no pyarrow, and
+``jq``, ``pandas.read_json(lines=True)``, DuckDB and Spark all read it as it is.
+
+Each record::
+
+    {"request_id": "...", "row": 0, "time": "2026-...Z", "seq": 17,
+     "model_name": "heart-disease-svm", "model_version": 3,
+     "features": {"age": 63, ..., "ca": null},          # as received (null = not given)
+     "imputed_features": {"age": 63, ..., "ca": 0.0},   # what the model saw
+     "probability": 0.71, "prediction": 1,
+     "shadow_model": "heart-disease-knn/2", "shadow_probability": 0.64}
+
+``seq`` counts the records of one process: a gap in it is a record that never reached the disk
+(a drop, or a crash before the writer got to it). When a served model's training profile is
+known, ``reference-<name>-v<version>.json`` is written beside the records once, so that the
+monitor report needs nothing but this directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from heartml.profile import ReferenceProfile, impute_rows
+from heartml.schema import FEATURE_NAMES
+from heartml.serve.background import BackgroundQueue
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from heartml.serve.livemetrics import LiveMetrics
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's own id is kept when it is a plain token that cannot forge a log line or a header.
+_SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
+FILE_MODE = 0o600
+
+
+def request_id(client_value: bytes | None) -> str:
+    """The client's ``X-Request-ID`` when it is a sane token, else a new random one."""
+    if client_value:
+        try:
+            text = client_value.decode("ascii")
+        except UnicodeDecodeError:
+            text = ""
+        if _SANE_ID.fullmatch(text):
+            return text
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """What one request was answered with: built on the request path from what it had."""
+
+    request_id: str
+    time: float  # epoch seconds
+    model_name: str
+    model_version: int
+    rows: NDArray[np.float64]  # as received, NaN = missing
+    classes: list[int]
+    probabilities: list[float]
+    impute_values: NDArray[np.float64] | None
+    shadow_model: str | None = None
+    shadow_probabilities: list[float] | None = None
+
+
+def _values(row: NDArray[np.float64]) -> dict[str, float | int | None]:
+    out: dict[str, float | int | None] = {}
+    for name, value in zip(FEATURE_NAMES, row.tolist(), strict=True):
+        if math.isnan(value):  # the field was not given
+            out[name] = None
+        elif value.is_integer():
+            out[name] = int(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _timestamp(seconds: float) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        + f".{int(seconds % 1 * 1000):03d}Z"
+    )
+
+
+def records_of(answered: Answered, first_seq: int) -> list[dict[str, Any]]:
+    """The log records of one answered request, one per row."""
+    rows = answered.rows
+    imputed = rows if answered.impute_values is None else impute_rows(rows, answered.impute_values)
+    stamp = _timestamp(answered.time)
+    records = []
+    for i in range(len(rows)):
+        record: dict[str, Any] = {
+            "request_id": answered.request_id,
+            "row": i,
+            "time": stamp,
+            "seq": first_seq + i,
+            "model_name": answered.model_name,
+            "model_version": answered.model_version,
+            "features": _values(rows[i]),
+            "imputed_features": _values(imputed[i]),
+            "probability": answered.probabilities[i],
+            "prediction": answered.classes[i],
+        }
+        if answered.shadow_model is not None and answered.shadow_probabilities is not None:
+            record["shadow_model"] = answered.shadow_model
+            record["shadow_probability"] = answered.shadow_probabilities[i]
+        records.append(record)
+    return records
+
+
+class PredictionLog:
+    """Append-only JSON-lines files in ``directory``, written by one background thread."""
+
+    def __init__(
+        self, directory: Path, max_bytes: int, queue_size: int, metrics: LiveMetrics
+    ) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+        self.queue: BackgroundQueue[Answered] = BackgroundQueue(
+            "predlog", self._write, queue_size, metrics.dropped.labels("predlog").inc
+        )
+        self._prefix = f"predictions-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+        self._part = 0
+        self._fd: int | None = None
+        self._size = 0
+        self._seq = 0
+        self.written = 0
+        self.path: Path | None = None
+        self._references: set[str] = set()
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.queue.start()
+
+    def offer(self, answered: Answered) -> bool:
+        return self.queue.offer(answered)
+
+    def close(self, timeout: float) -> None:
+        """Write everything queued (SIGTERM: within the drain), then close the file."""
+        flushed = self.queue.close(timeout)
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        if not flushed:
+            logger.warning(
+                "prediction log: %d records not written before the deadline", self.queue.pending
+            )
+        logger.info(
+            "prediction log: %d records written, %d dropped", self.written, self.queue.dropped
+        )
+
+    def write_reference(self, name: str, version: int, profile: ReferenceProfile) -> None:
+        """The served model's training profile beside the records (once per model)."""
+        path = self.directory / f"reference-{name}-v{version}.json"
+        if path.name in self._references or path.exists():
+            self._references.add(path.name)
+            return
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(profile.as_dict(), out)
+        self._references.add(path.name)
+
+    # --- the writer thread -----------------------------------------------------------------
+
+    def _open(self) -> int:
+        self._part += 1
+        self.path = self.directory / f"{self._prefix}-{self._part:04d}.jsonl"
+        self._size = 0
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+
+    def _write(self, batch: list[Answered]) -> None:
+        lines: list[str] = []
+        for answered in batch:
+            records = records_of(answered, self._seq)
+            self._seq += len(records)
+            lines.extend(json.dumps(r, separators=(",", ":")) for r in records)
+        data = ("\n".join(lines) + "\n").encode()
+        if self._fd is None or self._size >= self.max_bytes:
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = self._open()
+        os.write(self._fd, data)
+        self._size += len(data)
+        self.written += len(lines)
+        self.metrics.log_written.inc(len(lines))

@@ -1,0 +1,308 @@
+"""The shadowed challenger: a second model that scores every answered row, off the request path.
+
+Which model, by ``HEARTML_SHADOW``:
+
+* ``auto`` (default): the family's ``best_model=true`` version when it is not the champion, a
+  retrain the gate refused or one waiting for a person; none when the best is the champion.
+  A server of an exported model has no registry to ask, so ``auto`` shadows nothing there.
+* ``NAME/VERSION``: that version (read from the registry, also by a server of an export).
+* ``off``: none.
+
+The champion answers alone. The request hands its rows and its answer to a bounded queue
+(:mod:`heartml.serve.background`); one thread scores them with the challenger in batches,
+counts agreement, and passes each answer on to the prediction log with the challenger's
+probability. When the queue is full the rows are not shadowed (counted in
+``heartml_background_dropped_total{queue="shadow"}``) and the answer goes to the log without
+a shadow probability.
+
+The challenger is chosen again after every look the model holder takes at the registry, so it
+follows promotions: promote the challenger and it becomes the champion, and ``auto`` shadows
+the next best-tagged version, if any. Agreement on ``/model`` is counted per pair of champion
+and challenger; the Prometheus counters run on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from heartml.errors import one_line
+from heartml.registry import utc_now_iso
+from heartml.serve.background import BackgroundQueue
+from heartml.serve.holder import ModelRef, ServedModel, freeze_heap
+from heartml.settings import AUTO, OFF, parse_shadow_setting
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from heartml.registry import FamilyState, VersionInfo
+    from heartml.serve.holder import LoadedModel
+    from heartml.serve.livemetrics import LiveMetrics
+    from heartml.serve.predlog import Answered
+    from heartml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def choose_challenger(
+    state: FamilyState, setting: str, champion: tuple[str, int] | None
+) -> tuple[VersionInfo | None, str]:
+    """The version to shadow under ``setting`` while ``champion`` serves, and why (pure)."""
+    from heartml.registry import NotFoundError
+
+    wanted = parse_shadow_setting(setting)
+    if wanted == OFF:
+        return None, "shadowing is off (HEARTML_SHADOW=off)"
+    if wanted == AUTO:
+        try:
+            best = state.best_tagged()
+        except NotFoundError:
+            return None, "no version is tagged best_model=true"
+        if (best.name, best.version) == champion:
+            return None, f"the best-tagged version {best.ref} is the champion"
+        return best, f"{best.ref} is tagged best_model=true and is not the champion"
+    if isinstance(wanted, str):
+        raise ValueError(f"unknown HEARTML_SHADOW value {wanted!r}")
+    name, version = wanted
+    if (name, version) == champion:
+        return None, f"{name}/{version} (HEARTML_SHADOW) is the champion"
+    try:
+        return state.find(name, version), f"{name}/{version} is named by HEARTML_SHADOW"
+    except NotFoundError as exc:
+        return None, f"HEARTML_SHADOW names {name}/{version}: {exc}"
+
+
+@dataclass(frozen=True, slots=True)
+class PairStats:
+    """Agreement of one champion and one challenger so far."""
+
+    champion: str
+    challenger: str
+    since: str
+    rows: int = 0
+    disagreements: int = 0
+    abs_diff_sum: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "since": self.since,
+            "rows": self.rows,
+            "disagreements": self.disagreements,
+            "agreement": None if not self.rows else 1 - self.disagreements / self.rows,
+            "mean_abs_diff": None if not self.rows else self.abs_diff_sum / self.rows,
+        }
+
+
+class Shadow:
+    """The challenger being shadowed, how it is chosen, and the thread that scores with it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: LiveMetrics,
+        queue_size: int,
+        forward: Callable[[Answered], object] | None,
+        load: Callable[[ModelRef], LoadedModel] | None = None,
+        read_state: Callable[[], FamilyState] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.setting = settings.shadow
+        self.metrics = metrics
+        self.forward = forward
+        # Replaceable (tests): how a challenger is loaded, how the family is read.
+        self.loader = load or self._load_from_registry
+        self.state_reader = read_state or self._read_registry
+        self.queue: BackgroundQueue[Answered] = BackgroundQueue(
+            "shadow", self._score, queue_size, metrics.dropped.labels("shadow").inc
+        )
+        self.current: ServedModel | None = None
+        self.reason = "not chosen yet"
+        self.last_error: str | None = None
+        self.pair: PairStats | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.setting != OFF
+
+    # --- following the registry (the holder's reload thread) -------------------------------
+
+    def follow(self, champion: ServedModel | None) -> None:
+        """Choose and load the challenger for ``champion``. Never raises."""
+        if not self.enabled:
+            self.reason = "shadowing is off (HEARTML_SHADOW=off)"
+            return
+        if self.setting == AUTO and self.settings.model_dir is not None:
+            self.reason = (
+                "serving an export: HEARTML_SHADOW=auto needs the registry (name a version)"
+            )
+            return
+        served = None if champion is None else (champion.ref.name, champion.ref.version)
+        try:
+            chosen, self.reason = choose_challenger(self.state_reader(), self.setting, served)
+        except Exception as exc:
+            self.last_error = f"could not read the registry: {one_line(exc)}"
+            return
+        current = self.current
+        if chosen is None:
+            if current is not None:
+                logger.info("no longer shadowing %s: %s", current.ref.ref, self.reason)
+            self._swap(None, champion)
+            return
+        if current is not None and (current.ref.name, current.ref.version) == (
+            chosen.name,
+            chosen.version,
+        ):
+            self._swap(current, champion)  # same challenger; the champion may be new
+            return
+        ref = ModelRef(**chosen.card.card_fields(), source="registry", uri=chosen.uri)
+        try:
+            loaded = self.loader(ref)
+        except Exception as exc:
+            self.last_error = f"could not load challenger {ref.ref}: {one_line(exc)}"
+            logger.warning(self.last_error)
+            return
+        self.last_error = None
+        served_model = ServedModel(
+            ref=ref,
+            engine=loaded.engine,
+            loaded_at=utc_now_iso(timespec="milliseconds"),
+            profile=loaded.profile,
+        )
+        logger.info("shadowing %s (%s)", ref.ref, self.reason)
+        self._swap(served_model, champion)
+        freeze_heap()
+
+    def _swap(self, challenger: ServedModel | None, champion: ServedModel | None) -> None:
+        with self._lock:
+            self.current = challenger
+            if challenger is None or champion is None:
+                self.pair = None
+            elif self.pair is None or (self.pair.champion, self.pair.challenger) != (
+                champion.ref.ref,
+                challenger.ref.ref,
+            ):
+                self.pair = PairStats(
+                    champion.ref.ref, challenger.ref.ref, utc_now_iso(timespec="seconds")
+                )
+        if challenger is None:
+            self.metrics.show_shadow(None, None)
+        else:
+            self.metrics.show_shadow(challenger.ref.name, challenger.ref.version)
+
+    def _read_registry(self) -> FamilyState:
+        from heartml.registry import read_family
+
+        return read_family(self.settings)
+
+    def _load_from_registry(self, ref: ModelRef) -> LoadedModel:
+        from heartml.serve.holder import RegistrySource
+
+        return RegistrySource(self.settings).load_model(ref)
+
+    # --- scoring (the shadow thread) -------------------------------------------------------
+
+    def offer(self, answered: Answered) -> bool:
+        """Shadow this answer; False when the queue was full (the caller logs it unshadowed)."""
+        return self.queue.offer(answered)
+
+    def _score(self, batch: list[Answered]) -> None:
+        challenger = self.current
+        if challenger is None:
+            self._pass_on(batch)
+            return
+        try:
+            proba = challenger.engine.predict_proba(np.concatenate([a.rows for a in batch]))
+        except Exception as exc:
+            self.metrics.shadow_errors.inc()
+            self.last_error = f"challenger {challenger.ref.ref} failed: {one_line(exc)}"
+            self._pass_on(batch)
+            return
+        theirs = proba[:, 1]
+        their_class = (proba[:, 1] > proba[:, 0]).astype(np.int64)  # ties to 0, as the champion
+        ours = np.concatenate([np.asarray(a.probabilities) for a in batch])
+        our_class = np.concatenate([np.asarray(a.classes, dtype=np.int64) for a in batch])
+        diff = np.abs(ours - theirs)
+        disagree = their_class != our_class
+        rows, disagreements = len(diff), int(disagree.sum())
+        self.metrics.shadow_predictions.inc(rows)
+        if disagreements:
+            self.metrics.shadow_disagreements.inc(disagreements)
+        observe = self.metrics.shadow_abs_diff.observe
+        for value in diff.tolist():
+            observe(value)
+        with self._lock:
+            pair = self.pair
+            if pair is not None and pair.challenger == challenger.ref.ref:
+                # Only the answers of the pair's champion count towards its agreement.
+                mine = np.concatenate(
+                    [
+                        np.full(len(a.rows), f"{a.model_name}/{a.model_version}" == pair.champion)
+                        for a in batch
+                    ]
+                )
+                self.pair = PairStats(
+                    pair.champion,
+                    pair.challenger,
+                    pair.since,
+                    pair.rows + int(mine.sum()),
+                    pair.disagreements + int((disagree & mine).sum()),
+                    pair.abs_diff_sum + float(diff[mine].sum()),
+                )
+        if self.forward is not None:
+            start = 0
+            name = challenger.ref.ref
+            theirs_list = theirs.tolist()
+            for answered in batch:
+                end = start + len(answered.rows)
+                self.forward(_with_shadow(answered, name, theirs_list[start:end]))
+                start = end
+
+    def _pass_on(self, batch: list[Answered]) -> None:
+        if self.forward is not None:
+            for answered in batch:
+                self.forward(answered)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/model`` shows under ``shadow``."""
+        challenger = self.current
+        with self._lock:
+            pair = self.pair
+        return {
+            "setting": self.setting,
+            "challenger": None
+            if challenger is None
+            else {
+                **challenger.ref.card_fields(),
+                "uri": challenger.ref.uri,
+                "engine": challenger.engine.name,
+                "loaded_at": challenger.loaded_at,
+            },
+            "reason": self.reason,
+            "last_error": self.last_error,
+            "agreement": None if pair is None else pair.as_dict(),
+            "dropped": self.queue.dropped,
+            "pending": self.queue.pending,
+        }
+
+    def start(self) -> None:
+        if self.enabled:
+            self.queue.start()
+
+    def close(self, timeout: float) -> None:
+        self.queue.close(timeout)
+
+
+def _with_shadow(answered: Answered, name: str, probabilities: list[float]) -> Answered:
+    from dataclasses import replace
+
+    return replace(answered, shadow_model=name, shadow_probabilities=probabilities)
+
+
+__all__ = ["AUTO", "OFF", "PairStats", "Shadow", "choose_challenger", "parse_shadow_setting"]

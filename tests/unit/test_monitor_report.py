@@ -1,0 +1,115 @@
+"""`heartml monitor` over a log written by the server's own writer: plots, numbers, errors."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from heartml.cli import app
+from heartml.monitor import read_labels, read_log, summarise
+from heartml.profile import build_profile
+from heartml.schema import synthetic_rows
+from heartml.serve.livemetrics import LiveMetrics
+from heartml.serve.predlog import Answered, PredictionLog
+from heartml.stats import roc_auc_interval
+
+ROWS = 600
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 answered rows (the last 300 shifted in age), shadowed, and their outcomes."""
+    from prometheus_client import CollectorRegistry
+
+    root = tmp_path_factory.mktemp("monitor")
+    rng = np.random.default_rng(0)
+    training = synthetic_rows(400, seed=1, missing=0.0)
+    rows = synthetic_rows(ROWS, seed=2, missing=0.02)
+    rows[300:, 0] = np.clip(rows[300:, 0] + 20, 18, 100)
+    champion = rng.uniform(0.05, 0.95, ROWS)
+    shadow = np.clip(champion + rng.normal(0, 0.1, ROWS), 0.01, 0.99)
+    outcome = (rng.uniform(size=ROWS) < champion).astype(int)
+    log = PredictionLog(root / "log", 4096, 1000, LiveMetrics(CollectorRegistry()))
+    log.start()
+    log.write_reference("heart-disease-svm", 3, build_profile(training))
+    for i in range(ROWS):
+        log.offer(
+            Answered(
+                request_id=f"id{i}",
+                time=time.time() + i,
+                model_name="heart-disease-svm",
+                model_version=3,
+                rows=rows[i : i + 1],
+                classes=[int(champion[i] > 0.5)],
+                probabilities=[float(champion[i])],
+                impute_values=build_profile(training).impute_values,
+                shadow_model="heart-disease-knn/2",
+                shadow_probabilities=[float(shadow[i])],
+            )
+        )
+    log.close(10)
+    lines = ["request_id,outcome"] + [f"id{i},{outcome[i]}" for i in range(ROWS)]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    np.save(root / "expected.npy", np.stack([champion, shadow, outcome]))
+    return root
+
+
+def test_the_report_has_every_plot_and_the_live_numbers(log_dir: Path) -> None:
+    out = log_dir / "report.html"
+    result = CliRunner().invoke(
+        app,
+        ["monitor", "--log", str(log_dir / "log"), "--labels", str(log_dir / "labels.csv"),
+         "--out", str(out), "--window", "100"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert len(re.findall(r"<img src='data:image/png;base64,", page)) == 4
+    assert "heart-disease-knn/2" in page and "heart-disease-svm/3" in page
+    champion, shadow, outcome = np.load(log_dir / "expected.npy")
+    for probability in (champion, shadow):
+        assert str(roc_auc_interval(outcome, probability)) in page
+
+    data = read_log(log_dir / "log")
+    assert data.files > 1 and data.lost == 0  # rotated at 4 KiB, nothing missing
+    summary = summarise(data, read_labels(log_dir / "labels.csv"), window=100)
+    assert len(summary.psi) == 6
+    assert summary.psi["age"].iloc[:3].max() < 0.2 < summary.psi["age"].iloc[3:].min()
+    assert [s.rows for s in summary.scores] == [ROWS, ROWS]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--log", "/nonexistent"], "is not a directory"),
+        (["--log", "{empty}"], "holds no prediction log"),
+        (["--log", "{log}", "--labels", "/nonexistent.csv"], "cannot read labels"),
+        (["--log", "{log}", "--labels", "{bad_labels}"], "no column outcome"),
+        (["--log", "{broken}"], "predictions-x-1-0001.jsonl:2: not a prediction record"),
+    ],
+)
+def test_bad_input_is_one_line(
+    log_dir: Path, tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.csv").write_text("id,label\nid1,1\n")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    good = next((log_dir / "log").glob("predictions-*.jsonl")).read_text().splitlines()[0]
+    (broken / "predictions-x-1-0001.jsonl").write_text(good + "\n{not json\n")
+    values = {
+        "empty": tmp_path / "empty",
+        "log": log_dir / "log",
+        "bad_labels": tmp_path / "bad.csv",
+        "broken": broken,
+    }
+    filled = [a.format(**values) for a in args]
+    result = CliRunner().invoke(app, ["monitor", *filled, "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+    assert "Traceback" not in result.output
