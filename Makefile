@@ -74,8 +74,11 @@ test: install ## Install what the tests need (Docker included) and run the whole
 	$(MAKE) --no-print-directory test-containers || rc=1; \
 	exit $$rc
 
+# One pytest-xdist worker per core, a test file per worker at a time: most tests wait on a
+# server or a subprocess, and a file's module fixtures (a server, a trained registry) stay one.
 test-suite: install ## Every test but the container tests, with the coverage floor
-	$(PY) -m pytest -q -p no:cacheprovider -m "not container" --cov --cov-report=
+	$(PY) -m pytest -q -p no:cacheprovider -m "not container" -n auto --maxprocesses 4 \
+	  --dist loadfile --cov --cov-report=
 
 test-containers: install ## The container tests: build the images and run them as the pod would
 	bash deploy/scripts/with-docker.sh $(PY) -m pytest -q -p no:cacheprovider -m container

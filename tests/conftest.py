@@ -6,6 +6,7 @@ shared data folder); tests that need them skip with a reason when no mirror is c
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
@@ -291,14 +292,36 @@ def settings(tmp_path: Path, mirror: Path) -> Settings:
     return make_settings(tmp_path / "store", mirror)
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """A directory built once per run and shared by every pytest-xdist worker: the first worker
+    to ask builds it (under a file lock), the others wait and read it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's temporary root, common to its workers
+    target = base / f"shared-{name}"
+    built = target / ".built"
+    with (base / f"shared-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists():
+            shutil.rmtree(target, ignore_errors=True)  # what a failed build left
+            target.mkdir()
+            build(target)
+            built.touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
     """The Cleveland file fetched and verified once, for the tests that only read it."""
     from heartml.data import download_data
 
-    root = tmp_path_factory.mktemp("data-cache")
-    download_data(make_settings(root, mirror, data_dir=root))
-    return root
+    return built_once(
+        tmp_path_factory,
+        "data-cache",
+        lambda root: download_data(make_settings(root, mirror, data_dir=root)),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -306,9 +329,11 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store MLflow created and migrated, empty: tests copy it (migrating takes seconds)."""
     from mlflow.tracking import MlflowClient
 
-    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}", f"sqlite:///{path}").search_registered_models()
-    return path
+    def migrate(root: Path) -> None:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        MlflowClient(uri, uri).search_registered_models()
+
+    return built_once(tmp_path_factory, "empty-store", migrate) / "mlflow.db"
 
 
 @pytest.fixture(scope="session")
@@ -317,11 +342,12 @@ def trained_root(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path
     from heartml.data import download_data
     from heartml.train import train_candidates
 
-    root = tmp_path_factory.mktemp("trained")
-    settings = make_settings(root, mirror)
-    download_data(settings)
-    train_candidates(settings)
-    return root
+    def train(root: Path) -> None:
+        settings = make_settings(root, mirror)
+        download_data(settings)
+        train_candidates(settings)
+
+    return built_once(tmp_path_factory, "trained", train)
 
 
 @pytest.fixture
