@@ -293,7 +293,7 @@ def settings(tmp_path: Path, mirror: Path) -> Settings:
 
 
 def built_once(
-    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]
 ) -> Path:
     """A directory built once per run and shared by every pytest-xdist worker: the first worker
     to ask builds it (under a file lock), the others wait and read it."""
