@@ -17,7 +17,9 @@ from heartml.predictions import (
 )
 
 
-def cross_validated(seed: int = 0, rows: int = 40, repeats: int = 3, folds: int = 4) -> tuple:
+def cross_validated(
+    seed: int = 0, rows: int = 40, repeats: int = 3, folds: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     ids = np.array([f"cleveland:{i + 1}" for i in range(rows)], dtype=object)
     y = np.tile([0, 1], rows // 2)
