@@ -12,6 +12,7 @@ Importing the package imports no MLflow: each function imports it when it talks 
 
 from heartml.registry.actions import (
     RECONCILE_PASSES,
+    fetch_model_card,
     promote_best,
     promote_version,
     promotion_history,
@@ -22,7 +23,16 @@ from heartml.registry.actions import (
     whoami,
 )
 from heartml.registry.embedded import RepairResult, prepare_sqlite_store, repair_sqlite_store
-from heartml.registry.gate import GateCheck, GateInput, GateVerdict, judge_challenger
+from heartml.registry.gate import (
+    Comparison,
+    GateCheck,
+    GateEvidence,
+    GateInput,
+    GateVerdict,
+    ModelEvidence,
+    Thresholds,
+    judge_challenger,
+)
 from heartml.registry.mlflow_io import (
     call_store,
     configure_mlflow,
@@ -88,13 +98,16 @@ __all__ = [
     "BestTagPlan",
     "BrokenStoreError",
     "Claim",
+    "Comparison",
     "Decision",
     "FamilyState",
     "GateCheck",
+    "GateEvidence",
     "GateInput",
     "GateVerdict",
     "HistoryEntry",
     "ModelCard",
+    "ModelEvidence",
     "NotFoundError",
     "PromotionOutcome",
     "PromotionPlan",
@@ -105,11 +118,13 @@ __all__ = [
     "RepairResult",
     "RollbackPlan",
     "StoreUnavailableError",
+    "Thresholds",
     "VersionInfo",
     "call_store",
     "configure_mlflow",
     "ensure_experiment",
     "family_from_raw",
+    "fetch_model_card",
     "get_client",
     "history_of",
     "judge_challenger",

@@ -10,19 +10,26 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from heartml.registry.gate import gate_record, gate_tags
 from heartml.registry.mlflow_io import (
     apply_best_tag,
     apply_claim,
     apply_reconcile,
     call_store,
+    download_model_card,
     get_client,
     read_family,
+    read_gate_evidence,
+    record_gate,
     transition,
 )
 from heartml.registry.plans import (
     Decision,
+    gate_subjects,
     history_of,
     plan_best_tag,
     plan_claim,
@@ -33,12 +40,11 @@ from heartml.registry.plans import (
 from heartml.registry.values import (
     PRODUCTION,
     TAG_BEST,
-    TAG_MODEL_TYPE,
-    TAG_ROC_AUC,
     FamilyState,
     HistoryEntry,
     PromotionOutcome,
     PromotionResult,
+    VersionInfo,
     utc_now_iso,
 )
 
@@ -67,22 +73,22 @@ def whoami() -> str:
 
 
 def tag_candidate_version(
-    settings: Settings, name: str, version: str, roc_auc: float, model_type: str
+    settings: Settings, name: str, version: str, tags: Mapping[str, str]
 ) -> None:
-    """Every registered candidate carries its held-out score and algorithm."""
+    """Every registered candidate carries its scores (``roc_auc``: the selection score, with
+    ``roc_auc_ci``; ``holdout_roc_auc`` and its ``_ci``), algorithm and lineage."""
 
     def _tag() -> None:
         client = get_client(settings)
-        client.set_model_version_tag(name, version, TAG_ROC_AUC, f"{roc_auc:.4f}")
-        client.set_model_version_tag(name, version, TAG_MODEL_TYPE, model_type)
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
 
     call_store(settings, _tag)
 
 
-def tag_best_version(
-    settings: Settings, name: str, version: str, roc_auc: float, model_type: str
-) -> None:
-    """Tag this version ``best_model=true`` and every other one in the family ``false``.
+def tag_best_version(settings: Settings, name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Tag this version (``tags``, then ``best_model=true``) and every other one in the family
+    ``best_model=false``.
 
     Like promotion, it converges under concurrency: each trainer marks its own, then clears
     every marked version but the newest, so the last one to look leaves exactly one.
@@ -90,7 +96,7 @@ def tag_best_version(
 
     def _tag() -> None:
         client = get_client(settings)
-        tag_candidate_version(settings, name, version, roc_auc, model_type)
+        tag_candidate_version(settings, name, version, tags)
         client.set_model_version_tag(name, version, TAG_BEST, "true")
         apply_best_tag(client, plan_best_tag(read_family(settings, client)))
 
@@ -138,20 +144,36 @@ def promote_version(
 ) -> PromotionResult:
     """Make NAME/VERSION (latest when None) the champion of the family.
 
-    Gated promotions (``--auto`` and training) refuse a challenger below the gate unless
-    ``force``. Promoting the champion again is a no-op that still repairs its stage.
+    Gated promotions (``--auto`` and training) read the stored predictions of the challenger
+    and the champion and refuse a challenger the gate turns down, unless ``force``. Every
+    gated decision (not a dry run) is recorded on the challenger: the verdict's JSON in its
+    run, tags on its version, its card rendered again. Promoting the champion again is a no-op
+    that still repairs its stage.
     """
     state = state or read_family(settings)
-    plan = plan_promotion(state, settings, name, version, gated=gated, force=force)
+    client: MlflowClient | None = None
+    evidence = None
+    if gated and (subjects := gate_subjects(state, name, version)) is not None:
+        client = call_store(settings, lambda: get_client(settings))
+        evidence = read_gate_evidence(settings, client, *subjects)
+    plan = plan_promotion(
+        state, settings, name, version, gated=gated, force=force, evidence=evidence
+    )
+    at, by = utc_now_iso(), whoami()
+    if plan.gate is not None and not dry_run:
+        # Written before the claim: a promotion's event names the record it rests on.
+        client = client or call_store(settings, lambda: get_client(settings))
+        record = gate_record(plan.gate, at=at, by=by)
+        record_gate(settings, client, plan.target, record, gate_tags(plan.gate, at=at))
     if (answer := plan.unapplied_result(dry_run=dry_run)) is not None:
         return answer
 
-    client = call_store(settings, lambda: get_client(settings))
+    client = client or call_store(settings, lambda: get_client(settings))
     if plan.decision is Decision.REPAIR:
         _, repaired, repair_warnings = reconcile_family(settings, client)
         return plan.repaired_result(tuple(repaired), tuple(repair_warnings))
 
-    claim = plan_claim(plan, reason=reason, by=whoami(), at=utc_now_iso())
+    claim = plan_claim(plan, reason=reason, by=by, at=at)
     apply_claim(settings, client, plan, claim)
     warnings: list[str] = []
     if (warning := transition(client, plan.target, PRODUCTION)) is not None:
@@ -213,3 +235,12 @@ def rollback(settings: Settings, *, dry_run: bool = False) -> PromotionResult:
 
         call_store(settings, _move_best)
     return result
+
+
+def fetch_model_card(
+    settings: Settings, name: str, version: int | None, directory: Path
+) -> tuple[VersionInfo, Path]:
+    """Write NAME/VERSION's model card (latest version when None) into ``directory``."""
+    target = read_family(settings).find(name, version)
+    client = call_store(settings, lambda: get_client(settings))
+    return target, call_store(settings, lambda: download_model_card(client, target, directory))

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from heartml.registry.gate import GateVerdict, judge_challenger
+from heartml.registry.gate import (
+    GateEvidence,
+    GateInput,
+    GateVerdict,
+    ModelEvidence,
+    judge_challenger,
+)
 from heartml.registry.values import (
     ARCHIVED,
     EVENT_PREFIX,
@@ -180,6 +186,19 @@ class PromotionPlan:
         )
 
 
+def gate_subjects(
+    state: FamilyState, name: str, version: int | None = None
+) -> tuple[VersionInfo, VersionInfo | None] | None:
+    """The challenger and champion a gated promotion of NAME/VERSION would judge (their
+    evidence is then read), or None when the target is the champion already (nothing to
+    judge)."""
+    target = state.find(name, version)
+    current = state.champion
+    if current is not None and current.ref == target.ref:
+        return None
+    return target, current
+
+
 def plan_promotion(
     state: FamilyState,
     settings: Settings,
@@ -188,12 +207,15 @@ def plan_promotion(
     *,
     gated: bool = False,
     force: bool = False,
+    evidence: GateEvidence | None = None,
 ) -> PromotionPlan:
     """Decide what making NAME/VERSION (latest when None) the champion takes.
 
     Promoting the champion again changes nothing, or repairs a family that disagrees. Gated
-    promotions (``--auto``, training) are refused below the gate unless ``force``; promoting
-    by name and rolling back are a person's decision and are not gated.
+    promotions (``--auto``, training) are judged on ``evidence`` (the stored predictions of
+    the challenger and the champion; without it the challenger has none) and refused when the
+    gate says no, unless ``force``: a forced promotion still carries the verdict, for the
+    record. Promoting by name and rolling back are a person's decision and are not gated.
     """
     target = state.find(name, version)
     current = state.champion
@@ -204,8 +226,18 @@ def plan_promotion(
         return PromotionPlan(
             Decision.REPAIR, target, current, alias, disagreements=tuple(state.disagreements())
         )
-    verdict = judge_challenger(settings, target, current) if gated and not force else None
-    if verdict is not None and not verdict.passed:
+    verdict = None
+    if gated:
+        if evidence is None or evidence.challenger.version.ref != target.ref:
+            evidence = GateEvidence(
+                ModelEvidence(target, problem="its evidence was not read"),
+                None if current is None else ModelEvidence(current, problem="not read"),
+            )
+        verdict = judge_challenger(
+            GateInput.from_settings(settings, evidence.challenger, evidence.champion),
+            forced=force,
+        )
+    if verdict is not None and not verdict.passed and not force:
         return PromotionPlan(Decision.REFUSE, target, current, alias, gate=verdict)
     return PromotionPlan(
         Decision.PROMOTE,

@@ -243,6 +243,7 @@ class PromotionResult:
             "message": self.message,
             "archived": list(self.archived),
             "warnings": list(self.warnings),
+            "gate": None if self.gate is None else self.gate.as_dict(),
         }
 
 
