@@ -332,6 +332,11 @@ def test_rollback_restores_the_previous_champion_and_history_lists_both(
     assert history[0]["by"] == "test-suite"
     assert history[0]["at"] > history[1]["at"]
     assert history[0]["at"].endswith("Z")
+    # Each --auto rests on the gate's verdict: against svm, paired on the same held-out rows.
+    assert history[0]["gate"]["verdict"] == "passed"
+    assert history[0]["gate"]["champion"] == f"{registry.prefix}svm/{first}"
+    assert history[0]["gate"]["delta_roc_auc"] == [0.0, 0.0, 0.0]
+    assert history[1]["gate"]["champion"] is None
 
     rolled = registry.run("--rollback")
     assert rolled.returncode == 0, rolled.stderr
@@ -347,6 +352,8 @@ def test_rollback_restores_the_previous_champion_and_history_lists_both(
     text = registry.run("--history").stdout
     assert text.count(f"{registry.prefix}svm v{first}") == 2
     assert f"rollback from {registry.prefix}logistic_regression/{second}" in text
+    assert "gate:     not gated" in text  # the rollback: an operator's decision
+    assert "gate:     passed; ROC-AUC difference +0.0000 [+0.0000, +0.0000]" in text
 
 
 def test_rollback_without_a_previous_champion(sqlite_registry: Registry) -> None:

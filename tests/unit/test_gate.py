@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -217,3 +219,37 @@ def test_the_record_and_tags_a_decision_leaves_on_the_challenger() -> None:
     assert tags["gate_evidence"] == evidence_path(at) == "gate/20260102T030405678901Z.json"
     assert tags["gate_delta_roc_auc_ci"].startswith("[-")
 
+
+def test_a_gated_promotion_s_event_carries_its_verdict_into_the_history() -> None:
+    from heartml.cli.promote import format_history
+    from heartml.registry import history_of, plan_claim
+
+    champion_version = version_info("lr", champion=True, stage="Production", promoted_at="t")
+    challenger = evidence("svm", 2)
+    state = family_state(champion_version, challenger.version)
+    gated = plan_promotion(
+        state,
+        SETTINGS,
+        "heart-disease-svm",
+        gated=True,
+        evidence=GateEvidence(challenger, evidence("lr")),
+    )
+    at = "2026-01-02T03:04:05.678901Z"
+    claim = plan_claim(gated, reason="auto", by="jenkins", at=at)
+    promoted = dataclasses.replace(version_info("svm", 2), tags=dict(claim.tags))
+    [entry] = history_of(family_state(promoted))
+    assert entry.gate is not None
+    assert entry.gate["verdict"] == "passed"
+    assert entry.gate["champion"] == "heart-disease-lr/1"
+    assert entry.gate["delta_roc_auc"] == [0.0, 0.0, 0.0]
+    assert entry.gate["comparison"] == "paired, 120 rows"
+    assert entry.gate["evidence"] == "gate/20260102T030405678901Z.json"
+    text = format_history([entry])
+    assert (
+        "gate:     passed; ROC-AUC difference +0.0000 [+0.0000, +0.0000] vs heart-disease-lr/1 "
+        "(paired, 120 rows); calibration slope" in text
+    )
+    by_name = plan_promotion(state, SETTINGS, "heart-disease-svm")
+    event = plan_claim(by_name, reason="manual", by="ana", at=at).tags
+    # Not gated (a person chose it): the event has no gate key at all.
+    assert '"gate"' not in next(v for k, v in event.items() if k.startswith("promotion_event."))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -247,5 +247,26 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
         lines.append(f"      replaced: {entry.previous or '-'}")
         lines.append(f"      reason:   {entry.reason}")
         lines.append(f"      by:       {entry.by}")
+        lines.append(f"      gate:     {format_gate(entry.gate)}")
     return "\n".join(lines) + "\n"
 
+
+def format_gate(gate: dict[str, Any] | None) -> str:
+    """One line of a promotion's gate verdict: the difference with the champion and its
+    interval, the rows compared, the calibration, where the record is."""
+    if not gate:
+        return "not gated (promoted by name, rolled back, or before heartml gated on evidence)"
+    parts = [str(gate.get("verdict"))]
+    delta = gate.get("delta_roc_auc")
+    if delta:
+        parts.append(
+            f"ROC-AUC difference {delta[0]:+.4f} [{delta[1]:+.4f}, {delta[2]:+.4f}] vs "
+            f"{gate.get('champion')} ({gate.get('comparison')})"
+        )
+    elif gate.get("champion") is None:
+        parts.append("no champion to compare with")
+    slope, intercept = gate.get("calibration_slope"), gate.get("calibration_intercept")
+    if slope is not None and intercept is not None:
+        parts.append(f"calibration slope {slope:.2f}, intercept {intercept:+.2f}")
+    parts.append(f"evidence {gate.get('evidence')}")
+    return "; ".join(parts)

@@ -20,13 +20,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from heartml.registry.gate import (
     GateEvidence,
     GateInput,
     GateVerdict,
     ModelEvidence,
+    gate_summary,
     judge_challenger,
 )
 from heartml.registry.values import (
@@ -268,15 +269,17 @@ def event_tag(at: str) -> str:
 
 def plan_claim(plan: PromotionPlan, *, reason: str, by: str, at: str) -> Claim:
     """The claim of ``plan``'s target: when, by whom, why, what it replaces, and the event
-    that ``--history`` reads."""
+    that ``--history`` reads (with the gate's verdict, when the promotion was gated)."""
     previous = plan.previous.ref if plan.previous else None
-    event = {
+    event: dict[str, Any] = {
         "at": at,
         "by": by,
         "previous": previous,
         "reason": reason,
         "roc_auc": plan.target.roc_auc,
     }
+    if plan.gate is not None:  # a person's promotion by name is not gated: no key
+        event["gate"] = gate_summary(plan.gate, at=at)
     tags = {
         TAG_PROMOTED_AT: at,
         TAG_PROMOTED_BY: by,
@@ -357,6 +360,7 @@ def history_of(state: FamilyState) -> list[HistoryEntry]:
                     reason=str(event.get("reason", "")),
                     by=str(event.get("by", "")),
                     roc_auc=event.get("roc_auc"),
+                    gate=event.get("gate"),
                 )
             )
     return sorted(entries, key=lambda e: (e.at, e.name, e.version), reverse=True)

@@ -258,6 +258,7 @@ class HistoryEntry:
     reason: str
     by: str
     roc_auc: float | None = None
+    gate: dict[str, Any] | None = None  # the verdict it rested on (None: not gated)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
