@@ -31,6 +31,7 @@ from heartml.serve.schemas import (
     Problem,
     RiskPrediction,
     ValidationErrorBody,
+    imputed_fields,
 )
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ async def predict(request: Request) -> Response:
     served = state.holder.current  # read once: a swap during this request does not affect it
     if served is None:
         return problem(503, state.holder.not_ready_reason())
+    # A null (optional field not given) becomes NaN: the model's own imputation fills it.
     row = np.array([tuple(patient.__dict__.values())], dtype=np.float64)
     [predicted], [probability] = classify(served, row, state.metrics)
     return json_response(
@@ -123,6 +125,7 @@ async def predict(request: Request) -> Response:
             "prediction": predicted,
             "label": LABELS[predicted],
             "probability": probability,
+            "imputed": imputed_fields(patient),
             "model_name": served.ref.name,
             "model_version": served.ref.version,
         }
@@ -166,10 +169,11 @@ async def predict_batch(request: Request) -> Response:
             "prediction": c,
             "probability": p,
             "label": LABELS[c],
+            "imputed": imputed_fields(patient),
             "model_name": name,
             "model_version": version,
         }
-        for c, p in zip(classes, probabilities, strict=True)
+        for c, p, patient in zip(classes, probabilities, batch.instances, strict=True)
     ]
     return json_response(
         {
