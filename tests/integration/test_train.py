@@ -4,6 +4,7 @@ The session-wide ``trained_root`` store is trained once, in this process; a seco
 the real ``heartml train`` command on a copy of it.
 """
 
+import re
 from pathlib import Path
 
 import mlflow
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import make_settings, run_heartml
+from conftest import invoke_heartml, make_settings, run_heartml
 from heartml.data import load_dataset
 from heartml.features import split_features_target
 from heartml.registry import configure_mlflow, read_with_client
@@ -177,3 +178,54 @@ def test_cli_second_session_adds_versions_keeps_one_best_and_same_metrics(
             metrics = client.get_run(str(registered.run_id)).data.metrics
             expected = before[registered.tags["model_type"]]
             assert metrics == pytest.approx(expected, abs=1e-12), registered.name
+    # The equivalent retrain: training's promotion attempt paired it with the champion it
+    # replaces on the same 61 held-out rows; identical predictions, a difference of exactly 0.
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == "2"
+    assert champion.tags["gate_verdict"] == "passed"
+    assert champion.tags["gate_champion"] == f"{name}/1"
+    assert champion.tags["gate_comparison"] == "paired, 61 rows"
+    assert champion.tags["gate_delta_roc_auc_ci"] == "[+0.0000, +0.0000]"
+
+
+WEAK_RETRAIN = """\
+version: 1
+data: {sites: [cleveland]}
+split: {test_size: 0.2, stratify: true, seed: 42}
+cv: {folds: 5, repeats: 1}
+validation: {internal: false}
+candidates:
+  knn: {n_neighbors: 1}
+"""
+
+
+def test_the_gate_refuses_a_weak_retrain_with_the_interval(
+    trained_settings: Settings, tmp_path: Path
+) -> None:
+    # A deliberately weak retrain (1-nearest neighbour) on the same data and split: one cheap
+    # candidate, trained for real, then judged by `promote --auto` against the champion.
+    config = tmp_path / "weak.yaml"
+    config.write_text(WEAK_RETRAIN)
+    trained = run_heartml(trained_settings, "train", "--config", str(config), "--no-promote")
+    assert trained.returncode == 0, trained.stderr
+    client = client_for(trained_settings)
+    champion = client.get_model_version_by_alias("heart-disease-logistic_regression", "champion")
+
+    refused = invoke_heartml(trained_settings, "promote", "--auto")
+    assert refused.returncode == 2, refused.stdout
+    [message] = [line for line in refused.stdout.splitlines() if "Not promoted" in line]
+    found = re.search(
+        r"heart-disease-knn/2 ROC-AUC (0\.\d{4}) vs champion heart-disease-logistic_regression/"
+        rf"{champion.version} (0\.\d{{4}}): difference (-0\.\d{{4}}), 95 % CI \[(-0\.\d{{4}}), "
+        r"([-+]0\.\d{4})\], beyond the non-inferiority margin -0\.0500 \(paired on the same 61 "
+        r"held-out rows",
+        message,
+    )
+    assert found, message
+    weak, strong, delta, low, _ = (float(g) for g in found.groups())
+    assert delta == pytest.approx(weak - strong, abs=2e-4) and low < -0.05
+    # The refusal is on the weak version: its verdict and the numbers it rests on.
+    version = client.get_model_version("heart-disease-knn", "2")
+    assert version.tags["gate_verdict"] == "refused"
+    assert version.tags["gate_delta_roc_auc"] == f"{delta:+.4f}"
+    assert client.get_model_version_by_alias(champion.name, "champion").version == champion.version
