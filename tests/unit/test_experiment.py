@@ -33,6 +33,22 @@ def test_the_shipped_experiment_parses_with_the_documented_defaults() -> None:
     )
 
 
+def test_the_pooled_experiment_trains_on_every_site_and_leaves_each_out() -> None:
+    from heartml.data import ALL_SITES
+
+    shipped = load_experiment(REPO / "configs" / "experiment.yaml")
+    pooled = load_experiment(REPO / "configs" / "experiment-pooled.yaml")
+    assert pooled.data.sites == ALL_SITES
+    assert pooled.validation.leave_one_site_out is True
+    # Everything else is the shipped experiment's: the same candidates, split and CV.
+    assert pooled.candidates == shipped.candidates
+    assert (pooled.split, pooled.cv, pooled.selection) == (
+        shipped.split,
+        shipped.cv,
+        shipped.selection,
+    )
+
+
 def test_config_hash_changes_with_a_value(tmp_path: Path) -> None:
     a = load_experiment(write(tmp_path, "version: 1\ncandidates: {knn: {n_neighbors: 5}}\n"))
     b = load_experiment(write(tmp_path, "version: 1\ncandidates: {knn: {n_neighbors: 7}}\n"))
