@@ -110,6 +110,13 @@ def test_an_over_regularised_model_is_refused_by_its_calibration_alone() -> None
     assert check.numbers["calibration_slope"] is not None
     assert check.numbers["calibration_slope"] > 10
     assert "outside [0.7, 1.3]" in check.detail
+    # Refused by calibration alone, the message still gives both scores and the interval.
+    against = judge(evidence("lr", 2, oof=timid), evidence("lr", 1))
+    assert against.reason is not None
+    refusal, comparison = against.reason.split("; ")
+    assert "calibration slope" in refusal
+    assert comparison.startswith("heart-disease-lr/2 ROC-AUC ")
+    assert "difference +0.0000, 95 % CI [+0.0000, +0.0000], within" in comparison
 
 
 def test_an_equivalent_challenger_passes_with_a_difference_of_exactly_zero() -> None:

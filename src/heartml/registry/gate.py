@@ -181,8 +181,8 @@ def compare(challenger: ModelEvidence, champion: ModelEvidence | None, min_rows:
             where = f"the {len(shared)} held-out rows both versions left out ({lineage})"
         elif any(key in challenger.version.tags for key in LINEAGE_TAGS):
             where = (
-                f"the same {len(shared)} held-out rows (same data and split: "
-                f"{_lineage(challenger.version)})"
+                f"the same {len(shared)} held-out rows of the same data and split: "
+                f"{_lineage(challenger.version)}"
             )
         else:
             where = f"the same {len(shared)} held-out rows"
@@ -294,10 +294,18 @@ class GateVerdict:
 
     @property
     def reason(self) -> str | None:
-        """Why the challenger may not replace the champion (every failed rule); None when it
-        may."""
+        """Why the challenger may not replace the champion (every failed rule, then the
+        comparison with the champion even when it passed: a refusal always shows both scores
+        and the interval); None when it may."""
         failed = [check.detail for check in self.checks if not check.passed]
-        return "; ".join(failed) if failed else None
+        if not failed:
+            return None
+        compared = [
+            check.detail
+            for check in self.checks
+            if check.passed and check.rule == "non_inferior" and check.numbers
+        ]
+        return "; ".join(failed + compared)
 
     @property
     def verdict(self) -> str:
