@@ -597,7 +597,9 @@ def render_markdown(card: Mapping[str, Any], available: set[str] | None = None) 
                     _num(found["complete_roc_auc"]),
                     _ci(found["delta_roc_auc"]),
                     str(found["other_sites"]["rows"]),
-                    _ci(found["other_sites"]["roc_auc"], 3),
+                    _ci(found["other_sites"]["roc_auc"], 3)
+                    if found["other_sites"]["rows"]
+                    else "n/a (no such rows)",
                 ]
                 for masking, found in evidence["missing_tests"].items()
             ],
