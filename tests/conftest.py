@@ -199,7 +199,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "HEARTML_DATA_SOURCE": settings.data_source,
             "HEARTML_EXPERIMENT_CONFIG": str(settings.experiment_config),
             "HEARTML_MIN_ROC_AUC": str(settings.min_roc_auc),
-            "HEARTML_PROMOTION_TOLERANCE": str(settings.promotion_tolerance),
+            "HEARTML_PROMOTION_MARGIN": str(settings.promotion_margin),
             "HEARTML_REGISTRY_RETRIES": str(settings.registry_retries),
             "HEARTML_MODEL_PREFIX": settings.model_prefix,
         }
@@ -338,13 +338,16 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_root(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
-    """One real training session on a store shared, read-only, by the tests that need it."""
-    from heartml.data import download_data
+    """One real training session on a store shared, read-only, by the tests that need it.
+
+    Every site is downloaded, so that the candidates are also scored on the three sites they
+    are not trained on, as `heartml data download --all-sites` makes training do."""
+    from heartml.data import ALL_SITES, download_data
     from heartml.train import train_candidates
 
     def train(root: Path) -> None:
         settings = make_settings(root, mirror)
-        download_data(settings)
+        download_data(settings, ALL_SITES)
         train_candidates(settings)
 
     return built_once(tmp_path_factory, "trained", train)
@@ -358,6 +361,42 @@ def trained_settings(trained_root: Path, tmp_path: Path, mirror: Path) -> Settin
     shutil.copy2(trained_root / "mlflow.db", root / "mlflow.db")
     shutil.copytree(trained_root / "data", root / "data")
     return make_settings(root, mirror, artifact_dir=trained_root / "mlartifacts")
+
+
+# --- versions with stored predictions, without training -----------------------------------
+
+
+def synthetic_predictions(quality: str = "good") -> str:
+    """A predictions table like training's, for a version registered without training: 240
+    out-of-fold rows (calibrated) and 120 held-out rows, the same patients whatever the
+    quality. ``good``: held-out risks are the true ones (every good version ties: a gated
+    promotion between two passes); ``weak``: blurred far enough to fall beyond the margin."""
+    import numpy as np
+
+    from heartml.predictions import CV, HOLDOUT, prediction_set, write_predictions
+
+    rng = np.random.default_rng(2024)
+    risk = rng.uniform(0.03, 0.97, 360)
+    outcome = (rng.uniform(size=360) < risk).astype(int)
+    held = risk[240:]
+    if quality == "weak":
+        logit = np.log(held / (1 - held)) + np.random.default_rng(5).normal(0, 3.0, 120)
+        held = 1 / (1 + np.exp(-logit))
+    ids = [f"cleveland:{i + 1}" for i in range(360)]
+    return write_predictions(
+        {
+            CV: prediction_set(ids[:240], outcome[:240], risk[:240], [0] * 240, [0] * 240),
+            HOLDOUT: prediction_set(ids[240:], outcome[240:], held),
+        }
+    )
+
+
+def predictions_run(client: Any, quality: str = "good") -> str:
+    """A finished run holding :func:`synthetic_predictions`; returns its id."""
+    run = client.create_run("0")
+    client.log_text(run.info.run_id, synthetic_predictions(quality), "predictions.csv")
+    client.set_terminated(run.info.run_id)
+    return str(run.info.run_id)
 
 
 # --- registry states without a store ----------------------------------------------------------

@@ -1,52 +1,18 @@
-"""Evaluate stage: held-out metrics and the plots logged with every candidate."""
+"""Evaluate stage: what drives each model, and the plots logged with it and drawn on its card.
+
+The numbers themselves are :mod:`heartml.evidence`'s; the plots draw those numbers (a
+calibration curve is drawn from the card's own bins), so a plot never disagrees with its card.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     from matplotlib.figure import Figure
-
-
-@dataclass(frozen=True, slots=True)
-class Metrics:
-    """Held-out and cross-validated scores of one fitted candidate."""
-
-    cv_roc_auc_mean: float
-    cv_roc_auc_std: float
-    roc_auc: float
-    accuracy: float
-    precision: float
-    recall: float
-    f1: float
-    brier_score: float
-    log_loss: float
-
-    def as_dict(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-def score_predictions(
-    y_true: np.ndarray, probability: np.ndarray, cv_scores: np.ndarray
-) -> Metrics:
-    """All the metrics of one candidate from its held-out probabilities and CV scores."""
-    from sklearn import metrics as skm
-
-    predicted = (probability >= 0.5).astype(int)
-    return Metrics(
-        cv_roc_auc_mean=float(cv_scores.mean()),
-        cv_roc_auc_std=float(cv_scores.std()),
-        roc_auc=float(skm.roc_auc_score(y_true, probability)),
-        accuracy=float(skm.accuracy_score(y_true, predicted)),
-        precision=float(skm.precision_score(y_true, predicted, zero_division=0)),
-        recall=float(skm.recall_score(y_true, predicted, zero_division=0)),
-        f1=float(skm.f1_score(y_true, predicted, zero_division=0)),
-        brier_score=float(skm.brier_score_loss(y_true, probability)),
-        log_loss=float(skm.log_loss(y_true, probability, labels=[0, 1])),
-    )
 
 
 def _figure(width: float = 5.0, height: float = 4.0, left: float = 0.14) -> Figure:
@@ -68,13 +34,13 @@ def render_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def plot_roc_curves(y_true: np.ndarray, curves: dict[str, np.ndarray]) -> Figure:
-    """ROC curves of one or several candidates on the same held-out rows."""
+def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+    """ROC curves, each of its own rows: label -> (outcomes, P(disease))."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig = _figure()
     ax = fig.add_subplot()
-    for name, probability in curves.items():
+    for name, (y_true, probability) in curves.items():
         fpr, tpr, _ = roc_curve(y_true, probability)
         ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y_true, probability):.3f})")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
@@ -108,16 +74,28 @@ def _cells(matrix: np.ndarray) -> list[tuple[tuple[int, int], int]]:
     return [((r, c), int(matrix[r, c])) for r in range(matrix.shape[0]) for c in range(2)]
 
 
-def plot_calibration(y_true: np.ndarray, probability: np.ndarray) -> Figure:
-    from sklearn.calibration import calibration_curve
-
-    observed, predicted = calibration_curve(y_true, probability, n_bins=8, strategy="quantile")
-    fig = _figure()
+def plot_calibration(
+    curves: Mapping[str, Sequence[Mapping[str, float]]], title: str = "Calibration"
+) -> Figure:
+    """Calibration curves from the card's bins (label -> bins of :mod:`heartml.evidence`):
+    observed frequency against mean predicted risk, with the bins' 95 % intervals."""
+    fig = _figure(5.0, 4.4)
     ax = fig.add_subplot()
-    ax.plot(predicted, observed, marker="o", label="model")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
-    ax.set(xlabel="Predicted probability", ylabel="Observed frequency", title="Calibration")
-    ax.legend(loc="upper left", fontsize="small")
+    for name, bins in curves.items():
+        x = [b["mean_predicted"] for b in bins]
+        y = [b["observed"] for b in bins]
+        below = [b["observed"] - b["low"] for b in bins]
+        above = [b["high"] - b["observed"] for b in bins]
+        ax.errorbar(x, y, yerr=[below, above], marker="o", capsize=2, label=name)
+    ax.set(
+        xlabel="Predicted risk",
+        ylabel="Observed frequency",
+        title=title,
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
+    ax.legend(loc="lower right", fontsize="small")
     return fig
 
 

@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from heartml.data import ALL_SITES, DEFAULT_SITES
 
@@ -21,7 +28,10 @@ CANDIDATE_ESTIMATORS: dict[str, tuple[str, str]] = {
     "extra_trees": ("sklearn.ensemble", "ExtraTreesClassifier"),
 }
 
-Metric = Literal["roc_auc", "cv_roc_auc_mean", "accuracy", "precision", "recall", "f1"]
+# What selection may rank candidates by: the mean ROC-AUC of the repeated cross-validation over
+# the training rows, or the ROC-AUC on the held-out rows. Both are ROC-AUCs, so the `roc_auc`
+# tag (the score selection used) always means one.
+SelectionMetric = Literal["cv_roc_auc_mean", "holdout_roc_auc"]
 
 
 class ConfigError(Exception):
@@ -51,12 +61,34 @@ class SplitConfig(_Strict):
 
 
 class CvConfig(_Strict):
+    """Repeated stratified k-fold over the training rows: ``repeats`` shuffles of ``folds``."""
+
     folds: int = Field(default=5, ge=2, le=20)
+    repeats: int = Field(default=5, ge=1, le=50)
+
+    @property
+    def test_fraction(self) -> float:
+        """n_test / n_train of one fold: Nadeau and Bengio's correction term."""
+        return 1.0 / (self.folds - 1)
 
 
 class SelectionConfig(_Strict):
-    primary_metric: Metric = "roc_auc"
-    tie_break: Metric = "cv_roc_auc_mean"
+    primary_metric: SelectionMetric = "cv_roc_auc_mean"
+    tie_break: SelectionMetric = "holdout_roc_auc"
+
+
+class ValidationConfig(_Strict):
+    """What is measured besides selection.
+
+    ``internal``: the chosen candidate's whole modelling procedure cross-validated (the ``cv``
+    folds and repeats) over every row of ``data.sites``, held-out rows included: TRIPOD's
+    internal validation of the procedure, reported on the card, never used to choose.
+    ``leave_one_site_out``: with several sites, each candidate is also fitted on all sites but
+    one and scored on that one, for every site.
+    """
+
+    internal: bool = True
+    leave_one_site_out: bool = False
 
 
 class ExperimentConfig(_Strict):
@@ -65,6 +97,7 @@ class ExperimentConfig(_Strict):
     split: SplitConfig = SplitConfig()
     cv: CvConfig = CvConfig()
     selection: SelectionConfig = SelectionConfig()
+    validation: ValidationConfig = ValidationConfig()
     candidates: dict[str, dict[str, Any]] = Field(min_length=1)
 
     @field_validator("candidates")
@@ -76,6 +109,12 @@ class ExperimentConfig(_Strict):
                 f"unknown candidate(s) {unknown}; known: {sorted(CANDIDATE_ESTIMATORS)}"
             )
         return {name: dict(params or {}) for name, params in candidates.items()}
+
+    @model_validator(mode="after")
+    def _sites_to_leave_out(self) -> ExperimentConfig:
+        if self.validation.leave_one_site_out and len(self.data.sites) < 2:
+            raise ValueError("validation.leave_one_site_out needs at least two data.sites")
+        return self
 
     @property
     def config_hash(self) -> str:

@@ -26,7 +26,11 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Feature:
-    """One column: its meaning, kind, plausible range and, for coded columns, its codes."""
+    """One column: its meaning, kind, plausible range and, for coded columns, its codes.
+
+    ``optional``: a clinician may not have it (a test not done); the API accepts null and the
+    model imputes it as it did in training (see :data:`OPTIONAL_FEATURES`).
+    """
 
     name: str
     description: str
@@ -36,6 +40,7 @@ class Feature:
     codes: tuple[int, ...] = ()
     integer: bool = True
     unit: str = ""
+    optional: bool = False
 
     @property
     def is_coded(self) -> bool:
@@ -54,8 +59,16 @@ FEATURES: tuple[Feature, ...] = (
         codes=(1, 2, 3, 4),
     ),
     Feature("trestbps", "Resting blood pressure", Kind.NUMERIC, 60, 250, unit="mm Hg"),
-    Feature("chol", "Serum cholesterol", Kind.NUMERIC, 80, 700, unit="mg/dl"),
-    Feature("fbs", "Fasting blood sugar > 120 mg/dl: 1 true, 0 false", Kind.BINARY, 0, 1, (0, 1)),
+    Feature("chol", "Serum cholesterol", Kind.NUMERIC, 80, 700, unit="mg/dl", optional=True),
+    Feature(
+        "fbs",
+        "Fasting blood sugar > 120 mg/dl: 1 true, 0 false",
+        Kind.BINARY,
+        0,
+        1,
+        codes=(0, 1),
+        optional=True,
+    ),
     Feature(
         "restecg",
         "Resting ECG: 0 normal, 1 ST-T abnormality, 2 LV hypertrophy",
@@ -82,6 +95,7 @@ FEATURES: tuple[Feature, ...] = (
         1,
         3,
         codes=(1, 2, 3),
+        optional=True,
     ),
     # ca is an ordered count: it stays numeric so that "more vessels, more risk" is learnable
     # by a linear model, while its codes are still checked.
@@ -92,6 +106,7 @@ FEATURES: tuple[Feature, ...] = (
         0,
         3,
         codes=(0, 1, 2, 3),
+        optional=True,
     ),
     Feature(
         "thal",
@@ -100,6 +115,7 @@ FEATURES: tuple[Feature, ...] = (
         3,
         7,
         codes=(3, 6, 7),
+        optional=True,
     ),
 )
 
@@ -125,6 +141,17 @@ CATEGORICAL_FEATURES: tuple[str, ...] = tuple(
     f.name for f in FEATURES if f.kind is Kind.CATEGORICAL
 )
 BINARY_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.kind is Kind.BINARY)
+
+# The tests a clinician may not have, decided from how often the UCI sites lack them (after the
+# data stage's cleaning; the README's "Patients with missing tests" has the table): the
+# imaging tests ca (fluoroscopy, 96-99 % missing outside Cleveland) and thal (thallium scan,
+# 42-90 %), the exercise ECG's slope (14-65 % even where oldpeak was read), and the laboratory
+# values chol (8-100 %) and fbs (up to 61 %). The history, the resting measurements and the
+# exercise test's thalach, exang and oldpeak stay required: each is missing in at most 5 % of
+# any site's rows, except at VA, where a quarter of the patients lack the whole exercise test
+# at once, and a score without it would be mostly the training prevalence.
+OPTIONAL_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.optional)
+REQUIRED_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if not f.optional)
 
 # Cleveland row 1 (a 63-year-old man, typical angina, ST depression 2.3): the example in the
 # API's documentation, the benchmarks and the tests.
@@ -155,9 +182,14 @@ def describe_schema() -> dict[str, object]:
                 "maximum": f.maximum,
                 "codes": list(f.codes) or None,
                 "unit": f.unit or None,
+                "optional": f.optional,
             }
             for f in FEATURES
         ],
+        "optional": list(OPTIONAL_FEATURES),
+        "imputation": "an optional field sent as null (or left out) is imputed as in training: "
+        "the training rows' median (numeric) or most frequent value (coded, binary); the "
+        "answer's `imputed` lists it",
         "target": {
             "name": TARGET.name,
             "description": TARGET.description,

@@ -81,9 +81,28 @@ class Settings(BaseSettings):
         default=Path("configs/experiment.yaml"), description="The versioned experiment YAML."
     )
 
-    # --- promotion gate ------------------------------------------------------------------------
-    min_roc_auc: float = Field(default=0.80, ge=0.0, le=1.0)
-    promotion_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+    # --- promotion gate (the README's "The promotion gate" justifies each default) ------------
+    min_roc_auc: float = Field(
+        default=0.80, ge=0.0, le=1.0, description="The challenger's roc_auc tag must reach it."
+    )
+    promotion_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="Non-inferiority margin: the lower end of the 95 % interval of the "
+        "challenger's ROC-AUC minus the champion's, on the same rows, must be at least -margin.",
+    )
+    calibration_slope_min: float = Field(default=0.7, gt=0.0)
+    calibration_slope_max: float = Field(default=1.3, gt=0.0)
+    calibration_intercept_max: float = Field(
+        default=0.35, ge=0.0, description="Largest |calibration intercept| (logit scale)."
+    )
+    gate_min_rows: int = Field(
+        default=30,
+        ge=2,
+        description="Fewest rows of both models' held-out sets (with both outcomes) for a paired "
+        "comparison; fewer, and the two are compared each on its own held-out rows.",
+    )
     registry_retries: int = Field(default=3, ge=0, description="Retries of transient errors.")
 
     # --- serving -------------------------------------------------------------------------------

@@ -122,6 +122,14 @@ def _delong(
     return auc, cov
 
 
+def roc_auc(y_true: ArrayLike, scores: ArrayLike) -> float:
+    """ROC-AUC (the Mann-Whitney statistic, ties counting one half)."""
+    y, s = _labels_and_scores(y_true, scores)
+    ranks = _midranks(s[:1])[0]
+    m, n = int(y.sum()), int((~y).sum())
+    return float((ranks[y].sum() / m - (m + 1) / 2.0) / n)
+
+
 def roc_auc_interval(y_true: ArrayLike, scores: ArrayLike, level: float = 0.95) -> Interval:
     """ROC-AUC with DeLong's interval (normal approximation, clipped to [0, 1])."""
     y, s = _labels_and_scores(y_true, scores)
@@ -151,6 +159,36 @@ def paired_auc_difference(
         b=float(auc[1]),
         difference=Interval(difference, difference - z * se, difference + z * se, level),
         rows=int(y.size),
+        p_value=p_value,
+    )
+
+
+def unpaired_auc_difference(
+    y_a: ArrayLike,
+    scores_a: ArrayLike,
+    y_b: ArrayLike,
+    scores_b: ArrayLike,
+    level: float = 0.95,
+) -> PairedDifference:
+    """AUC(a) - AUC(b) for two models scored on *different* rows: independent samples, so the
+    variance of the difference is the sum of the two DeLong variances (``rows``: both counts).
+    Wider than the paired interval, which should be used whenever the rows can be shared."""
+    ya, sa = _labels_and_scores(y_a, scores_a)
+    yb, sb = _labels_and_scores(y_b, scores_b)
+    auc_a, cov_a = _delong(ya, sa[:1])
+    auc_b, cov_b = _delong(yb, sb[:1])
+    difference = float(auc_a[0] - auc_b[0])
+    se = math.sqrt(max(float(cov_a[0, 0] + cov_b[0, 0]), 0.0))
+    z = _z(level)
+    if se == 0.0:
+        p_value = 1.0 if difference == 0.0 else 0.0
+    else:
+        p_value = math.erfc(abs(difference) / se / math.sqrt(2.0))
+    return PairedDifference(
+        a=float(auc_a[0]),
+        b=float(auc_b[0]),
+        difference=Interval(difference, difference - z * se, difference + z * se, level),
+        rows=int(ya.size + yb.size),
         p_value=p_value,
     )
 
@@ -199,6 +237,53 @@ def calibration(y_true: ArrayLike, probability: ArrayLike) -> Calibration:
         observed=float(y.mean()),
         rows=int(y.size),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationBin:
+    """One group of rows of similar predicted risk: their mean prediction, the observed
+    frequency of the outcome with its Wilson interval, and how many rows."""
+
+    mean_predicted: float
+    observed: float
+    low: float
+    high: float
+    rows: int
+
+
+def calibration_curve(
+    y_true: ArrayLike, probability: ArrayLike, bins: int = 10, level: float = 0.95
+) -> tuple[CalibrationBin, ...]:
+    """The calibration curve by groups of equal size (deciles of predicted risk by default).
+
+    Rows are sorted by prediction (ties kept in input order) and cut into ``bins`` groups whose
+    sizes differ by at most one; each group's observed frequency gets a Wilson score interval,
+    which stays inside [0, 1] for the small groups of a 60-row split.
+    """
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(probability, dtype=np.float64).ravel()
+    if y.size != p.size:
+        raise ValueError(f"{y.size} labels but {p.size} predictions")
+    bins = max(1, min(bins, y.size))
+    order = np.argsort(p, kind="mergesort")
+    z = _z(level)
+    result = []
+    for group in np.array_split(order, bins):
+        n = group.size
+        observed = float(y[group].mean())
+        centre = (observed + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(observed * (1 - observed) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        result.append(
+            CalibrationBin(
+                mean_predicted=float(p[group].mean()),
+                observed=observed,
+                # Clipped so that rounding never puts the observed value outside its interval.
+                low=min(max(0.0, centre - half), observed),
+                high=max(min(1.0, centre + half), observed),
+                rows=int(n),
+            )
+        )
+    return tuple(result)
 
 
 def _logistic_fit(

@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from heartml.card import Headline, build_card, headline, version_tags, write_card_files
+from heartml.predictions import PREDICTIONS_ARTIFACT, write_predictions
+
 if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
     from sklearn.pipeline import Pipeline
 
     from heartml.convert import OnnxForm
-    from heartml.evaluate import Metrics
+    from heartml.data import LoadedData
     from heartml.experiment import ExperimentConfig
+    from heartml.fit import HeldOutSplit
+    from heartml.predictions import PredictionSet
     from heartml.settings import Settings
 
 MODEL_ARTIFACT = "model"
@@ -43,28 +46,44 @@ SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class CandidateRecord:
-    """What is logged for one candidate: its model, scores, importance and plots."""
+    """What is logged for one candidate: its model, predictions, numbers, plots and ONNX form."""
 
     name: str
     params: dict[str, Any]
     model: Pipeline
-    probability: np.ndarray  # P(disease) on the held-out rows
-    metrics: Metrics
+    sets: Mapping[str, PredictionSet]  # the predictions table (heartml.predictions)
+    evidence: Mapping[str, Any]  # its numbers (heartml.evidence)
     importance_kind: str
     importance: dict[str, float]
-    plots: Mapping[str, bytes]  # artifact path -> PNG
+    plots: Mapping[str, bytes]  # artifact path under plots/ -> PNG
     onnx: OnnxForm
 
 
 @dataclass(frozen=True, slots=True)
+class SessionContext:
+    """What every candidate of a session shares: the experiment, data, split, lineage, and
+    every candidate's numbers (each card compares its candidate with the others)."""
+
+    config: ExperimentConfig
+    lineage: dict[str, str]
+    dataset: LoadedData
+    others: LoadedData | None  # the sites not trained on, when downloaded
+    split: HeldOutSplit
+    evidence: Mapping[str, Mapping[str, Any]]
+    best: str
+    experiment_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class CandidateResult:
-    """Where a candidate ended up in MLflow."""
+    """Where a candidate ended up in MLflow, its headline numbers and its version's tags."""
 
     name: str
-    metrics: Metrics
+    scores: Headline
     run_id: str
     model_name: str
     model_version: str
+    tags: dict[str, str]
 
 
 def git_commit() -> str:
@@ -98,22 +117,21 @@ def open_store(settings: Settings) -> str:
 
 
 def log_candidate(
-    candidate: CandidateRecord,
-    settings: Settings,
-    config: ExperimentConfig,
-    x_train: pd.DataFrame,
-    lineage: dict[str, str],
-    experiment_id: str,
+    candidate: CandidateRecord, settings: Settings, session: SessionContext
 ) -> CandidateResult:
-    """One nested run: parameters, metrics, plots, importance, and the registered model."""
+    """One nested run: parameters, metrics, predictions, plots, the registered model, its card."""
     import mlflow
     from mlflow.models import infer_signature
 
     from heartml.profile import write_profile
 
+    config = session.config
     model_name = f"{settings.model_prefix}{candidate.name}"
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=candidate.name, nested=True, tags=lineage
+        experiment_id=session.experiment_id,
+        run_name=candidate.name,
+        nested=True,
+        tags=session.lineage,
     ) as run:
         mlflow.set_tag("candidate", candidate.name)
         mlflow.log_params(
@@ -124,21 +142,21 @@ def log_candidate(
                 "split.test_size": config.split.test_size,
                 "split.seed": config.split.seed,
                 "cv.folds": config.cv.folds,
+                "cv.repeats": config.cv.repeats,
+                "selection.primary_metric": config.selection.primary_metric,
             }
         )
-        mlflow.log_metrics(candidate.metrics.as_dict())
+        mlflow.log_metrics(run_metrics(candidate.evidence, config))
         # How serving will run this model, and how far its ONNX form is from the pipeline.
         mlflow.set_tag("serving_engine", "onnx")
         mlflow.log_metric("onnx_max_deviation", candidate.onnx.deviation)
-        with tempfile.TemporaryDirectory(prefix="heartml-plots-") as plots:
-            for path, png in candidate.plots.items():
-                Path(plots, path).write_bytes(png)
-            mlflow.log_artifacts(plots, "plots")
+        mlflow.log_text(write_predictions(candidate.sets), PREDICTIONS_ARTIFACT)
         mlflow.log_dict(
             {"kind": candidate.importance_kind, "values": candidate.importance},
             "feature_importance.json",
         )
 
+        x_train = session.split.x_train
         example = x_train.head(5)
         signature = infer_signature(example, candidate.model.predict_proba(example))
         with tempfile.TemporaryDirectory(prefix="heartml-onnx-") as staging:
@@ -165,8 +183,74 @@ def log_candidate(
                 registered_model_name=model_name,
             )
             mlflow.log_artifact(profile)  # also on the run, beside the plots
-    version = str(info.registered_model_version)
-    return CandidateResult(candidate.name, candidate.metrics, run.info.run_id, model_name, version)
+        version = str(info.registered_model_version)
+        card = build_card(
+            candidate.name,
+            candidate.params,
+            session,
+            model_name=model_name,
+            version=version,
+            run_id=run.info.run_id,
+        )
+        with tempfile.TemporaryDirectory(prefix="heartml-card-") as staging:
+            directory = Path(staging)
+            for path, png in candidate.plots.items():
+                (directory / "plots").mkdir(exist_ok=True)
+                (directory / "plots" / path).write_bytes(png)
+            write_card_files(card, directory)
+            mlflow.log_artifacts(staging)
+    return CandidateResult(
+        candidate.name,
+        headline(candidate.evidence, config),
+        run.info.run_id,
+        model_name,
+        version,
+        version_tags(candidate.name, candidate.evidence, config, session.lineage),
+    )
+
+
+def run_metrics(evidence: Mapping[str, Any], config: ExperimentConfig) -> dict[str, float]:
+    """The candidate's numbers as MLflow metrics (the card holds them all; these are what the
+    UI compares across runs). Undefined numbers (a site with one outcome) are left out."""
+    metrics: dict[str, float | None] = {}
+
+    def interval(prefix: str, found: Mapping[str, float | None] | None) -> None:
+        if found is not None:
+            metrics[prefix] = found["estimate"]
+            metrics[f"{prefix}_low"] = found["low"]
+            metrics[f"{prefix}_high"] = found["high"]
+
+    def population(prefix: str, found: Mapping[str, Any]) -> None:
+        interval(f"{prefix}_roc_auc", found["roc_auc"])
+        metrics[f"{prefix}_calibration_slope"] = found["calibration"]["slope"]
+        metrics[f"{prefix}_calibration_intercept"] = found["calibration"]["intercept"]
+        metrics[f"{prefix}_mean_predicted"] = found["mean_predicted"]
+        metrics[f"{prefix}_prevalence"] = found["prevalence"]
+        metrics[f"{prefix}_rows"] = found["rows"]
+
+    cv, holdout = evidence["cv"], evidence["holdout"]
+    selection = headline(evidence, config)
+    metrics["roc_auc"] = selection.score.estimate
+    metrics["roc_auc_low"] = selection.score.low
+    metrics["roc_auc_high"] = selection.score.high
+    interval("cv_roc_auc", cv["roc_auc"])
+    metrics["cv_roc_auc_mean"] = cv["roc_auc"]["estimate"]
+    metrics["cv_roc_auc_sd"] = cv["fold_roc_auc_sd"]
+    population("oof", cv["out_of_fold"])
+    population("holdout", holdout)
+    metrics.update(holdout["at_threshold"])
+    for key in ("sites", "leave_one_site_out"):
+        for site, found in evidence.get(key, {}).items():
+            population(f"site_{site}", found)
+            metrics[f"site_{site}_missing_values"] = found["missing_values"]
+    for name, found in evidence["subgroups"].items():
+        population(f"subgroup_{name}", found)
+    for masking, found in evidence["missing_tests"].items():
+        interval(f"masked_{masking}_roc_auc", found["roc_auc"])
+        interval(f"masked_{masking}_delta_roc_auc", found["delta_roc_auc"])
+    if "internal_validation" in evidence:
+        interval("internal_cv_roc_auc", evidence["internal_validation"]["roc_auc"])
+    return {k: float(v) for k, v in metrics.items() if v is not None}
 
 
 def onnx_files(onnx: OnnxForm, directory: Path) -> list[str]:
@@ -186,25 +270,19 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def log_session_summary(
-    candidates: Sequence[CandidateRecord], y_test: np.ndarray, best: str
-) -> None:
-    """On the parent run: every candidate's ROC curve and the comparison table."""
+def log_session_summary(candidates: Sequence[CandidateRecord], session: SessionContext) -> None:
+    """On the parent run: every candidate's held-out ROC curve and the comparison table."""
     import mlflow
 
+    from heartml.card import comparison_rows, comparison_table
     from heartml.evaluate import plot_roc_curves
+    from heartml.predictions import HOLDOUT
 
-    curves = {c.name: c.probability for c in candidates}
-    mlflow.log_figure(plot_roc_curves(y_test, curves), "plots/roc_curves.png")
-    rows = [{"candidate": c.name, **c.metrics.as_dict()} for c in candidates]
-    mlflow.log_dict({"columns": list(rows[0]), "rows": rows}, "comparison.json")
-    header = "| " + " | ".join(rows[0]) + " |"
-    lines = [header, "|" + "---|" * len(rows[0])]
-    lines += [
-        "| " + " | ".join(v if isinstance(v, str) else f"{v:.4f}" for v in row.values()) + " |"
-        for row in rows
-    ]
-    mlflow.log_text("\n".join(lines) + "\n", "comparison.md")
-    best_metrics = next(c.metrics for c in candidates if c.name == best)
-    mlflow.log_metric("best_roc_auc", best_metrics.roc_auc)
-    mlflow.set_tag("best_candidate", best)
+    curves = {c.name: (c.sets[HOLDOUT].y, c.sets[HOLDOUT].probability) for c in candidates}
+    mlflow.log_figure(plot_roc_curves(curves), "plots/roc_curves.png")
+    rows = comparison_rows(session)
+    mlflow.log_dict({"rows": rows}, "comparison.json")
+    mlflow.log_text(comparison_table(session) + "\n", "comparison.md")
+    best = headline(session.evidence[session.best], session.config)
+    mlflow.log_metric("best_roc_auc", best.score.estimate)
+    mlflow.set_tag("best_candidate", session.best)

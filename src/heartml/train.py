@@ -1,8 +1,20 @@
-"""Train stage: fit every candidate, evaluate it, log and register it, tag the best one.
+"""Train stage: fit and validate every candidate, log and register it with its card, tag the best.
 
-A thin orchestration. Fitting and selection are pure (:mod:`heartml.fit`), scoring and plots
-are :mod:`heartml.evaluate`, the worker processes are :mod:`heartml.workers`, and MLflow is
-only in :mod:`heartml.tracking`.
+A thin orchestration. Fitting and validation are pure (:mod:`heartml.fit`), the numbers are
+:mod:`heartml.evidence`, the plots :mod:`heartml.evaluate`, the card :mod:`heartml.card`, the
+worker processes :mod:`heartml.workers`, and MLflow is only in :mod:`heartml.tracking`.
+
+The work is cut into tasks for the worker pool, each fitting on its own seeded folds, so which
+process runs which task changes the wall time, never a number:
+
+1. one task per repeat of the cross-validation (every candidate on that repeat's folds, one
+   preprocessing per fold), one per candidate for its final fit (held-out rows, other sites,
+   importance, ONNX form), and with several sites one for leave-one-site-out;
+2. once selection is made: each candidate's plots, and the chosen candidate's internal
+   validation (one task per repeat over every row).
+
+The main process meanwhile imports MLflow and opens the store, then logs each candidate as its
+plots arrive, the chosen one last.
 """
 
 from __future__ import annotations
@@ -10,14 +22,16 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from heartml.candidates import TrainingError
 from heartml.convert import TrainingRows, convert_pipeline
-from heartml.data import load_dataset
+from heartml.data import ALL_SITES, SITE_FILES, LoadedData, load_dataset
 from heartml.evaluate import (
     feature_importance,
     plot_calibration,
@@ -25,14 +39,38 @@ from heartml.evaluate import (
     plot_importance,
     plot_roc_curves,
     render_png,
-    score_predictions,
 )
+from heartml.evidence import CalibrationBand, RowFacts, candidate_evidence, selection_scores
 from heartml.experiment import ExperimentConfig, load_experiment
-from heartml.features import split_features_target
-from heartml.fit import HeldOutSplit, fit_candidate, predict_held_out, rank_key, split_data
+from heartml.fit import (
+    FoldPredictions,
+    HeldOutSplit,
+    LabelledRows,
+    cross_validate_repeat,
+    fit_pipeline,
+    labelled_rows,
+    plan_folds,
+    plan_sites,
+    predict,
+    rank_key,
+    split_data,
+)
+from heartml.predictions import (
+    CV,
+    HOLDOUT,
+    INTERNAL,
+    LOSO,
+    MASKED_PREFIX,
+    SITE_PREFIX,
+    PredictionSet,
+    prediction_set,
+    resampled_set,
+)
+from heartml.schema import FEATURE_NAMES, OPTIONAL_FEATURES
 from heartml.tracking import (
     CandidateRecord,
     CandidateResult,
+    SessionContext,
     git_commit,
     log_candidate,
     log_session_summary,
@@ -41,14 +79,23 @@ from heartml.tracking import (
 from heartml.workers import candidate_pool, collect_results, worker_context
 
 if TYPE_CHECKING:
-    import numpy as np
+    from sklearn.pipeline import Pipeline
 
+    from heartml.convert import OnnxForm
     from heartml.registry import PromotionResult
     from heartml.settings import Settings
 
 __all__ = ["CandidateResult", "Progress", "TrainResult", "TrainingError", "train_candidates"]
 
 logger = logging.getLogger(__name__)
+
+# The cost of a missing test is measured by removing these fields from the out-of-fold rows:
+# each optional field alone, and all of them (a patient with none of those tests).
+ALL_OPTIONAL = "all_optional"
+MASKINGS: dict[str, tuple[str, ...]] = {
+    **{field: (field,) for field in OPTIONAL_FEATURES},
+    ALL_OPTIONAL: OPTIONAL_FEATURES,
+}
 
 
 # Called each time training moves on (a candidate fitted, one registered, the promotion
@@ -68,71 +115,187 @@ class TrainResult:
     promotion_warning: str | None
 
 
-def prepare_candidate(
+@dataclass(frozen=True, slots=True)
+class FinalFit:
+    """A candidate fitted on every training row, and what only that model gives."""
+
+    name: str
+    params: dict[str, Any]
+    model: Pipeline
+    holdout: np.ndarray  # P(disease) of each held-out row
+    sites: dict[str, np.ndarray]  # site not trained on -> P(disease) of each of its rows
+    importance_kind: str
+    importance: dict[str, float]
+    onnx: OnnxForm
+
+
+def fit_final(
     name: str,
     params: dict[str, Any],
     config: ExperimentConfig,
     split: HeldOutSplit,
+    others: Mapping[str, LabelledRows],
     probe_rows: np.ndarray,
-) -> CandidateRecord:
-    """Everything heavy about one candidate, done in the worker process that fits it:
-    fit, score on the held-out rows, explain, draw, and convert to ONNX, checked on
-    ``probe_rows`` (every row trained on; a disagreement fails the session)."""
-    fitted = fit_candidate(name, params, config, split)
-    probability = predict_held_out(fitted.model, split)
-    kind, importance = feature_importance(
-        fitted.model, split.x_test, split.y_test, config.split.seed
-    )
-    plots = {
-        "roc_curve.png": plot_roc_curves(split.y_test, {name: probability}),
-        "confusion_matrix.png": plot_confusion_matrix(split.y_test, probability),
-        "calibration_curve.png": plot_calibration(split.y_test, probability),
-        "feature_importance.png": plot_importance(kind, importance),
-    }
-    return CandidateRecord(
+) -> bytes:
+    """Fit on every training row; score the held-out rows and the other sites; explain; convert
+    to ONNX, checked on ``probe_rows`` (every row trained on, complete and with optional fields
+    missing: a disagreement fails the session).
+
+    Returned pickled: the pool unpickles a result in its own thread, and a fitted pipeline's
+    classes would then be imported there while the main thread imports MLflow and skops, which
+    import scikit-learn too — two threads importing the same modules in opposite orders, and
+    Python's import deadlock detection hands one a partially initialised module. As bytes, the
+    result is unpickled by the main thread, once the store is open.
+    """
+    model = fit_pipeline(name, params, split.train, config.split.seed)
+    kind, importance = feature_importance(model, split.x_test, split.y_test, config.split.seed)
+    fitted = FinalFit(
         name=name,
         params=params,
-        model=fitted.model,
-        probability=probability,
-        metrics=score_predictions(split.y_test, probability, fitted.cv_scores),
+        model=model,
+        holdout=predict(model, split.x_test),
+        sites={site: predict(model, rows.features) for site, rows in others.items()},
         importance_kind=kind,
         importance=importance,
-        plots={path: render_png(fig) for path, fig in plots.items()},
         onnx=convert_pipeline(
-            fitted.model,
+            model,
             probe_rows,
             TrainingRows(split.x_train.to_numpy(dtype="float64"), split.y_train),
         ),
     )
+    return pickle.dumps(fitted)
 
 
-def prepare_candidate_pickled(
+def draw_plots(
     name: str,
-    params: dict[str, Any],
-    config: ExperimentConfig,
-    split: HeldOutSplit,
-    probe_rows: np.ndarray,
-) -> bytes:
-    """``prepare_candidate``'s record, pickled in the worker.
+    sets: Mapping[str, PredictionSet],
+    evidence: Mapping[str, Any],
+    importance_kind: str,
+    importance: dict[str, float],
+) -> dict[str, bytes]:
+    """The candidate's plots, as PNG: artifact path (under ``plots/``) -> bytes."""
+    holdout, oof = sets[HOLDOUT], sets[CV].by_row()
+    figures = {
+        "roc_curve.png": plot_roc_curves(
+            {
+                "held-out": (holdout.y, holdout.probability),
+                "out-of-fold": (oof.y, oof.probability),
+            }
+        ),
+        "calibration_curve.png": plot_calibration(
+            {
+                "out-of-fold (deciles)": evidence["cv"]["calibration_curve"],
+                "held-out (quintiles)": evidence["holdout"]["calibration_curve"],
+            },
+            title=f"Calibration: {name}",
+        ),
+        "confusion_matrix.png": plot_confusion_matrix(holdout.y, holdout.probability),
+        "feature_importance.png": plot_importance(importance_kind, importance),
+    }
+    for key, title in (("sites", "other sites"), ("leave_one_site_out", "left-out sites")):
+        if evidence.get(key):
+            curves = {site: _site_curve(sets, key, site, i) for i, site in enumerate(evidence[key])}
+            figures[f"calibration_{key}.png"] = plot_calibration(
+                curves, title=f"Calibration on {title}"
+            )
+    return {path: render_png(fig) for path, fig in figures.items()}
 
-    The pool unpickles a result in its own thread. A fitted pipeline's classes would then be
-    imported there while the main thread imports MLflow and skops, which import scikit-learn
-    too: two threads importing the same modules in opposite orders, and Python's import
-    deadlock detection hands one of them a partially initialised module ("cannot import name
-    'BaseLibSVM' from partially initialized module"). As bytes, the record is unpickled by the
-    main thread, once the store is open.
-    """
-    return pickle.dumps(prepare_candidate(name, params, config, split, probe_rows))
+
+def _site_curve(
+    sets: Mapping[str, PredictionSet], key: str, site: str, position: int
+) -> list[dict[str, float]]:
+    from heartml.evidence import curve_json
+
+    if key == "sites":
+        rows = sets[SITE_PREFIX + site]
+        return curve_json(rows.y, rows.probability, bins=5)
+    loso = sets[LOSO]
+    chosen = loso.fold == position
+    return curve_json(loso.y[chosen], loso.probability[chosen], bins=5)
 
 
-def _on_fitted(name: str, report: Callable[[str], None]) -> Callable[[Future[Any]], None]:
-    """A done-callback that reports a fitted candidate (it runs in the pool's own thread)."""
+def _on_done(message: str, report: Callable[[str], None]) -> Callable[[Future[Any]], None]:
+    """A done-callback that reports a finished task (it runs in the pool's own thread)."""
 
     def on_done(future: Future[Any]) -> None:
         if not future.cancelled() and future.exception() is None:
-            report(f"fitted {name}")
+            report(message)
 
     return on_done
+
+
+def other_sites(settings: Settings, config: ExperimentConfig) -> LoadedData | None:
+    """The downloaded sites the experiment does not train on (checked like the others), or
+    None when none is: ``heartml data download --all-sites`` fetches them."""
+    cached = [
+        site
+        for site in ALL_SITES
+        if site not in config.data.sites
+        and (settings.data_dir / SITE_FILES[site].filename).is_file()
+    ]
+    return load_dataset(settings, cached) if cached else None
+
+
+def probe_rows_of(features: np.ndarray) -> np.ndarray:
+    """The rows an ONNX form must reproduce: every row, and every row again with a pattern of
+    its optional fields missing (row i drops the fields of the bits of i + 1), so that the
+    graph is checked on imputation as the API will use it."""
+    positions = [FEATURE_NAMES.index(f) for f in OPTIONAL_FEATURES]
+    masked = features.copy()
+    for i in range(len(masked)):
+        pattern = (i % (2 ** len(positions) - 1)) + 1
+        for bit, column in enumerate(positions):
+            if pattern >> bit & 1:
+                masked[i, column] = np.nan
+    return np.vstack([features, masked])
+
+
+def row_facts(frames: list[LabelledRows]) -> RowFacts:
+    sex: dict[str, float] = {}
+    age: dict[str, float] = {}
+    missing: dict[str, frozenset[str]] = {}
+    for rows in frames:
+        values = rows.features.to_numpy(dtype="float64")
+        absent = np.isnan(values)
+        for i, row_id in enumerate(rows.ids):
+            sex[row_id] = float(values[i, FEATURE_NAMES.index("sex")])
+            age[row_id] = float(values[i, FEATURE_NAMES.index("age")])
+            missing[row_id] = frozenset(
+                name for name, gone in zip(FEATURE_NAMES, absent[i], strict=True) if gone
+            )
+    return RowFacts(sex=sex, age=age, missing=missing)
+
+
+def missing_counts(rows: LabelledRows) -> dict[str, int]:
+    """Missing feature values per site."""
+    values = rows.features.to_numpy(dtype="float64")
+    return {
+        site: int(np.isnan(values[rows.sites == site]).sum()) for site in dict.fromkeys(rows.sites)
+    }
+
+
+def assemble_sets(
+    name: str,
+    split: HeldOutSplit,
+    plan: np.ndarray,
+    repeats: list[dict[str, FoldPredictions]],
+    final: FinalFit,
+    others: Mapping[str, LabelledRows],
+    loso: tuple[LabelledRows, np.ndarray, dict[str, FoldPredictions]] | None,
+) -> dict[str, PredictionSet]:
+    """A candidate's predictions table from the tasks' results."""
+    train = split.train
+    stacked = np.vstack([r[name].probability for r in repeats])
+    sets = {CV: resampled_set(train.ids, train.target, plan, stacked)}
+    for masking, masked in repeats[0][name].masked.items():
+        sets[MASKED_PREFIX + masking] = resampled_set(train.ids, train.target, plan[:1], masked)
+    sets[HOLDOUT] = prediction_set(split.test.ids, split.test.target, final.holdout)
+    for site, rows in others.items():
+        sets[SITE_PREFIX + site] = prediction_set(rows.ids, rows.target, final.sites[site])
+    if loso is not None:
+        rows, site_plan, results = loso
+        sets[LOSO] = resampled_set(rows.ids, rows.target, site_plan, results[name].probability)
+    return sets
 
 
 def train_candidates(
@@ -144,8 +307,8 @@ def train_candidates(
     training attempts the promotion. A refused or failed promotion is reported in the result
     (``promotion_warning``) and never fails training: the pipeline's promote step decides.
 
-    The candidates are prepared in worker processes (:mod:`heartml.workers`). As with any use
-    of multiprocessing, a script that calls this must keep its top-level code under
+    The work runs in worker processes (:mod:`heartml.workers`). As with any use of
+    multiprocessing, a script that calls this must keep its top-level code under
     ``if __name__ == "__main__":`` (the ``heartml`` command, ``python -m heartml`` and pytest do).
     """
     from heartml import registry
@@ -153,66 +316,188 @@ def train_candidates(
     workers = worker_context()
     config = load_experiment(settings.experiment_config)
     dataset = load_dataset(settings, config.data.sites)
-    features, target = split_features_target(dataset.frame)
-    split = split_data(features, target, config)
-    probe_rows = features.to_numpy(dtype="float64")
+    rows = labelled_rows(dataset.frame)
+    split = split_data(rows, config)
+    elsewhere = other_sites(settings, config)
+    others_rows = labelled_rows(elsewhere.frame) if elsewhere is not None else None
+    others: dict[str, LabelledRows] = {}
+    if others_rows is not None:
+        others = {site: others_rows.where_site(site) for site in dict.fromkeys(others_rows.sites)}
+    seed, cv = config.split.seed, config.cv
+    plan = plan_folds(split.train, cv.folds, cv.repeats, seed)
+    probe_rows = probe_rows_of(rows.features.to_numpy(dtype="float64"))
+    band = CalibrationBand(
+        settings.calibration_slope_min,
+        settings.calibration_slope_max,
+        settings.calibration_intercept_max,
+    )
 
-    steps = 2 * len(config.candidates) + int(promote)  # fit and register each, then promote
+    # fit each, register each, promote
+    steps = 2 * len(config.candidates) + int(promote)
 
     def report(step: str) -> None:
         if progress is not None:
             progress(step, steps)
 
-    # The candidates are prepared in worker processes while this one imports MLflow and opens
-    # the store (and migrates a new database): both are seconds of Python work.
     started = time.perf_counter()
-    with candidate_pool(len(config.candidates), workers) as pool:
-        futures = []
-        for name, params in config.candidates.items():
-            future = pool.submit(prepare_candidate_pickled, name, params, config, split, probe_rows)
-            future.add_done_callback(_on_fitted(name, report))
-            futures.append(future)
-        experiment_id = open_store(settings)
-        prepared: list[CandidateRecord] = [pickle.loads(b) for b in collect_results(futures)]
-    logger.info("fitted %d candidates in %.1f s", len(prepared), time.perf_counter() - started)
-    best_name = max(prepared, key=lambda c: rank_key(c.name, c.metrics, config)).name
-
-    import mlflow
-
-    lineage = {
-        "data_sha256": dataset.files.fingerprint,
-        "data_sites": ",".join(config.data.sites),
-        "git_commit": git_commit(),
-        "config_hash": config.config_hash,
-        "experiment_version": str(config.version),
-    }
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name="training-session", tags=lineage
-    ) as parent:
-        mlflow.log_params({"candidates": ",".join(config.candidates), "rows": len(features)})
-        results = []
-        for candidate in prepared:
-            result = log_candidate(
-                candidate, settings, config, split.x_train, lineage, experiment_id
+    candidates = config.candidates
+    with candidate_pool(len(candidates), workers) as pool:
+        # The missing tests are measured on the first repeat's folds: a paired comparison on
+        # every training row, at a fifth of the cost of doing it for every repeat.
+        repeat_futures = [
+            pool.submit(
+                cross_validate_repeat,
+                candidates,
+                split.train,
+                plan[r],
+                seed,
+                MASKINGS if r == 0 else None,
             )
-            report(f"registered {result.model_name} v{result.model_version}")
-            results.append(result)
-        log_session_summary(prepared, split.y_test, best_name)
-        best = next(r for r in results if r.name == best_name)
-        registry.tag_best_version(
-            settings, best.model_name, best.model_version, best.metrics.roc_auc, best.name
+            for r in range(cv.repeats)
+        ]
+        final_futures = []
+        for name, params in candidates.items():
+            future = pool.submit(fit_final, name, params, config, split, others, probe_rows)
+            future.add_done_callback(_on_done(f"fitted {name}", report))
+            final_futures.append(future)
+        loso_future = None
+        if config.validation.leave_one_site_out:
+            site_plan = plan_sites(rows, config.data.sites)
+            loso_future = pool.submit(cross_validate_repeat, candidates, rows, site_plan[0], seed)
+
+        experiment_id = open_store(settings)
+
+        repeats = collect_results(repeat_futures)
+        finals: list[FinalFit] = [pickle.loads(b) for b in collect_results(final_futures)]
+        loso = None
+        if loso_future is not None:
+            loso = (rows, site_plan, collect_results([loso_future])[0])
+        facts = row_facts([rows, *others.values()])
+        missing = missing_counts(rows) | (
+            missing_counts(others_rows) if others_rows is not None else {}
         )
-        for result in results:
-            if result is not best:
-                registry.tag_candidate_version(
-                    settings,
-                    result.model_name,
-                    result.model_version,
-                    result.metrics.roc_auc,
-                    result.name,
+
+        def evidence_of(sets: Mapping[str, PredictionSet]) -> dict[str, Any]:
+            return candidate_evidence(
+                sets,
+                test_fraction=cv.test_fraction,
+                facts=facts,
+                maskings=MASKINGS,
+                missing_values=missing,
+                band=band,
+                sites=config.data.sites,
+            )
+
+        tables = {
+            f.name: assemble_sets(f.name, split, plan, repeats, f, others, loso) for f in finals
+        }
+        evidence = {name: evidence_of(sets) for name, sets in tables.items()}
+        best_name = max(
+            candidates, key=lambda n: rank_key(n, selection_scores(evidence[n]), config)
+        )
+        logger.info(
+            "cross-validated %d candidates in %.1f s", len(finals), time.perf_counter() - started
+        )
+
+        # The chosen procedure's internal validation, over every row, after the plots.
+        plot_futures = {
+            f.name: pool.submit(
+                draw_plots,
+                f.name,
+                tables[f.name],
+                evidence[f.name],
+                f.importance_kind,
+                f.importance,
+            )
+            for f in finals
+        }
+        internal_futures = []
+        if config.validation.internal:
+            everyone = plan_folds(rows, cv.folds, cv.repeats, seed)
+            internal_futures = [
+                pool.submit(
+                    cross_validate_repeat,
+                    {best_name: candidates[best_name]},
+                    rows,
+                    everyone[r],
+                    seed,
                 )
+                for r in range(cv.repeats)
+            ]
+
+        import mlflow
+
+        lineage = {
+            "data_sha256": dataset.files.fingerprint,
+            "data_sites": ",".join(config.data.sites),
+            "git_commit": git_commit(),
+            "config_hash": config.config_hash,
+            "experiment_version": str(config.version),
+            "split_seed": str(config.split.seed),
+            "split_test_size": str(config.split.test_size),
+        }
+        session = SessionContext(
+            config=config,
+            lineage=lineage,
+            dataset=dataset,
+            others=elsewhere,
+            split=split,
+            evidence=evidence,
+            best=best_name,
+            experiment_id=experiment_id,
+        )
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name="training-session", tags=lineage
+        ) as parent:
+            mlflow.log_params(
+                {"candidates": ",".join(candidates), "rows": len(rows), "best": best_name}
+            )
+            # The chosen candidate last: its internal validation runs meanwhile.
+            order = [f for f in finals if f.name != best_name] + [
+                f for f in finals if f.name == best_name
+            ]
+            results: dict[str, CandidateResult] = {}
+            records: dict[str, CandidateRecord] = {}
+            for final in order:
+                sets = tables[final.name]
+                if final.name == best_name and internal_futures:
+                    done = collect_results(internal_futures)
+                    sets = {
+                        **sets,
+                        INTERNAL: resampled_set(
+                            rows.ids,
+                            rows.target,
+                            everyone,
+                            np.vstack([r[best_name].probability for r in done]),
+                        ),
+                    }
+                    evidence[best_name] = evidence_of(sets)
+                record = CandidateRecord(
+                    name=final.name,
+                    params=final.params,
+                    model=final.model,
+                    sets=sets,
+                    evidence=evidence[final.name],
+                    importance_kind=final.importance_kind,
+                    importance=final.importance,
+                    plots=collect_results([plot_futures[final.name]])[0],
+                    onnx=final.onnx,
+                )
+                result = log_candidate(record, settings, session)
+                report(f"registered {result.model_name} v{result.model_version}")
+                results[final.name] = result
+                records[final.name] = record
+            log_session_summary(list(records.values()), session)
+            ordered = tuple(results[name] for name in candidates)
+            best = results[best_name]
+            for result in ordered:
+                tag = (
+                    registry.tag_best_version if result is best else registry.tag_candidate_version
+                )
+                tag(settings, result.model_name, result.model_version, result.tags)
+
     # On an authenticated registry, the promoters may promote the models just created.
-    for note in registry.share_with_promoters(settings, [r.model_name for r in results]):
+    for note in registry.share_with_promoters(settings, [r.model_name for r in ordered]):
         logger.warning(note)
 
     promotion, warning = None, None
@@ -231,7 +516,7 @@ def train_candidates(
     return TrainResult(
         parent_run_id=parent.info.run_id,
         experiment_id=experiment_id,
-        candidates=tuple(results),
+        candidates=ordered,
         best=best,
         promotion=promotion,
         promotion_warning=warning,

@@ -53,3 +53,26 @@ def test_binary_target_balance(cached: Settings) -> None:
     _, target = split_features_target(load_dataset(cached).frame)
     assert target.sum() == 139  # Cleveland: 164 without disease, 139 with
     assert len(target) == 303
+
+
+def test_the_optional_fields_are_the_tests_the_sites_lack(cached: Settings) -> None:
+    # The API's optional fields (heartml.schema.OPTIONAL_FEATURES), decided from this table:
+    # each is missing in at least 10 % of some site's rows; the required ones are missing in
+    # at most 5 % of every site's rows, except VA's exercise test (with its blood pressure),
+    # missing for the same quarter of its patients at once.
+    from heartml.schema import OPTIONAL_FEATURES, REQUIRED_FEATURES
+
+    frame = load_dataset(cached, ALL_SITES).frame
+    rate = frame.groupby("site")[[*OPTIONAL_FEATURES, *REQUIRED_FEATURES]].agg(
+        lambda column: column.isna().mean()
+    )
+    for field in OPTIONAL_FEATURES:
+        assert rate[field].max() >= 0.10, field
+    exercise = ["trestbps", "thalach", "exang", "oldpeak"]
+    for field in REQUIRED_FEATURES:
+        worst = rate[field].drop("va") if field in exercise else rate[field]
+        assert worst.max() <= 0.05, field
+    va = frame[frame["site"] == "va"]
+    no_test = va["thalach"].isna()
+    assert 0.25 <= no_test.mean() <= 0.30
+    assert (va.loc[no_test, ["exang", "oldpeak"]].isna().all(axis=1)).mean() >= 0.95

@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import MlflowServer, assert_one_champion, free_port, invoke_heartml, make_settings
+from conftest import (
+    MlflowServer,
+    assert_one_champion,
+    free_port,
+    invoke_heartml,
+    make_settings,
+    predictions_run,
+)
 from heartml.registry import promote_version, read_family
 from heartml.settings import Settings
 
@@ -32,6 +39,7 @@ class DyingProxy:
         self.port = port
         self.budget = budget
         self.forwarded = 0
+        self.paths: list[str] = []
         self.lock = threading.Lock()
         proxy = self
 
@@ -46,6 +54,7 @@ class DyingProxy:
                     allowed = proxy.budget is None or proxy.forwarded < proxy.budget
                     if allowed:
                         proxy.forwarded += 1
+                        proxy.paths.append(f"{self.command} {self.path}")
                 if not allowed:
                     # The server died: no answer, connection gone, nobody listening.
                     self.close_connection = True
@@ -100,13 +109,16 @@ def build_family(uri: str, prefix: str) -> None:
         client.create_model_version(
             prefix + algorithm,
             source=f"s3://heartml-test-fixtures/{algorithm}",
+            run_id=predictions_run(client),
             tags={"roc_auc": f"{score:.4f}", "best_model": str(algorithm == "knn").lower()},
         )
 
 
 @pytest.mark.slow
-# A full `promote --auto` makes 26 requests here; cut at points across the whole write path.
-@pytest.mark.parametrize("cut_after", [4, 7, 9, 11, 13, 16])
+# A full `promote --auto` makes about 50 requests here: the family (2), both versions' stored
+# predictions (11), the challenger's card (5), the gate's tags and the claim (2 per tag), the
+# alias and stage (6), the reconcile (8). Cut at points across the whole path.
+@pytest.mark.parametrize("cut_after", [5, 12, 17, 24, 38, 44, 48])
 def test_server_dying_mid_promotion_then_rerun_completes_it(
     mlflow_server: MlflowServer, tmp_path: Path, cut_after: int
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from conftest import (
     invoke_heartml,
     make_settings,
     one_line_error,
+    predictions_run,
     settings_env,
 )
 from heartml.registry import (
@@ -49,12 +51,22 @@ _prefixes = itertools.count(1)
 class Registry:
     """A family of registered models on one store, and the CLI pointed at it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, root: Path) -> None:
         self.settings = settings
+        self.root = root
         self.client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
         self.prefix = settings.model_prefix
 
-    def add(self, algorithm: str, roc_auc: float | None, *, best: bool = False) -> int:
+    def add(
+        self,
+        algorithm: str,
+        roc_auc: float | None,
+        *,
+        best: bool = False,
+        predictions: str | None = "good",
+    ) -> int:
+        """A version with a score tag and, unless ``predictions`` is None, a run holding
+        stored predictions of that quality (conftest.synthetic_predictions)."""
         name = self.prefix + algorithm
         with contextlib.suppress(Exception):  # already registered
             self.client.create_registered_model(name)
@@ -63,8 +75,9 @@ class Registry:
             tags["roc_auc"] = f"{roc_auc:.4f}"
         if best:
             tags["best_model"] = "true"
+        run_id = None if predictions is None else predictions_run(self.client, predictions)
         version = self.client.create_model_version(
-            name, source=f"s3://heartml-test-fixtures/{algorithm}", tags=tags
+            name, source=f"s3://heartml-test-fixtures/{algorithm}", run_id=run_id, tags=tags
         )
         return int(version.version)
 
@@ -105,7 +118,7 @@ class Registry:
 
 def sqlite_family(tmp_path: Path, empty_store: Path) -> Registry:
     shutil.copy2(empty_store, tmp_path / "mlflow.db")
-    return Registry(make_settings(tmp_path, tmp_path / "unused"))
+    return Registry(make_settings(tmp_path, tmp_path / "unused"), tmp_path)
 
 
 def server_family(tmp_path: Path, server: MlflowServer) -> Registry:
@@ -114,7 +127,8 @@ def server_family(tmp_path: Path, server: MlflowServer) -> Registry:
     return Registry(
         make_settings(
             tmp_path, tmp_path / "unused", mlflow_tracking_uri=server.uri, model_prefix=prefix
-        )
+        ),
+        tmp_path,
     )
 
 
@@ -224,20 +238,40 @@ def test_gate_refuses_a_worse_challenger_and_force_overrides(sqlite_registry: Re
     registry = sqlite_registry
     champion = registry.add("svm", 0.95)
     promote_version(registry.settings, registry.prefix + "svm", champion)
-    challenger = registry.add("knn", 0.90, best=True)
+    challenger = registry.add("knn", 0.90, best=True, predictions="weak")
 
     refused = registry.run("--auto")
     assert refused.returncode == 2
-    assert "⛔ Not promoted — refused by the gate:" in refused.stdout
-    assert "0.9000" in refused.stdout and "0.9500" in refused.stdout
+    [message] = [line for line in refused.stdout.splitlines() if "Not promoted" in line]
+    assert message.startswith(
+        f"⛔ Not promoted — refused by the gate: heart-disease-knn/{challenger} ROC-AUC"
+    )
+    # Both scores, the difference and its interval, the margin, and the rows compared.
+    assert re.search(
+        r"ROC-AUC 0\.\d{4} vs champion heart-disease-svm/1 0\.\d{4}: difference -0\.\d{4}, "
+        r"95 % CI \[-0\.\d{4}, [-+]0\.\d{4}\], beyond the non-inferiority margin -0\.0500 "
+        r"\(paired on the same 120 held-out rows\)",
+        message,
+    ), message
     assert registry.assert_one_champion() == f"{registry.prefix}svm/{champion}"
+    # The refusal is recorded on the challenger: tags, and the JSON record in its run.
+    refused_version = registry.state().find(registry.prefix + "knn", challenger)
+    assert refused_version.tags["gate_verdict"] == "refused"
+    assert refused_version.tags["gate_champion"] == f"{registry.prefix}svm/{champion}"
+    record = registry.client.download_artifacts(
+        refused_version.run_id, refused_version.tags["gate_evidence"], str(registry.root)
+    )
+    assert json.loads(Path(record).read_text())["verdict"] == "refused"
 
     forced = registry.run("--auto", "--force")
     assert forced.returncode == 0, forced.stderr
     assert registry.assert_one_champion() == f"{registry.prefix}knn/{challenger}"
+    assert (
+        registry.state().find(registry.prefix + "knn").tags["gate_verdict"].startswith("overridden")
+    )
 
 
-def test_gate_minimum_and_tolerance(sqlite_registry: Registry) -> None:
+def test_gate_minimum_margin_and_versions_without_predictions(sqlite_registry: Registry) -> None:
     sqlite_registry.add("knn", 0.75, best=True)
     refused = sqlite_registry.run("--auto")
     assert refused.returncode == 2
@@ -245,11 +279,18 @@ def test_gate_minimum_and_tolerance(sqlite_registry: Registry) -> None:
     assert sqlite_registry.run("--auto", "--min-roc-auc", "0.7").returncode == 0
 
     sqlite_registry.client.set_model_version_tag("heart-disease-knn", "1", "best_model", "false")
-    sqlite_registry.add("svm", 0.74, best=True)
-    assert sqlite_registry.run("--auto", "--min-roc-auc", "0.7").returncode == 2
-    tolerant = sqlite_registry.run("--auto", "--min-roc-auc", "0.7", "--tolerance", "0.02")
-    assert tolerant.returncode == 0
+    sqlite_registry.add("svm", 0.85, best=True, predictions="weak")
+    assert sqlite_registry.run("--auto").returncode == 2
+    tolerant = sqlite_registry.run("--auto", "--margin", "0.5")
+    assert tolerant.returncode == 0, tolerant.stdout
     assert sqlite_registry.assert_one_champion() == "heart-disease-svm/1"
+
+    # A version without stored predictions cannot be judged: promote it by name, or --force.
+    sqlite_registry.client.set_model_version_tag("heart-disease-svm", "1", "best_model", "false")
+    sqlite_registry.add("lr", 0.9, best=True, predictions=None)
+    blind = sqlite_registry.run("--auto")
+    assert blind.returncode == 2
+    assert "has no stored predictions to judge it by" in blind.stdout
 
 
 def test_dry_run_changes_nothing(sqlite_registry: Registry) -> None:
@@ -291,6 +332,11 @@ def test_rollback_restores_the_previous_champion_and_history_lists_both(
     assert history[0]["by"] == "test-suite"
     assert history[0]["at"] > history[1]["at"]
     assert history[0]["at"].endswith("Z")
+    # Each --auto rests on the gate's verdict: against svm, paired on the same held-out rows.
+    assert history[0]["gate"]["verdict"] == "passed"
+    assert history[0]["gate"]["champion"] == f"{registry.prefix}svm/{first}"
+    assert history[0]["gate"]["delta_roc_auc"] == [0.0, 0.0, 0.0]
+    assert history[1]["gate"]["champion"] is None
 
     rolled = registry.run("--rollback")
     assert rolled.returncode == 0, rolled.stderr
@@ -306,6 +352,8 @@ def test_rollback_restores_the_previous_champion_and_history_lists_both(
     text = registry.run("--history").stdout
     assert text.count(f"{registry.prefix}svm v{first}") == 2
     assert f"rollback from {registry.prefix}logistic_regression/{second}" in text
+    assert "gate:     not gated" in text  # the rollback: an operator's decision
+    assert "gate:     passed; ROC-AUC difference +0.0000 [+0.0000, +0.0000]" in text
 
 
 def test_rollback_without_a_previous_champion(sqlite_registry: Registry) -> None:
@@ -464,6 +512,6 @@ def test_unreachable_store_is_one_line_and_fast(tmp_path: Path) -> None:
         registry_retries=1,
     )
     started = time.monotonic()
-    result = Registry(settings).run_process("--auto")
+    result = Registry(settings, tmp_path).run_process("--auto")
     one_line_error(result, f"error: tracking store {settings.mlflow_tracking_uri} is unreachable")
     assert time.monotonic() - started < 30

@@ -117,7 +117,9 @@ def copy_champion(source: Settings, target: Settings, staging: Path) -> int:
         )
     shutil.rmtree(local)
     version = str(info.registered_model_version)
-    tag_candidate_version(target, LR, version, 0.95, "logistic_regression")
+    tag_candidate_version(
+        target, LR, version, {"roc_auc": "0.9500", "model_type": "logistic_regression"}
+    )
     promote_version(target, LR, int(version), reason="test: champion on the new server")
     return int(version)
 

@@ -4,6 +4,7 @@ The session-wide ``trained_root`` store is trained once, in this process; a seco
 the real ``heartml train`` command on a copy of it.
 """
 
+import re
 from pathlib import Path
 
 import mlflow
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import make_settings, run_heartml
+from conftest import invoke_heartml, make_settings, run_heartml
 from heartml.data import load_dataset
 from heartml.features import split_features_target
 from heartml.registry import configure_mlflow, read_with_client
@@ -20,9 +21,18 @@ from heartml.settings import Settings
 pytestmark = pytest.mark.slow
 
 METRICS = {
-    "cv_roc_auc_mean", "cv_roc_auc_std", "roc_auc", "accuracy", "precision", "recall", "f1",
-    "brier_score", "log_loss",
+    "roc_auc", "roc_auc_low", "roc_auc_high", "cv_roc_auc", "cv_roc_auc_low", "cv_roc_auc_high",
+    "cv_roc_auc_mean", "cv_roc_auc_sd", "oof_roc_auc", "oof_calibration_slope",
+    "oof_calibration_intercept", "holdout_roc_auc", "holdout_roc_auc_low", "holdout_roc_auc_high",
+    "holdout_calibration_slope", "holdout_calibration_intercept", "accuracy", "precision",
+    "recall", "f1", "brier_score", "log_loss", "masked_all_optional_roc_auc",
+    "masked_ca_delta_roc_auc", "subgroup_female_roc_auc", "subgroup_age_55_plus_roc_auc",
 }  # fmt: skip
+SITE_METRICS = (
+    "roc_auc", "roc_auc_low", "roc_auc_high", "calibration_slope", "calibration_intercept",
+    "mean_predicted", "prevalence", "rows", "missing_values",
+)  # fmt: skip
+OTHER_SITES = ("hungarian", "switzerland", "va")
 CANDIDATES = {"logistic_regression", "random_forest", "gradient_boosting", "svm", "knn"}
 
 
@@ -57,13 +67,28 @@ def test_training_registers_every_candidate_tags_and_promotes_the_best(
     run_id = client.get_model_version(name, str(version)).run_id
     assert run_id is not None
     run = client.get_run(run_id)
-    assert tags["roc_auc"] == f"{run.data.metrics['roc_auc']:.4f}"
+    metrics = run.data.metrics
+    # roc_auc is the score selection used: the repeated-CV mean, with its interval; the
+    # held-out score and its interval have tags of their own.
+    assert tags["selection_metric"] == "cv_roc_auc_mean"
+    assert tags["roc_auc"] == f"{metrics['cv_roc_auc_mean']:.4f}" == f"{metrics['roc_auc']:.4f}"
+    assert tags["roc_auc_ci"] == f"{metrics['cv_roc_auc_low']:.4f}-{metrics['cv_roc_auc_high']:.4f}"
+    assert tags["holdout_roc_auc"] == f"{metrics['holdout_roc_auc']:.4f}"
+    assert tags["holdout_roc_auc_ci"] == (
+        f"{metrics['holdout_roc_auc_low']:.4f}-{metrics['holdout_roc_auc_high']:.4f}"
+    )
     assert tags["model_type"] == name.removeprefix("heart-disease-")
+    for lineage in ("data_sha256", "data_sites", "split_seed", "split_test_size", "config_hash"):
+        assert tags[lineage] == run.data.tags[lineage]
+    # --list never shows best_model=true on a version whose roc_auc is lower than another's.
     all_scores = [
         float(v.tags["roc_auc"])
         for v in client.search_model_versions("name LIKE 'heart-disease-%'")
     ]
     assert float(tags["roc_auc"]) == max(all_scores)
+    # The issue's target: the chosen procedure's repeated CV over every Cleveland row.
+    assert metrics["internal_cv_roc_auc"] >= 0.91
+    assert metrics["internal_cv_roc_auc_low"] < metrics["internal_cv_roc_auc"]
 
     # Training attempted the promotion: the best version is champion and in Production.
     champion = client.get_model_version_by_alias(name, "champion")
@@ -94,13 +119,21 @@ def test_runs_are_nested_and_fully_logged(trained_root: Path, mirror: Path) -> N
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert set(child.data.metrics) >= METRICS
+        for site in OTHER_SITES:
+            for metric in SITE_METRICS:
+                assert f"site_{site}_{metric}" in child.data.metrics, (site, metric)
+        assert "site_cleveland_roc_auc" not in child.data.metrics  # trained on it
         assert child.data.tags["serving_engine"] == "onnx"
         assert child.data.metrics["onnx_max_deviation"] <= 1e-5
         assert "model.n_neighbors" in child.data.params or child.data.tags["candidate"] != "knn"
+        assert child.data.params["cv.repeats"] == "5"
+        files = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"predictions.csv", "model_card.md", "model_card.html", "model_card.json"} <= files
         plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert plots == {
             "plots/roc_curve.png", "plots/confusion_matrix.png",
             "plots/calibration_curve.png", "plots/feature_importance.png",
+            "plots/calibration_sites.png",
         }  # fmt: skip
 
 
@@ -145,3 +178,54 @@ def test_cli_second_session_adds_versions_keeps_one_best_and_same_metrics(
             metrics = client.get_run(str(registered.run_id)).data.metrics
             expected = before[registered.tags["model_type"]]
             assert metrics == pytest.approx(expected, abs=1e-12), registered.name
+    # The equivalent retrain: training's promotion attempt paired it with the champion it
+    # replaces on the same 61 held-out rows; identical predictions, a difference of exactly 0.
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == "2"
+    assert champion.tags["gate_verdict"] == "passed"
+    assert champion.tags["gate_champion"] == f"{name}/1"
+    assert champion.tags["gate_comparison"] == "paired, 61 rows"
+    assert champion.tags["gate_delta_roc_auc_ci"] == "[+0.0000, +0.0000]"
+
+
+WEAK_RETRAIN = """\
+version: 1
+data: {sites: [cleveland]}
+split: {test_size: 0.2, stratify: true, seed: 42}
+cv: {folds: 5, repeats: 1}
+validation: {internal: false}
+candidates:
+  knn: {n_neighbors: 1}
+"""
+
+
+def test_the_gate_refuses_a_weak_retrain_with_the_interval(
+    trained_settings: Settings, tmp_path: Path
+) -> None:
+    # A deliberately weak retrain (1-nearest neighbour) on the same data and split: one cheap
+    # candidate, trained for real, then judged by `promote --auto` against the champion.
+    config = tmp_path / "weak.yaml"
+    config.write_text(WEAK_RETRAIN)
+    trained = run_heartml(trained_settings, "train", "--config", str(config), "--no-promote")
+    assert trained.returncode == 0, trained.stderr
+    client = client_for(trained_settings)
+    champion = client.get_model_version_by_alias("heart-disease-logistic_regression", "champion")
+
+    refused = invoke_heartml(trained_settings, "promote", "--auto")
+    assert refused.returncode == 2, refused.stdout
+    [message] = [line for line in refused.stdout.splitlines() if "Not promoted" in line]
+    found = re.search(
+        r"heart-disease-knn/2 ROC-AUC (0\.\d{4}) vs champion heart-disease-logistic_regression/"
+        rf"{champion.version} (0\.\d{{4}}): difference (-0\.\d{{4}}), 95 % CI \[(-0\.\d{{4}}), "
+        r"([-+]0\.\d{4})\], beyond the non-inferiority margin -0\.0500 \(paired on the same 61 "
+        r"held-out rows",
+        message,
+    )
+    assert found, message
+    weak, strong, delta, low, _ = (float(g) for g in found.groups())
+    assert delta == pytest.approx(weak - strong, abs=2e-4) and low < -0.05
+    # The refusal is on the weak version: its verdict and the numbers it rests on.
+    version = client.get_model_version("heart-disease-knn", "2")
+    assert version.tags["gate_verdict"] == "refused"
+    assert version.tags["gate_delta_roc_auc"] == f"{delta:+.4f}"
+    assert client.get_model_version_by_alias(champion.name, "champion").version == champion.version

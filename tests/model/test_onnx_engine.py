@@ -22,9 +22,10 @@ from heartml.experiment import load_experiment
 from heartml.features import split_features_target
 from heartml.onnx_model import TOLERANCE, OnnxFiles, Probe, find_onnx_files
 from heartml.registry import configure_mlflow, read_family
-from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES
+from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES, OPTIONAL_FEATURES
 from heartml.serve.engine import load_engine
 from heartml.settings import Settings
+from heartml.train import probe_rows_of
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +90,16 @@ def test_the_model_keeps_every_row_it_was_checked_on(
     assert files is not None
     assert files.graph.parent.name == "extra_files"
     probe = Probe.load(files.probe)
-    assert np.array_equal(probe.rows, features.to_numpy(dtype=np.float64), equal_nan=True)
+    rows = features.to_numpy(dtype=np.float64)
+    # Every row, then every row again with a pattern of its optional fields missing: the graph
+    # is checked on the imputation the API relies on for a null field.
+    assert np.array_equal(probe.rows, probe_rows_of(rows), equal_nan=True)
+    complete, masked = probe.rows[: len(rows)], probe.rows[len(rows) :]
+    assert np.array_equal(complete, rows, equal_nan=True)
+    required = [FEATURE_NAMES.index(f) for f in FEATURE_NAMES if f not in OPTIONAL_FEATURES]
+    assert np.array_equal(masked[:, required], rows[:, required], equal_nan=True)
+    optional = [FEATURE_NAMES.index(f) for f in OPTIONAL_FEATURES]
+    assert np.isnan(masked[:, optional]).any(axis=1).all()  # each row lacks one at least
 
 
 def copy_of(model_dir: Path, tmp_path: Path) -> tuple[Path, OnnxFiles]:

@@ -22,10 +22,30 @@ def test_the_shipped_experiment_parses_with_the_documented_defaults() -> None:
     assert config.split.stratify is True
     assert config.split.seed == 42
     assert config.cv.folds == 5
-    assert config.selection.primary_metric == "roc_auc"
-    assert config.selection.tie_break == "cv_roc_auc_mean"
+    assert config.cv.repeats == 5
+    assert config.cv.test_fraction == 0.25
+    assert config.selection.primary_metric == "cv_roc_auc_mean"
+    assert config.selection.tie_break == "holdout_roc_auc"
+    assert config.validation.internal is True
+    assert config.validation.leave_one_site_out is False
     assert {"logistic_regression", "random_forest", "gradient_boosting", "svm", "knn"} <= set(
         config.candidates
+    )
+
+
+def test_the_pooled_experiment_trains_on_every_site_and_leaves_each_out() -> None:
+    from heartml.data import ALL_SITES
+
+    shipped = load_experiment(REPO / "configs" / "experiment.yaml")
+    pooled = load_experiment(REPO / "configs" / "experiment-pooled.yaml")
+    assert pooled.data.sites == ALL_SITES
+    assert pooled.validation.leave_one_site_out is True
+    # Everything else is the shipped experiment's: the same candidates, split and CV.
+    assert pooled.candidates == shipped.candidates
+    assert (pooled.split, pooled.cv, pooled.selection) == (
+        shipped.split,
+        shipped.cv,
+        shipped.selection,
     )
 
 
@@ -55,6 +75,16 @@ def test_config_hash_changes_with_a_value(tmp_path: Path) -> None:
         (
             "version: 1\ncandidates: {knn: {}}\nselection: {primary_metric: speed}\n",
             "primary_metric",
+        ),
+        # Only ROC-AUCs may be selected on: the roc_auc tag carries the selection score.
+        (
+            "version: 1\ncandidates: {knn: {}}\nselection: {primary_metric: accuracy}\n",
+            "primary_metric",
+        ),
+        ("version: 1\ncandidates: {knn: {}}\ncv: {repeats: 0}\n", "cv.repeats"),
+        (
+            "version: 1\ncandidates: {knn: {}}\nvalidation: {leave_one_site_out: true}\n",
+            "leave_one_site_out needs at least two data.sites",
         ),
     ],
 )

@@ -42,7 +42,7 @@ from heartml.registry import (
 from heartml.settings import Settings
 
 ALIAS = "champion"
-SETTINGS = Settings(min_roc_auc=0.80, promotion_tolerance=0.0)
+SETTINGS = Settings()
 
 
 # --- MLflow's semantics, applied to a plain state --------------------------------------------
@@ -332,58 +332,13 @@ def test_without_any_alias_the_latest_promoted_production_version_is_champion() 
     assert assert_one_champion(reconciled(state)) == "heart-disease-svm/1"
 
 
-# --- "Gate (--auto and training) ..." ---------------------------------------------------------
-
-
-def test_the_gate_refuses_below_the_minimum_with_both_numbers() -> None:
-    state = family(version("knn", roc_auc=0.75))
-    plan = plan_promotion(state, SETTINGS, "heart-disease-knn", gated=True)
-    assert plan.decision is Decision.REFUSE and plan.gate is not None
-    failed = plan.gate.failed_check
-    assert failed is not None and failed.rule == "min_roc_auc"
-    assert failed.numbers == {"challenger_roc_auc": 0.75, "min_roc_auc": 0.80}
-    result = plan.unapplied_result(dry_run=False)
-    assert result is not None and result.refused
-    assert result.message == (
-        "refused by the gate: heart-disease-knn/1 roc_auc 0.7500 is below the minimum 0.8000"
-    )
-    assert result.gate is plan.gate
-
-
-def test_the_gate_refuses_a_challenger_worse_than_the_champion_beyond_the_tolerance() -> None:
-    state = family(version("svm", champion=True, stage=PRODUCTION, roc_auc=0.95),
-                   version("knn", roc_auc=0.93))  # fmt: skip
-    refused = plan_promotion(state, SETTINGS, "heart-disease-knn", gated=True)
-    assert refused.decision is Decision.REFUSE and refused.gate is not None
-    assert refused.gate.reason == (
-        "heart-disease-knn/1 roc_auc 0.9300 is worse than champion heart-disease-svm/1 "
-        "roc_auc 0.9500 (tolerance 0.0000)"
-    )
-    failed = refused.gate.failed_check
-    assert failed is not None and failed.numbers["floor"] == pytest.approx(0.95)
-    tolerant = Settings(min_roc_auc=0.80, promotion_tolerance=0.02)
-    allowed = plan_promotion(state, tolerant, "heart-disease-knn", gated=True)
-    assert allowed.decision is Decision.PROMOTE
-    assert allowed.gate is not None and allowed.gate.passed
-    assert [c.rule for c in allowed.gate.checks] == ["has_score", "min_roc_auc", "vs_champion"]
-
-
-def test_force_skips_the_gate_and_promotion_by_name_and_rollback_are_not_gated() -> None:
-    state = family(version("knn", roc_auc=0.5), version("lr", roc_auc=None))
-    forced = plan_promotion(state, SETTINGS, "heart-disease-knn", gated=True, force=True)
-    assert forced.decision is Decision.PROMOTE and forced.gate is None
-    by_name = plan_promotion(state, SETTINGS, "heart-disease-lr")
-    assert by_name.decision is Decision.PROMOTE and by_name.gate is None
-    unscored = plan_promotion(state, SETTINGS, "heart-disease-lr", gated=True)
-    assert unscored.gate is not None and unscored.gate.reason == (
-        "heart-disease-lr/1 has no roc_auc tag to judge it by"
-    )
+# --- "Gate (--auto and training) ...": tests/unit/test_gate.py --------------------------------
 
 
 def test_a_dry_run_says_what_would_change() -> None:
     state = family(version("svm", champion=True, stage=PRODUCTION, promoted_at=T1),
                    version("knn", roc_auc=0.95))  # fmt: skip
-    plan = plan_promotion(state, SETTINGS, "heart-disease-knn", gated=True)
+    plan = plan_promotion(state, SETTINGS, "heart-disease-knn")
     assert plan.unapplied_result(dry_run=False) is None  # it has writes to make
     result = plan.unapplied_result(dry_run=True)
     assert result is not None and result.outcome is PromotionOutcome.DRY_RUN

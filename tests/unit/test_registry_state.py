@@ -12,10 +12,8 @@ from heartml.registry import (
     ARCHIVED,
     PRODUCTION,
     NotFoundError,
-    judge_challenger,
 )
 from heartml.registry.mlflow_io import transition
-from heartml.settings import Settings
 
 
 def test_no_champion_in_an_empty_or_unpromoted_family() -> None:
@@ -69,30 +67,6 @@ def test_find_and_best_tagged() -> None:
         state.find("heart-disease-svm", 7)
     with pytest.raises(NotFoundError, match="best_model=true"):
         family(version("svm", 1)).best_tagged()
-
-
-@pytest.mark.parametrize(
-    ("challenger", "champion", "tolerance", "allowed"),
-    [
-        (0.90, None, 0.0, True),
-        (0.79, None, 0.0, False),
-        (0.90, 0.90, 0.0, True),
-        (0.89, 0.90, 0.0, False),
-        (0.89, 0.90, 0.02, True),
-    ],
-)
-def test_gate(challenger: float, champion: float | None, tolerance: float, allowed: bool) -> None:
-    settings = Settings(promotion_tolerance=tolerance)
-    current = version("svm", 1, roc_auc=champion) if champion is not None else None
-    verdict = judge_challenger(settings, version("knn", 1, roc_auc=challenger), current)
-    assert verdict.passed == allowed
-    if not allowed:
-        assert f"{challenger:.4f}" in (verdict.reason or "")
-
-
-def test_gate_refuses_a_version_without_a_score() -> None:
-    verdict = judge_challenger(Settings(), version("knn", 1, roc_auc=None), None)
-    assert "no roc_auc tag" in (verdict.reason or "")
 
 
 class RefusingStages:

@@ -47,3 +47,15 @@ def test_describe_schema_lists_every_feature_with_its_codes() -> None:
     thal = next(f for f in features if f["name"] == "thal")
     assert thal["codes"] == [3, 6, 7]
     assert thal["kind"] == "categorical"
+
+
+def test_the_optional_fields_are_the_tests_a_clinician_may_not_have() -> None:
+    from heartml.schema import OPTIONAL_FEATURES, REQUIRED_FEATURES
+
+    assert OPTIONAL_FEATURES == ("chol", "fbs", "slope", "ca", "thal")
+    assert set(OPTIONAL_FEATURES) | set(REQUIRED_FEATURES) == set(FEATURE_NAMES)
+    described = describe_schema()
+    assert described["optional"] == list(OPTIONAL_FEATURES)
+    features = described["features"]
+    assert isinstance(features, list)
+    assert [f["name"] for f in features if f["optional"]] == list(OPTIONAL_FEATURES)

@@ -13,7 +13,13 @@ from fastapi.testclient import TestClient
 
 from heartml.candidates import build_candidate
 from heartml.registry import AccessDeniedError
-from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES, synthetic_rows
+from heartml.schema import (
+    EXAMPLE_PATIENT,
+    FEATURE_NAMES,
+    OPTIONAL_FEATURES,
+    REQUIRED_FEATURES,
+    synthetic_rows,
+)
 from heartml.serve.app import create_app
 from heartml.serve.engine import Engine, engine_for_pipeline
 from heartml.serve.holder import ModelRef
@@ -155,11 +161,48 @@ def test_batch_predicts_every_row_in_order(client: TestClient) -> None:
     assert [p["probability"] for p in body["predictions"]] == pytest.approx(single, abs=1e-7)
 
 
+def test_a_patient_without_the_optional_tests_is_imputed_as_in_training(
+    client: TestClient, pipelines: dict[int, Any]
+) -> None:
+    lacking = {**EXAMPLE_PATIENT, "ca": None, "thal": None}
+    del lacking["slope"]  # absent is the same as null
+    response = client.post("/predict", json=lacking)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["imputed"] == ["slope", "ca", "thal"]  # schema order
+    # The pipeline's own imputers (training rows' mode and median) on the same missing values.
+    frame = pd.DataFrame([EXAMPLE_PATIENT], columns=list(FEATURE_NAMES)).astype(float)
+    frame.loc[0, ["slope", "ca", "thal"]] = np.nan
+    assert body["probability"] == pytest.approx(pipelines[1].predict_proba(frame)[0, 1], abs=1e-6)
+    assert client.post("/predict", json=EXAMPLE_PATIENT).json()["imputed"] == []
+
+
+def test_a_batch_says_what_was_imputed_for_each_patient(client: TestClient) -> None:
+    rows = [EXAMPLE_PATIENT, {**EXAMPLE_PATIENT, "chol": None, "fbs": None}]
+    single = [client.post("/predict", json=r).json() for r in rows]
+    body = client.post("/predict/batch", json={"instances": rows}).json()
+    assert [p["imputed"] for p in body["predictions"]] == [[], ["chol", "fbs"]]
+    assert [p["probability"] for p in body["predictions"]] == pytest.approx(
+        [s["probability"] for s in single], abs=1e-7
+    )
+
+
+def test_required_fields_and_bad_values_are_still_refused(client: TestClient) -> None:
+    for bad in ({**EXAMPLE_PATIENT, "oldpeak": None}, {**EXAMPLE_PATIENT, "ca": 4}):
+        response = client.post("/predict", json=bad)
+        assert response.status_code == 422, bad
+        [entry] = response.json()["detail"]
+        assert entry["loc"][-1] in ("oldpeak", "ca")
+
+
 def test_schema_is_the_shared_schema(client: TestClient) -> None:
     body = client.get("/schema").json()
     assert [f["name"] for f in body["features"]] == list(FEATURE_NAMES)
     thal = next(f for f in body["features"] if f["name"] == "thal")
     assert thal["codes"] == [3, 6, 7]
+    assert thal["optional"] is True
+    assert body["optional"] == list(OPTIONAL_FEATURES)
+    assert body["request_schema"]["required"] == list(REQUIRED_FEATURES)
     assert body["max_batch_size"] == 10
 
 
@@ -167,7 +210,15 @@ def test_openapi_documents_the_bodies(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["$ref"] == "#/components/schemas/PatientFeatures"
-    assert set(spec["components"]["schemas"]["PatientFeatures"]["properties"]) == set(FEATURE_NAMES)
+    patient = spec["components"]["schemas"]["PatientFeatures"]
+    assert set(patient["properties"]) == set(FEATURE_NAMES)
+    # Which fields are optional: not required, and "a code, or null".
+    assert patient["required"] == list(REQUIRED_FEATURES)
+    ca = patient["properties"]["ca"]
+    assert {"type": "null"} in ca["anyOf"] and ca["x-optional"] is True
+    assert next(b for b in ca["anyOf"] if b.get("type") == "integer")["enum"] == [0, 1, 2, 3]
+    answer = spec["components"]["schemas"]["RiskPrediction"]
+    assert "imputed" in answer["required"]
     assert "BatchRequest" in spec["components"]["schemas"]
     assert client.get("/docs").status_code == 200
 
@@ -399,11 +450,15 @@ def test_the_background_loader_retries_until_the_source_answers(source: StaticSo
 
 def test_answers_are_compact_json_in_a_fixed_field_order(client: TestClient) -> None:
     one = client.post("/predict", json=EXAMPLE_PATIENT)
-    assert list(one.json()) == ["prediction", "label", "probability", "model_name", "model_version"]
+    assert list(one.json()) == [
+        "prediction", "label", "probability", "imputed", "model_name", "model_version",
+    ]  # fmt: skip
     assert one.content == json.dumps(one.json(), separators=(",", ":")).encode()
     assert one.headers["content-type"] == "application/json"
     batch = client.post("/predict/batch", json={"instances": [EXAMPLE_PATIENT]})
     assert list(batch.json()) == ["predictions", "count", "model_name", "model_version"]
     entry = batch.json()["predictions"][0]
-    assert list(entry) == ["prediction", "probability", "label", "model_name", "model_version"]
+    assert list(entry) == [
+        "prediction", "probability", "label", "imputed", "model_name", "model_version",
+    ]  # fmt: skip
     assert batch.content == json.dumps(batch.json(), separators=(",", ":")).encode()

@@ -8,8 +8,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES, FEATURES, FEATURES_BY_NAME
-from heartml.serve.schemas import BatchRequest, PatientFeatures
+from heartml.schema import (
+    EXAMPLE_PATIENT,
+    FEATURE_NAMES,
+    FEATURES,
+    FEATURES_BY_NAME,
+    OPTIONAL_FEATURES,
+    REQUIRED_FEATURES,
+)
+from heartml.serve.schemas import BatchRequest, PatientFeatures, imputed_fields
 
 
 def errors_of(payload: Any) -> list[dict[str, Any]]:
@@ -24,12 +31,16 @@ def test_fields_come_from_the_schema_in_order() -> None:
     properties = PatientFeatures.model_json_schema()["properties"]
     for feature in FEATURES:
         spec = properties[feature.name]
-        assert spec["type"] == ("integer" if feature.integer else "number")
-        assert spec["minimum"] == feature.minimum
-        assert spec["maximum"] == feature.maximum
+        # An optional field is "the number, or null": the number's constraints are its branch.
+        number = spec["anyOf"][0] if feature.optional else spec
+        assert spec.get("anyOf", [{}, {"type": "null"}])[1] == {"type": "null"}
+        assert number["type"] == ("integer" if feature.integer else "number")
+        assert number["minimum"] == feature.minimum
+        assert number["maximum"] == feature.maximum
         if feature.codes:
-            assert spec["enum"] == list(feature.codes)
+            assert number["enum"] == list(feature.codes)
         assert feature.description in spec["description"]
+        assert spec["x-optional"] is feature.optional
 
 
 def test_the_example_is_valid_and_integral_floats_are_accepted() -> None:
@@ -39,10 +50,19 @@ def test_the_example_is_valid_and_integral_floats_are_accepted() -> None:
     assert PatientFeatures.model_validate_json(json.dumps(as_floats)).__dict__["age"] == 63
 
 
-@pytest.mark.parametrize("name", FEATURE_NAMES)
-def test_each_missing_field_is_one_entry(name: str) -> None:
+@pytest.mark.parametrize("name", REQUIRED_FEATURES)
+def test_each_missing_required_field_is_one_entry(name: str) -> None:
     payload = {k: v for k, v in EXAMPLE_PATIENT.items() if k != name}
     assert [(e["type"], e["loc"]) for e in errors_of(payload)] == [("missing", (name,))]
+
+
+@pytest.mark.parametrize("name", OPTIONAL_FEATURES)
+def test_an_optional_field_may_be_null_or_absent(name: str) -> None:
+    null = PatientFeatures.model_validate({**EXAMPLE_PATIENT, name: None})
+    absent = PatientFeatures.model_validate({k: v for k, v in EXAMPLE_PATIENT.items() if k != name})
+    assert null == absent and null.__dict__[name] is None
+    assert imputed_fields(null) == [name]
+    assert imputed_fields(PatientFeatures.model_validate(EXAMPLE_PATIENT)) == []
 
 
 @pytest.mark.parametrize(
@@ -50,7 +70,8 @@ def test_each_missing_field_is_one_entry(name: str) -> None:
     [
         ("age", "63", "number_type"),
         ("sex", True, "number_type"),
-        ("chol", None, "number_type"),
+        ("age", None, "number_type"),
+        ("chol", "", "number_type"),  # optional is null or a number, never a string
         ("thal", [3], "number_type"),
         ("oldpeak", {"v": 1}, "number_type"),
         ("age", 17, "greater_than_equal"),
@@ -88,9 +109,9 @@ def test_non_finite_numbers_are_rejected() -> None:
 
 def test_extra_fields_and_several_bad_fields_are_one_entry_each() -> None:
     payload = {**EXAMPLE_PATIENT, "cp": 0, "chol": "high", "unknown": 1, "other": 2}
-    del payload["ca"]
+    del payload["age"]
     locs = sorted(e["loc"][0] for e in errors_of(payload))
-    assert locs == ["ca", "chol", "cp", "other", "unknown"]
+    assert locs == ["age", "chol", "cp", "other", "unknown"]
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"[]", b"null", b"1"])

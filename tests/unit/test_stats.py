@@ -12,10 +12,13 @@ from sklearn.metrics import roc_auc_score
 from heartml.stats import (
     Z_95,
     calibration,
+    calibration_curve,
     logit,
     paired_auc_difference,
     repeated_cv_interval,
+    roc_auc,
     roc_auc_interval,
+    unpaired_auc_difference,
 )
 
 
@@ -137,3 +140,52 @@ def test_risks_too_high_give_a_negative_intercept() -> None:
 def test_separable_outcomes_give_no_made_up_slope() -> None:
     result = calibration([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
     assert math.isnan(result.slope)
+
+
+def test_roc_auc_is_scikit_learn_s_with_ties(rows: tuple[np.ndarray, ...]) -> None:
+    y, _, b = rows  # b has ties
+    assert roc_auc(y, b) == pytest.approx(roc_auc_score(y, b), abs=1e-12)
+
+
+def test_an_unpaired_difference_adds_the_two_delong_variances(
+    rows: tuple[np.ndarray, ...],
+) -> None:
+    y, a, b = rows
+    first, second = slice(0, 70), slice(70, None)
+    result = unpaired_auc_difference(y[first], a[first], y[second], b[second])
+    (auc_a,), cov_a = _brute_delong(y[first], [a[first]])
+    (auc_b,), cov_b = _brute_delong(y[second], [b[second]])
+    se = math.sqrt(cov_a[0, 0] + cov_b[0, 0])
+    assert result.difference.estimate == pytest.approx(auc_a - auc_b, abs=1e-12)
+    assert result.difference.low == pytest.approx(auc_a - auc_b - Z_95 * se, abs=1e-12)
+    assert result.difference.high == pytest.approx(auc_a - auc_b + Z_95 * se, abs=1e-12)
+    assert result.rows == y.size
+    assert result.p_value == pytest.approx(math.erfc(abs(auc_a - auc_b) / se / math.sqrt(2)))
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    """Wilson's score interval from its textbook form."""
+    p, z = k / n, Z_95
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_the_calibration_curve_is_equal_size_groups_with_wilson_intervals() -> None:
+    rng = np.random.default_rng(2)
+    p = rng.uniform(0, 1, 103)
+    y = (rng.uniform(size=p.size) < p).astype(int)
+    bins = calibration_curve(y, p, bins=10)
+    assert [b.rows for b in bins] == [11, 11, 11, 10, 10, 10, 10, 10, 10, 10]
+    order = np.argsort(p, kind="mergesort")
+    start = 0
+    for b in bins:
+        group = order[start : start + b.rows]
+        start += b.rows
+        assert b.mean_predicted == pytest.approx(p[group].mean())
+        assert b.observed == pytest.approx(y[group].mean())
+        low, high = _wilson(int(y[group].sum()), b.rows)
+        assert b.low == pytest.approx(max(0.0, low), abs=1e-12)
+        assert b.high == pytest.approx(min(1.0, high), abs=1e-12)
+        assert b.low <= b.observed <= b.high
+    assert [b.mean_predicted for b in bins] == sorted(b.mean_predicted for b in bins)

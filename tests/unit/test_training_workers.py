@@ -32,3 +32,18 @@ def test_a_dead_worker_is_a_one_line_training_error() -> None:
         with pytest.raises(TrainingError, match="a training worker process died") as error:
             collect_results(futures)
     assert "\n" not in str(error.value)
+
+
+def test_each_worker_runs_one_native_thread() -> None:
+    # One worker per core already: OpenMP's own threads in each would spin against each other.
+    from heartml.workers import candidate_pool
+
+    with candidate_pool(2) as pool:
+        limits = pool.submit(native_thread_limits).result()
+    assert limits and set(limits) == {1}
+
+
+def native_thread_limits() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [int(pool["num_threads"]) for pool in threadpool_info()]

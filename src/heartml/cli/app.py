@@ -24,6 +24,7 @@ from heartml.cli.common import EXIT_ERROR, EXIT_OK, setup_logging
 from heartml.cli.data import data_app
 from heartml.cli.monitor import monitor
 from heartml.cli.promote import PROMOTE_HELP, promote
+from heartml.cli.report import report
 from heartml.cli.serve import export, serve
 from heartml.cli.store import store_app
 from heartml.cli.train import train
@@ -87,6 +88,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.command()(train)
 app.command(name="promote", help=PROMOTE_HELP, no_args_is_help=False)(promote)
+app.command()(report)
 app.command()(serve)
 app.command()(export)
 app.add_typer(store_app, name="store")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -34,7 +34,8 @@ Exit codes:
   0  promoted, or already champion
   1  error: unknown model or version, no version tagged best, store unreachable,
      account refused or short of a permission, --reason missing
-  2  refused by the gate (roc_auc below the minimum or below the champion)
+  2  refused by the gate (roc_auc below the minimum, calibration outside its band, or
+     ROC-AUC worse than the champion's beyond the margin on the same held-out rows)
 """
 
 
@@ -63,10 +64,12 @@ def promote(
     min_roc_auc: Annotated[
         float | None, typer.Option("--min-roc-auc", help="Gate minimum (env HEARTML_MIN_ROC_AUC).")
     ] = None,
-    tolerance: Annotated[
+    margin: Annotated[
         float | None,
         typer.Option(
-            "--tolerance", help="Allowed drop below the champion (env HEARTML_PROMOTION_TOLERANCE)."
+            "--margin",
+            help="Non-inferiority margin of the ROC-AUC difference with the champion "
+            "(env HEARTML_PROMOTION_MARGIN).",
         ),
     ] = None,
 ) -> None:
@@ -75,7 +78,7 @@ def promote(
     modes = [bool(name), auto, list_, history, rollback]
     if sum(modes) != 1:
         fail("choose exactly one of NAME [VERSION], --auto, --list, --history, --rollback")
-    settings = load_settings(min_roc_auc=min_roc_auc, promotion_tolerance=tolerance)
+    settings = load_settings(min_roc_auc=min_roc_auc, promotion_margin=margin)
 
     with user_errors():
         if list_:
@@ -161,9 +164,29 @@ def _report_promotion(result: PromotionResult, as_json: bool) -> None:
         typer.echo(f"⚠️  warning: {warning}", err=True)
 
 
+# The scores first, in this order; lineage and the gate's details only in `--list --json`.
+SCORE_TAGS = ("roc_auc", "roc_auc_ci", "holdout_roc_auc", "holdout_roc_auc_ci")
+DETAIL_TAGS = frozenset(
+    {
+        "data_sha256",
+        "data_sites",
+        "git_commit",
+        "config_hash",
+        "split_seed",
+        "split_test_size",
+        "selection_metric",
+        "gate_champion",
+        "gate_comparison",
+        "gate_calibration",
+        "gate_evidence",
+    }
+)
+
+
 def format_family(state: FamilyState) -> str:
-    """The seed's registry layout: 📦 model, 🏆/📌 version and stage, its aliases and tags."""
-    from heartml.registry import EVENT_PREFIX, TAG_BEST, TAG_ROC_AUC
+    """The seed's registry layout: 📦 model, 🏆/📌 version and stage, its aliases and tags
+    (scores first; lineage and the gate's details are in ``--json``)."""
+    from heartml.registry import EVENT_PREFIX, TAG_BEST
 
     lines = ["📋 Registered Models:", "=" * 80]
     if not state.models:
@@ -176,8 +199,12 @@ def format_family(state: FamilyState) -> str:
             lines.append(f"   {icon} Version {v.version} - Stage: {v.stage}")
             if v.aliases:
                 lines.append(f"      Aliases: {', '.join(v.aliases)}")
-            first = [k for k in (TAG_BEST, TAG_ROC_AUC) if k in v.tags]
-            rest = sorted(k for k in v.tags if k not in first and not k.startswith(EVENT_PREFIX))
+            first = [k for k in (TAG_BEST, *SCORE_TAGS) if k in v.tags]
+            rest = sorted(
+                k
+                for k in v.tags
+                if k not in first and k not in DETAIL_TAGS and not k.startswith(EVENT_PREFIX)
+            )
             lines += [f"      Tag: {key} = {v.tags[key]}" for key in (*first, *rest)]
     notes = state.disagreements()
     if notes:
@@ -236,7 +263,29 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
         lines.append(f"      replaced: {entry.previous or '-'}")
         lines.append(f"      reason:   {entry.reason}")
         lines.append(f"      by:       {entry.by}{_how_known(entry.authenticated)}")
+        lines.append(f"      gate:     {format_gate(entry.gate)}")
     return "\n".join(lines) + "\n"
+
+
+def format_gate(gate: dict[str, Any] | None) -> str:
+    """One line of a promotion's gate verdict: the difference with the champion and its
+    interval, the rows compared, the calibration, where the record is."""
+    if not gate:
+        return "not gated (promoted by name, rolled back, or before heartml gated on evidence)"
+    parts = [str(gate.get("verdict"))]
+    delta = gate.get("delta_roc_auc")
+    if delta:
+        parts.append(
+            f"ROC-AUC difference {delta[0]:+.4f} [{delta[1]:+.4f}, {delta[2]:+.4f}] vs "
+            f"{gate.get('champion')} ({gate.get('comparison')})"
+        )
+    elif gate.get("champion") is None:
+        parts.append("no champion to compare with")
+    slope, intercept = gate.get("calibration_slope"), gate.get("calibration_intercept")
+    if slope is not None and intercept is not None:
+        parts.append(f"calibration slope {slope:.2f}, intercept {intercept:+.2f}")
+    parts.append(f"evidence {gate.get('evidence')}")
+    return "; ".join(parts)
 
 
 def _how_known(authenticated: bool | None) -> str:

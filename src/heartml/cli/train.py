@@ -65,28 +65,39 @@ def _print_training(result: TrainResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Candidates (held-out split and 5-fold CV on the training rows)")
-    for column in ("candidate", "CV ROC-AUC", "ROC-AUC", "recall", "Brier", "registered as"):
+    best = result.best
+    table = Table(
+        title=f"Candidates, ranked by {best.scores.metric} (95 % intervals; calibration: "
+        "out-of-fold)"
+    )
+    for column in (
+        "candidate",
+        "CV ROC-AUC",
+        "held-out ROC-AUC",
+        "cal. slope",
+        "Brier",
+        "registered as",
+    ):
         table.add_column(
             column, justify="left" if column in ("candidate", "registered as") else "right"
         )
-    for candidate in sorted(result.candidates, key=lambda c: -c.metrics.roc_auc):
-        m = candidate.metrics
-        marker = " 🏆" if candidate is result.best else ""
+    for candidate in sorted(result.candidates, key=lambda c: -c.scores.score.estimate):
+        s = candidate.scores
+        marker = " 🏆" if candidate is best else ""
         table.add_row(
             candidate.name + marker,
-            f"{m.cv_roc_auc_mean:.4f} ± {m.cv_roc_auc_std:.4f}",
-            f"{m.roc_auc:.4f}",
-            f"{m.recall:.4f}",
-            f"{m.brier_score:.4f}",
+            str(s.cv),
+            str(s.holdout),
+            "n/a" if s.oof_slope is None else f"{s.oof_slope:.2f}",
+            f"{s.brier_score:.4f}",
             f"{candidate.model_name} v{candidate.model_version}",
         )
-    console = Console(width=120)
+    console = Console(width=140)
     console.print(table)
-    best = result.best
     console.print(
         f"✅ Best model: {best.model_name} v{best.model_version} "
-        f"(ROC-AUC: {best.metrics.roc_auc:.4f}), tagged best_model=true",
+        f"(ROC-AUC: {best.scores.score.estimate:.4f}, {best.scores.metric}), "
+        "tagged best_model=true",
         markup=False,
         highlight=False,
     )

@@ -18,6 +18,7 @@ from heartml.registry.accounts import current_account, require_experiment_access
 from heartml.registry.actions import (
     RECONCILE_PASSES,
     ReasonRequiredError,
+    fetch_model_card,
     promote_best,
     promote_version,
     promotion_history,
@@ -35,7 +36,16 @@ from heartml.registry.bootstrap import (
     share_with_promoters,
 )
 from heartml.registry.embedded import RepairResult, prepare_sqlite_store, repair_sqlite_store
-from heartml.registry.gate import GateCheck, GateInput, GateVerdict, judge_challenger
+from heartml.registry.gate import (
+    Comparison,
+    GateCheck,
+    GateEvidence,
+    GateInput,
+    GateVerdict,
+    ModelEvidence,
+    Thresholds,
+    judge_challenger,
+)
 from heartml.registry.mlflow_io import (
     call_store,
     configure_mlflow,
@@ -106,13 +116,16 @@ __all__ = [
     "BrokenStoreError",
     "ChangeKind",
     "Claim",
+    "Comparison",
     "Decision",
     "FamilyState",
     "GateCheck",
+    "GateEvidence",
     "GateInput",
     "GateVerdict",
     "HistoryEntry",
     "ModelCard",
+    "ModelEvidence",
     "NotFoundError",
     "PromotionOutcome",
     "PromotionPlan",
@@ -124,6 +137,7 @@ __all__ = [
     "RepairResult",
     "RollbackPlan",
     "StoreUnavailableError",
+    "Thresholds",
     "VersionInfo",
     "bootstrap_registry",
     "call_store",
@@ -131,6 +145,7 @@ __all__ = [
     "current_account",
     "ensure_experiment",
     "family_from_raw",
+    "fetch_model_card",
     "get_client",
     "history_of",
     "judge_challenger",

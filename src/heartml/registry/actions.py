@@ -8,6 +8,7 @@ family is left with one champion even when a command is interrupted or races ano
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from heartml.registry.access import (
@@ -19,18 +20,28 @@ from heartml.registry.access import (
     reconcile_needs,
     recorded_reason,
 )
-from heartml.registry.accounts import claimed_name, current_account, require_access
+from heartml.registry.accounts import (
+    claimed_name,
+    current_account,
+    require_access,
+    require_experiment_access,
+)
+from heartml.registry.gate import gate_record, gate_tags
 from heartml.registry.mlflow_io import (
     apply_best_tag,
     apply_claim,
     apply_reconcile,
     call_store,
+    download_model_card,
     get_client,
     read_family,
+    read_gate_evidence,
+    record_gate,
     transition,
 )
 from heartml.registry.plans import (
     Decision,
+    gate_subjects,
     history_of,
     plan_best_tag,
     plan_claim,
@@ -41,13 +52,12 @@ from heartml.registry.plans import (
 from heartml.registry.values import (
     PRODUCTION,
     TAG_BEST,
-    TAG_MODEL_TYPE,
-    TAG_ROC_AUC,
     FamilyState,
     HistoryEntry,
     PromotionOutcome,
     PromotionResult,
     RegistryError,
+    VersionInfo,
     utc_now_iso,
 )
 
@@ -80,22 +90,22 @@ def whoami() -> str:
 
 
 def tag_candidate_version(
-    settings: Settings, name: str, version: str, roc_auc: float, model_type: str
+    settings: Settings, name: str, version: str, tags: Mapping[str, str]
 ) -> None:
-    """Every registered candidate carries its held-out score and algorithm."""
+    """Every registered candidate carries its scores (``roc_auc``: the selection score, with
+    ``roc_auc_ci``; ``holdout_roc_auc`` and its ``_ci``), algorithm and lineage."""
 
     def _tag() -> None:
         client = get_client(settings)
-        client.set_model_version_tag(name, version, TAG_ROC_AUC, f"{roc_auc:.4f}")
-        client.set_model_version_tag(name, version, TAG_MODEL_TYPE, model_type)
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
 
     call_store(settings, _tag, f"tag {name}/{version}")
 
 
-def tag_best_version(
-    settings: Settings, name: str, version: str, roc_auc: float, model_type: str
-) -> None:
-    """Tag this version ``best_model=true`` and every other one in the family ``false``.
+def tag_best_version(settings: Settings, name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Tag this version (``tags``, then ``best_model=true``) and every other one in the family
+    ``best_model=false``.
 
     Like promotion, it converges under concurrency: each trainer marks its own, then clears
     every marked version but the newest, so the last one to look leaves exactly one.
@@ -103,7 +113,7 @@ def tag_best_version(
 
     def _tag() -> None:
         client = get_client(settings)
-        tag_candidate_version(settings, name, version, roc_auc, model_type)
+        tag_candidate_version(settings, name, version, tags)
         client.set_model_version_tag(name, version, TAG_BEST, "true")
         apply_best_tag(client, plan_best_tag(read_family(settings, client)))
 
@@ -154,8 +164,11 @@ def promote_version(
 ) -> PromotionResult:
     """Make NAME/VERSION (latest when None) the champion of the family.
 
-    Gated promotions (``--auto`` and training) refuse a challenger below the gate unless
-    ``force``. Promoting the champion again is a no-op that still repairs its stage.
+    Gated promotions (``--auto`` and training) read the stored predictions of the challenger
+    and the champion and refuse a challenger the gate turns down, unless ``force``. Every
+    gated decision (not a dry run) is recorded on the challenger: the verdict's JSON in its
+    run, tags on its version, its card rendered again. Promoting the champion again is a no-op
+    that still repairs its stage.
 
     On an authenticated registry the promotion is recorded under the account the server
     authenticated, must carry a ``reason`` where :func:`~heartml.registry.access.reason_problem`
@@ -164,16 +177,37 @@ def promote_version(
     ``why`` says what kind of promotion it is; the person's ``reason`` follows it.
     """
     state = state or read_family(settings)
-    plan = plan_promotion(state, settings, name, version, gated=gated, force=force)
+    client: MlflowClient | None = None
+    evidence = None
+    if gated and (subjects := gate_subjects(state, name, version)) is not None:
+        client = call_store(settings, lambda: get_client(settings))
+        evidence = read_gate_evidence(settings, client, *subjects)
+    plan = plan_promotion(
+        state, settings, name, version, gated=gated, force=force, evidence=evidence
+    )
+    account = current_account(settings)
+    at = utc_now_iso()
+    if plan.gate is not None and not dry_run:
+        # Written before the claim (a promotion's event names the record it rests on), and
+        # when the gate refuses too: the account must be allowed to write it, checked first.
+        require_access(
+            settings, account, {plan.target.name: EDIT}, f"record the gate on {plan.target.ref}"
+        )
+        writer = client or call_store(settings, lambda: get_client(settings))
+        if account.authenticated and (run_id := plan.target.run_id):
+            run = call_store(settings, lambda: writer.get_run(run_id))
+            require_experiment_access(settings, str(run.info.experiment_id))
+        record = gate_record(plan.gate, at=at, by=account.name)
+        record_gate(settings, writer, plan.target, record, gate_tags(plan.gate, at=at))
+        client = writer
     if (answer := plan.unapplied_result(dry_run=dry_run)) is not None:
         return answer
 
-    account = current_account(settings)
     if plan.decision is Decision.REPAIR:
         repair = plan_reconcile(state)
         needs = reconcile_needs(repair) if repair is not None else {}
         require_access(settings, account, needs, f"repair the family around {plan.target.ref}")
-        client = call_store(settings, lambda: get_client(settings))
+        client = client or call_store(settings, lambda: get_client(settings))
         _, repaired, repair_warnings = reconcile_family(settings, client)
         return plan.repaired_result(tuple(repaired), tuple(repair_warnings))
 
@@ -188,12 +222,12 @@ def promote_version(
     what = why or WHY.get(kind, "manual promotion")
     if force and gated:
         what += " (gate skipped with --force)"
-    client = call_store(settings, lambda: get_client(settings))
+    client = client or call_store(settings, lambda: get_client(settings))
     claim = plan_claim(
         plan,
         reason=recorded_reason(what, reason),
         by=account.name,
-        at=utc_now_iso(),
+        at=at,
         authenticated=account.authenticated,
     )
     apply_claim(settings, client, plan, claim)
@@ -265,3 +299,12 @@ def rollback(
 
         call_store(settings, _move_best, f"move {TAG_BEST} to {result.target.ref}")
     return result
+
+
+def fetch_model_card(
+    settings: Settings, name: str, version: int | None, directory: Path
+) -> tuple[VersionInfo, Path]:
+    """Write NAME/VERSION's model card (latest version when None) into ``directory``."""
+    target = read_family(settings).find(name, version)
+    client = call_store(settings, lambda: get_client(settings))
+    return target, call_store(settings, lambda: download_model_card(client, target, directory))

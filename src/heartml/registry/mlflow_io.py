@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from heartml.errors import one_line
@@ -34,6 +35,7 @@ from heartml.registry.values import (
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from heartml.registry.gate import GateEvidence, ModelEvidence
     from heartml.registry.plans import BestTagPlan, Claim, PromotionPlan, ReconcilePlan
     from heartml.settings import Settings
     from heartml.store import RawFamily
@@ -115,6 +117,12 @@ def access_denial(exc: BaseException, settings: Settings, action: str) -> Access
     )
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a failure means the store cannot be reached (rather than a missing thing)."""
+    text = one_line(exc, limit=sys.maxsize)
+    return any(marker in text for marker in UNREACHABLE_MARKERS) or isinstance(exc, ConnectionError)
+
+
 def describe_failure(
     exc: BaseException, settings: Settings, action: str = "use the registry"
 ) -> RegistryError:
@@ -124,7 +132,7 @@ def describe_failure(
     text = one_line(exc, limit=sys.maxsize)
     if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
         return NotFoundError(text.split(". ")[0])
-    if any(marker in text for marker in UNREACHABLE_MARKERS) or isinstance(exc, ConnectionError):
+    if is_unreachable(exc):
         return unreachable_error(settings)
     return RegistryError(f"registry error: {one_line(exc)}")
 
@@ -349,3 +357,129 @@ def apply_best_tag(client: MlflowClient, plan: BestTagPlan) -> None:
     """Set ``best_model=false`` on every version the plan clears."""
     for other in plan.clear:
         client.set_model_version_tag(other.name, str(other.version), TAG_BEST, "false")
+
+
+# --------------------------------------------------------------------------------------------
+# The gate's evidence: read before a gated decision, recorded after it
+# --------------------------------------------------------------------------------------------
+
+
+def read_model_evidence(client: MlflowClient, version: VersionInfo) -> ModelEvidence:
+    """A version's held-out and out-of-fold predictions, from the ``predictions.csv`` its
+    training run logged; a version without one (registered before heartml kept them, or by
+    hand) comes back with the reason, never an exception: the gate decides what that means."""
+    import tempfile
+
+    from heartml.predictions import (
+        CV,
+        HOLDOUT,
+        PREDICTIONS_ARTIFACT,
+        PredictionsError,
+        read_predictions,
+    )
+    from heartml.registry.gate import ModelEvidence
+
+    if not version.run_id:
+        return ModelEvidence(version, problem="it was registered without a training run")
+    with tempfile.TemporaryDirectory(prefix="heartml-gate-") as staging:
+        try:
+            path = client.download_artifacts(version.run_id, PREDICTIONS_ARTIFACT, staging)
+            sets = read_predictions(Path(path).read_text(encoding="utf-8"))
+        except PredictionsError as exc:
+            return ModelEvidence(
+                version, problem=f"its {PREDICTIONS_ARTIFACT} is unreadable: {exc}"
+            )
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise
+            return ModelEvidence(
+                version, problem=f"run {version.run_id} has no readable {PREDICTIONS_ARTIFACT}"
+            )
+    if HOLDOUT not in sets or CV not in sets:
+        return ModelEvidence(version, problem=f"its {PREDICTIONS_ARTIFACT} lacks {HOLDOUT} or {CV}")
+    return ModelEvidence(version, holdout=sets[HOLDOUT].by_row(), out_of_fold=sets[CV].by_row())
+
+
+def read_gate_evidence(
+    settings: Settings, client: MlflowClient, challenger: VersionInfo, champion: VersionInfo | None
+) -> GateEvidence:
+    """The evidence of both versions a gated promotion judges."""
+    from heartml.registry.gate import GateEvidence
+
+    return call_store(
+        settings,
+        lambda: GateEvidence(
+            read_model_evidence(client, challenger),
+            None if champion is None else read_model_evidence(client, champion),
+        ),
+    )
+
+
+def record_gate(
+    settings: Settings,
+    client: MlflowClient,
+    version: VersionInfo,
+    record: dict[str, Any],
+    tags: dict[str, str],
+) -> None:
+    """Leave a gated decision on the challenger: the JSON record in its run, the tags on its
+    version, and its model card rendered again with the evidence."""
+    from heartml.registry.gate import evidence_path
+
+    def _record() -> None:
+        if version.run_id:
+            client.log_dict(version.run_id, record, evidence_path(str(record["at"])))
+            rerender_card(client, version.run_id, record)
+        set_version_tags(client, version, tags)
+
+    call_store(settings, _record)
+
+
+def rerender_card(client: MlflowClient, run_id: str, gate: dict[str, Any]) -> bool:
+    """Render the run's model card again with a gate record; False when it has no card."""
+    import json
+    import tempfile
+
+    from heartml.card import CARD_JSON, PLOTS_DIR, with_gate, write_card_files
+
+    with tempfile.TemporaryDirectory(prefix="heartml-card-") as staging:
+        root = Path(staging)
+        try:
+            card_path = Path(client.download_artifacts(run_id, CARD_JSON, str(root / "in")))
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise
+            return False
+        plots: dict[str, bytes] = {}
+        try:
+            folder = Path(client.download_artifacts(run_id, PLOTS_DIR, str(root / "in")))
+            plots = {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise
+        card = with_gate(json.loads(card_path.read_text(encoding="utf-8")), gate)
+        out = root / "out"
+        out.mkdir()
+        write_card_files(card, out, plots)
+        client.log_artifacts(run_id, str(out))
+    return True
+
+
+def download_model_card(client: MlflowClient, version: VersionInfo, directory: Path) -> Path:
+    """Copy a version's model card (Markdown, HTML, JSON) from its run into ``directory``."""
+    from heartml.card import CARD_HTML, CARD_JSON, CARD_MD
+
+    if not version.run_id:
+        raise NotFoundError(f"{version.ref} was registered without a training run: no card")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in (CARD_MD, CARD_HTML, CARD_JSON):
+        try:
+            client.download_artifacts(version.run_id, name, str(directory))
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise
+            raise NotFoundError(
+                f"{version.ref} has no {name} (registered before heartml wrote model cards; "
+                "retrain to get one)"
+            ) from exc
+    return directory

@@ -20,9 +20,16 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from heartml.registry.gate import GateVerdict, judge_challenger
+from heartml.registry.gate import (
+    GateEvidence,
+    GateInput,
+    GateVerdict,
+    ModelEvidence,
+    gate_summary,
+    judge_challenger,
+)
 from heartml.registry.values import (
     ARCHIVED,
     EVENT_PREFIX,
@@ -180,6 +187,19 @@ class PromotionPlan:
         )
 
 
+def gate_subjects(
+    state: FamilyState, name: str, version: int | None = None
+) -> tuple[VersionInfo, VersionInfo | None] | None:
+    """The challenger and champion a gated promotion of NAME/VERSION would judge (their
+    evidence is then read), or None when the target is the champion already (nothing to
+    judge)."""
+    target = state.find(name, version)
+    current = state.champion
+    if current is not None and current.ref == target.ref:
+        return None
+    return target, current
+
+
 def plan_promotion(
     state: FamilyState,
     settings: Settings,
@@ -188,12 +208,15 @@ def plan_promotion(
     *,
     gated: bool = False,
     force: bool = False,
+    evidence: GateEvidence | None = None,
 ) -> PromotionPlan:
     """Decide what making NAME/VERSION (latest when None) the champion takes.
 
     Promoting the champion again changes nothing, or repairs a family that disagrees. Gated
-    promotions (``--auto``, training) are refused below the gate unless ``force``; promoting
-    by name and rolling back are a person's decision and are not gated.
+    promotions (``--auto``, training) are judged on ``evidence`` (the stored predictions of
+    the challenger and the champion; without it the challenger has none) and refused when the
+    gate says no, unless ``force``: a forced promotion still carries the verdict, for the
+    record. Promoting by name and rolling back are a person's decision and are not gated.
     """
     target = state.find(name, version)
     current = state.champion
@@ -204,8 +227,18 @@ def plan_promotion(
         return PromotionPlan(
             Decision.REPAIR, target, current, alias, disagreements=tuple(state.disagreements())
         )
-    verdict = judge_challenger(settings, target, current) if gated and not force else None
-    if verdict is not None and not verdict.passed:
+    verdict = None
+    if gated:
+        if evidence is None or evidence.challenger.version.ref != target.ref:
+            evidence = GateEvidence(
+                ModelEvidence(target, problem="its evidence was not read"),
+                None if current is None else ModelEvidence(current, problem="not read"),
+            )
+        verdict = judge_challenger(
+            GateInput.from_settings(settings, evidence.challenger, evidence.champion),
+            forced=force,
+        )
+    if verdict is not None and not verdict.passed and not force:
         return PromotionPlan(Decision.REFUSE, target, current, alias, gate=verdict)
     return PromotionPlan(
         Decision.PROMOTE,
@@ -238,10 +271,11 @@ def plan_claim(
     plan: PromotionPlan, *, reason: str, by: str, at: str, authenticated: bool = False
 ) -> Claim:
     """The claim of ``plan``'s target: when, by whom, why, what it replaces, and the event
-    that ``--history`` reads. ``authenticated``: ``by`` is the account the server
-    authenticated, not a name the promoter's environment claimed."""
+    that ``--history`` reads (with the gate's verdict, when the promotion was gated).
+    ``authenticated``: ``by`` is the account the server authenticated, not a name the
+    promoter's environment claimed."""
     previous = plan.previous.ref if plan.previous else None
-    event = {
+    event: dict[str, Any] = {
         "at": at,
         "by": by,
         "authenticated": authenticated,
@@ -249,6 +283,8 @@ def plan_claim(
         "reason": reason,
         "roc_auc": plan.target.roc_auc,
     }
+    if plan.gate is not None:  # a person's promotion by name is not gated: no key
+        event["gate"] = gate_summary(plan.gate, at=at)
     tags = {
         TAG_PROMOTED_AT: at,
         TAG_PROMOTED_BY: by,
@@ -330,6 +366,7 @@ def history_of(state: FamilyState) -> list[HistoryEntry]:
                     by=str(event.get("by", "")),
                     roc_auc=event.get("roc_auc"),
                     authenticated=event.get("authenticated"),
+                    gate=event.get("gate"),
                 )
             )
     return sorted(entries, key=lambda e: (e.at, e.name, e.version), reverse=True)

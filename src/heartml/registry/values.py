@@ -243,6 +243,7 @@ class PromotionResult:
             "message": self.message,
             "archived": list(self.archived),
             "warnings": list(self.warnings),
+            "gate": None if self.gate is None else self.gate.as_dict(),
         }
 
 
@@ -258,6 +259,7 @@ class HistoryEntry:
     by: str
     roc_auc: float | None = None
     authenticated: bool | None = None  # None: recorded before heartml noted it
+    gate: dict[str, Any] | None = None  # the verdict it rested on (None: not gated)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

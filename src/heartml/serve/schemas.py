@@ -5,11 +5,14 @@ No field name, range or code is written here: ``PatientFeatures`` is built from
 A value is rejected, with one error entry per bad field, when it is missing, extra, not a
 JSON number (strings and booleans are not coerced), fractional where the schema wants an
 integer, outside the schema's range, or not one of a coded column's codes (``cp`` 0,
-``thal`` 2).
+``thal`` 2). The schema's optional fields (the tests a clinician may not have:
+:data:`heartml.schema.OPTIONAL_FEATURES`) may also be null or left out: the model imputes them
+as training did, and the answer lists them in ``imputed``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,7 +25,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from heartml.schema import EXAMPLE_PATIENT, FEATURES, NEGATIVE_LABEL, POSITIVE_LABEL, Feature
+from heartml.schema import (
+    EXAMPLE_PATIENT,
+    FEATURES,
+    NEGATIVE_LABEL,
+    OPTIONAL_FEATURES,
+    POSITIVE_LABEL,
+    Feature,
+)
 
 
 def _reject_non_numbers(value: Any) -> Any:
@@ -48,12 +58,17 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _number_or_null(value: Any) -> Any:
+    # An optional field: null means "not done"; anything else must be a number.
+    return None if value is None else _reject_non_numbers(value)
+
+
 def _code_check(feature: Feature) -> AfterValidator:
     allowed = frozenset(feature.codes)
     listed = ", ".join(str(c) for c in feature.codes)
 
-    def check(value: int) -> int:
-        if value not in allowed:
+    def check(value: int | None) -> int | None:
+        if value is not None and value not in allowed:
             raise PydanticCustomError(
                 "unknown_code",
                 "Input should be one of the codes {codes} ({description})",
@@ -65,28 +80,52 @@ def _code_check(feature: Feature) -> AfterValidator:
 
 
 def _field(feature: Feature) -> tuple[Any, Any]:
-    """The annotated type and Field of one feature."""
+    """The annotated type and Field of one feature (optional ones: also null, or absent)."""
     description = feature.description + (f" ({feature.unit})" if feature.unit else "")
-    extra: dict[str, Any] = {"x-kind": feature.kind.value}
+    if feature.optional:
+        description += (
+            ". Optional: null or absent when the test was not done; imputed as in training "
+            "and listed in the answer's `imputed`"
+        )
     base: Any = int if feature.integer else float
-    metadata: list[Any] = [BeforeValidator(_reject_non_numbers)]
+    metadata: list[Any] = [
+        BeforeValidator(_number_or_null if feature.optional else _reject_non_numbers)
+    ]
     if feature.codes:
         # A coded column is checked against its codes only, so that cp 0 and thal 2 are
         # reported as unknown codes (with the list of valid ones), not as out of range.
         metadata.append(_code_check(feature))
-        extra.update(enum=list(feature.codes), minimum=feature.minimum, maximum=feature.maximum)
         bounds: dict[str, Any] = {}
     else:
         bounds = {"ge": feature.minimum, "le": feature.maximum}
-    annotated = Annotated[base, *metadata]
+    value: Any = base | None if feature.optional else base
+    annotated = Annotated[value, *metadata]
     field = Field(
-        ...,
+        None if feature.optional else ...,
         description=description,
         allow_inf_nan=False,
-        json_schema_extra=extra,
+        json_schema_extra=_documented(feature),
         **bounds,
     )
     return annotated, field
+
+
+def _documented(feature: Feature) -> Callable[[dict[str, Any]], None]:
+    """What the JSON schema adds to a field: its kind, whether it is optional, and a coded
+    field's codes, on the number (an optional field's schema is "the number, or null")."""
+
+    def document(schema: dict[str, Any]) -> None:
+        schema.update({"x-kind": feature.kind.value, "x-optional": feature.optional})
+        if feature.codes:
+            number = next(
+                (branch for branch in schema.get("anyOf", []) if branch.get("type") != "null"),
+                schema,
+            )
+            number.update(
+                enum=list(feature.codes), minimum=feature.minimum, maximum=feature.maximum
+            )
+
+    return document
 
 
 PatientFeatures: type[BaseModel] = create_model(  # type: ignore[call-overload]
@@ -96,7 +135,8 @@ PatientFeatures: type[BaseModel] = create_model(  # type: ignore[call-overload]
         frozen=True,
         json_schema_extra={"examples": [dict(EXAMPLE_PATIENT)]},
     ),
-    __doc__="One patient in UCI coding: the 13 features the models were trained on.",
+    __doc__="One patient in UCI coding: the 13 features the models were trained on; "
+    f"{', '.join(OPTIONAL_FEATURES)} may be null or absent (the test was not done).",
     **{f.name: _field(f) for f in FEATURES},
 )
 
@@ -117,6 +157,10 @@ class RiskPrediction(BaseModel):
     prediction: Literal[0, 1] = Field(description="1: heart disease predicted")
     probability: float = Field(ge=0.0, le=1.0, description="Probability of heart disease")
     label: Literal["heart disease", "no heart disease"]
+    imputed: list[str] = Field(
+        description="The optional fields that were null or absent and were imputed as in "
+        "training (empty when the patient's record was complete)"
+    )
     model_name: str
     model_version: int
 
@@ -202,3 +246,9 @@ class Problem(BaseModel):
 
 
 LABELS: tuple[str, str] = (NEGATIVE_LABEL, POSITIVE_LABEL)
+
+
+def imputed_fields(patient: BaseModel) -> list[str]:
+    """The optional fields a patient's record lacks, in schema order."""
+    values = patient.__dict__
+    return [name for name in OPTIONAL_FEATURES if values[name] is None]

@@ -32,6 +32,7 @@ from heartml.serve.schemas import (
     Problem,
     RiskPrediction,
     ValidationErrorBody,
+    imputed_fields,
 )
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ async def predict(request: Request) -> Response:
     served = state.holder.current  # read once: a swap during this request does not affect it
     if served is None:
         return problem(503, state.holder.not_ready_reason())
+    # A null (optional field not given) becomes NaN: the model's own imputation fills it.
     row = np.array([tuple(patient.__dict__.values())], dtype=np.float64)
     [predicted], [probability] = classify(served, row, state.metrics)
     state.evidence.record(request.scope[REQUEST_ID_KEY], served, row, [predicted], [probability])
@@ -125,6 +127,7 @@ async def predict(request: Request) -> Response:
             "prediction": predicted,
             "label": LABELS[predicted],
             "probability": probability,
+            "imputed": imputed_fields(patient),
             "model_name": served.ref.name,
             "model_version": served.ref.version,
         }
@@ -169,10 +172,11 @@ async def predict_batch(request: Request) -> Response:
             "prediction": c,
             "probability": p,
             "label": LABELS[c],
+            "imputed": imputed_fields(patient),
             "model_name": name,
             "model_version": version,
         }
-        for c, p in zip(classes, probabilities, strict=True)
+        for c, p, patient in zip(classes, probabilities, batch.instances, strict=True)
     ]
     return json_response(
         {
