@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# Two cheap candidates: these tests check the stages, not the models.
+FAST_EXPERIMENT = REPO / "tests" / "configs" / "experiment-fast.yaml"
 STAGES = ("download", "validate", "train", "promote", "export", "serve", "smoke", "stop")
 
 
@@ -31,6 +33,7 @@ def pipeline_env(root: Path, mirror: Path, **extra: str) -> dict[str, str]:
             "HEARTML_DATA_SOURCE": str(mirror),
             "EXPORT_DIR": str(root / "exported-model"),
             "RUN_DIR": str(root / "run"),
+            "HEARTML_EXPERIMENT_CONFIG": str(FAST_EXPERIMENT),
             **extra,
         }
     )

@@ -143,7 +143,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Iterator
             f"promoters: [{PROMOTER}]\npeople: [{PERSON}]\n"
         )
         experiment = tmp_path_factory.mktemp("experiment") / "two-candidates.yaml"
-        experiment.write_text("version: 1\ncandidates:\n  logistic_regression: {}\n  knn: {}\n")
+        experiment.write_text(
+            "version: 1\ncv: {repeats: 1}\nvalidation: {internal: false}\n"
+            "candidates:\n  logistic_regression: {}\n  knn: {}\n"
+        )
         root = tmp_path_factory.mktemp("server-mode")
         settings = make_settings(
             root, mirror, mlflow_tracking_uri=uri, model_prefix=PREFIX, experiment_config=experiment

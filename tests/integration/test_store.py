@@ -104,7 +104,10 @@ def test_commands_started_together_on_a_fresh_store_all_succeed(
     # Two trainings (how users met the migration race) and two listings, at once. One
     # candidate each keeps it quick; opening the store is the same for any experiment.
     experiment = tmp_path / "one-candidate.yaml"
-    experiment.write_text("version: 1\ncandidates:\n  logistic_regression: {}\n")
+    experiment.write_text(
+        "version: 1\ncv: {repeats: 1}\nvalidation: {internal: false}\n"
+        "candidates:\n  logistic_regression: {}\n"
+    )
     settings = make_settings(tmp_path, mirror, data_dir=data_cache, experiment_config=experiment)
     assert not (tmp_path / "mlflow.db").exists()
     env = settings_env(settings)
