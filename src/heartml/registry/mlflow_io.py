@@ -390,7 +390,7 @@ def read_model_evidence(client: MlflowClient, version: VersionInfo) -> ModelEvid
                 version, problem=f"its {PREDICTIONS_ARTIFACT} is unreadable: {exc}"
             )
         except Exception as exc:
-            if is_unreachable(exc):
+            if is_unreachable(exc) or refused_status(exc) is not None:
                 raise
             return ModelEvidence(
                 version, problem=f"run {version.run_id} has no readable {PREDICTIONS_ARTIFACT}"
@@ -447,7 +447,7 @@ def rerender_card(client: MlflowClient, run_id: str, gate: dict[str, Any]) -> bo
         try:
             card_path = Path(client.download_artifacts(run_id, CARD_JSON, str(root / "in")))
         except Exception as exc:
-            if is_unreachable(exc):
+            if is_unreachable(exc) or refused_status(exc) is not None:
                 raise
             return False
         plots: dict[str, bytes] = {}
@@ -455,7 +455,7 @@ def rerender_card(client: MlflowClient, run_id: str, gate: dict[str, Any]) -> bo
             folder = Path(client.download_artifacts(run_id, PLOTS_DIR, str(root / "in")))
             plots = {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
         except Exception as exc:
-            if is_unreachable(exc):
+            if is_unreachable(exc) or refused_status(exc) is not None:
                 raise
         card = with_gate(json.loads(card_path.read_text(encoding="utf-8")), gate)
         out = root / "out"
@@ -476,7 +476,7 @@ def download_model_card(client: MlflowClient, version: VersionInfo, directory: P
         try:
             client.download_artifacts(version.run_id, name, str(directory))
         except Exception as exc:
-            if is_unreachable(exc):
+            if is_unreachable(exc) or refused_status(exc) is not None:
                 raise
             raise NotFoundError(
                 f"{version.ref} has no {name} (registered before heartml wrote model cards; "
