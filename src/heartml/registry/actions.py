@@ -221,7 +221,9 @@ def promote_version(
 
     what = why or WHY.get(kind, "manual promotion")
     if force and gated:
-        what += " (gate skipped with --force)"
+        # The gate still judged (its verdict is on record); --force only decides what follows.
+        refused = plan.gate is not None and not plan.gate.passed
+        what += " (gate refused, overridden with --force)" if refused else " (with --force)"
     client = client or call_store(settings, lambda: get_client(settings))
     claim = plan_claim(
         plan,
