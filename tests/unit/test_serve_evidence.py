@@ -26,6 +26,7 @@ from heartml.serve.app import create_app
 from heartml.serve.background import BackgroundQueue
 from heartml.serve.engine import Engine, engine_for_pipeline
 from heartml.serve.holder import LoadedModel, ModelRef
+from heartml.serve.livemetrics import ABS_DIFF_BUCKETS, observe_many
 from heartml.serve.predlog import request_id
 from heartml.serve.shadow import choose_challenger
 from heartml.settings import Settings, parse_shadow_setting
@@ -224,3 +225,37 @@ def test_no_shadow_and_no_log_unless_asked(engines: dict[int, Engine], tmp_path:
     assert "heartml_feature_psi{" not in metrics  # one row is not enough for a PSI
     assert info["drift"]["rows"] == 1 and info["drift"]["window"] == 500
     assert not list(tmp_path.iterdir())
+
+
+def test_observe_many_exposes_what_observe_does_value_by_value() -> None:
+    """The bulk observation of the shadow's differences is the histogram ``observe`` builds,
+    bucket bounds included (a value on a bound counts in that bucket)."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    values = np.concatenate(
+        [np.random.default_rng(7).uniform(0, 1.2, 500), np.array(ABS_DIFF_BUCKETS), [0.0]]
+    )
+    exposed = []
+    for bulk in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram("diff", "d", buckets=ABS_DIFF_BUCKETS, registry=registry)
+        if bulk:
+            observe_many(histogram, values[:300])
+            observe_many(histogram, values[300:])
+            observe_many(histogram, values[:0])
+        else:
+            for value in values.tolist():
+                histogram.observe(value)
+        exposed.append(
+            [
+                line
+                for line in generate_latest(registry).decode().splitlines()
+                if "_created" not in line
+            ]
+        )
+    sums = [
+        float(next(x for x in lines if x.startswith("diff_sum")).split()[1]) for lines in exposed
+    ]
+    assert sums[0] == pytest.approx(sums[1], rel=1e-12)  # the same values, added in another order
+    counts = [[x for x in lines if not x.startswith("diff_sum")] for lines in exposed]
+    assert counts[0] == counts[1]

@@ -34,6 +34,7 @@ from heartml.errors import one_line
 from heartml.registry import utc_now_iso
 from heartml.serve.background import BackgroundQueue
 from heartml.serve.holder import ModelRef, ServedModel, freeze_heap
+from heartml.serve.livemetrics import observe_many
 from heartml.settings import AUTO, OFF, parse_shadow_setting
 
 if TYPE_CHECKING:
@@ -234,9 +235,7 @@ class Shadow:
         self.metrics.shadow_predictions.inc(rows)
         if disagreements:
             self.metrics.shadow_disagreements.inc(disagreements)
-        observe = self.metrics.shadow_abs_diff.observe
-        for value in diff.tolist():
-            observe(value)
+        observe_many(self.metrics.shadow_abs_diff, diff)
         with self._lock:
             pair = self.pair
             if pair is not None and pair.challenger == challenger.ref.ref:
