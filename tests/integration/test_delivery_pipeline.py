@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import time
@@ -101,8 +102,11 @@ def test_pipeline_local_end_to_end(tmp_path: Path, mirror: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pipeline_local_stops_the_server_when_a_stage_fails(tmp_path: Path, mirror: Path) -> None:
+def test_pipeline_local_stops_the_server_when_a_stage_fails(
+    tmp_path: Path, mirror: Path, empty_store: Path
+) -> None:
     """A make that fails the smoke stage: the pipeline fails, and the server is still stopped."""
+    shutil.copy2(empty_store, tmp_path / "mlflow.db")  # a new store's migrations: tested above
     fake_make = tmp_path / "make-failing-smoke"
     fake_make.write_text(
         '#!/usr/bin/env bash\nfor a in "$@"; do [[ $a == smoke ]] && exit 7; done\nexec make "$@"\n'
@@ -118,8 +122,11 @@ def test_pipeline_local_stops_the_server_when_a_stage_fails(tmp_path: Path, mirr
 
 
 @pytest.mark.slow
-def test_pipeline_local_refused_by_the_gate_is_not_a_failure(tmp_path: Path, mirror: Path) -> None:
+def test_pipeline_local_refused_by_the_gate_is_not_a_failure(
+    tmp_path: Path, mirror: Path, empty_store: Path
+) -> None:
     """Exit 2 from `promote --auto` keeps the pipeline green and skips export, serve and smoke."""
+    shutil.copy2(empty_store, tmp_path / "mlflow.db")
     result = run_pipeline(pipeline_env(tmp_path, mirror, HEARTML_MIN_ROC_AUC="0.9999"))
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     rows = summary_rows(result.stdout)

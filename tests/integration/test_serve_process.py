@@ -132,11 +132,13 @@ def registry_errors(url: str) -> float:
 
 @pytest.mark.server
 def test_tracking_server_down_at_start_then_stopping_and_returning(
-    trained_settings: Settings, tmp_path: Path, mirror: Path
+    trained_settings: Settings, tmp_path: Path, mirror: Path, empty_store: Path
 ) -> None:
     """Nothing listens at start: the API lives but is not ready, and becomes ready by itself.
     The server then dies under it: it keeps serving, says so, and catches up on its return."""
-    server = MlflowServer(tmp_path / "server")  # its port is chosen, nothing listens yet
+    server = MlflowServer(
+        tmp_path / "server", empty_store
+    )  # its port is chosen, nothing listens yet
     remote = make_settings(tmp_path / "remote", mirror, mlflow_tracking_uri=server.uri)
     log = tmp_path / "serve.log"
     token = "never-print-this-admin-token"
