@@ -28,10 +28,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# pip byte-compiles what it installs one file at a time; compileall does it on every core. The
+# .pyc files must exist after the install: PYTHONDONTWRITEBYTECODE keeps the runs from writing
+# them, so a module without one would be compiled again by every process that imports it.
+compile_site_packages = $(1) -m compileall -q -j 0 "$$($(1) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true
+
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -m pip install -q -c constraints.txt -e '.[train,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[train,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(call compile_site_packages,$(PY))
 	@$(PY) -c "import heartml, mlflow, sklearn, fastapi" || { echo "error: installation failed" >&2; exit 1; }
 	@touch $@
 

