@@ -38,8 +38,6 @@ class DriftWindow:
         self._rows = np.full((size, len(FEATURE_NAMES)), np.nan)
         self._next = 0
         self._count = 0
-        self._since_update = 0
-        self._update_every = max(size // 10, 10)
         self._profile: ReferenceProfile | None = None
         self._lock = threading.Lock()
         self.psi: dict[str, float] = {}
@@ -77,17 +75,14 @@ class DriftWindow:
                     self._rows[: end - self.size] = rows[split:]
                 self._next = end % self.size
                 self._count = min(self._count + count, self.size)
-            self._since_update += count
-            due = self._since_update >= self._update_every
-        if due:
-            self.update()
+        # The gauges are recomputed when they are read (/metrics, /model), never here: this
+        # runs on the request path, and a PSI pass over every feature would land in the p99.
 
     def update(self) -> None:
         """Recompute the gauges from the window as it is now."""
         with self._lock:
             window = self._rows[: self._count].copy()
             profile = self._profile
-            self._since_update = 0
         metrics = self.metrics
         metrics.window_rows.set(len(window))
         for name, ratio in zip(FEATURE_NAMES, missing_ratios(window), strict=True):

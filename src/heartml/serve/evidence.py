@@ -16,6 +16,7 @@ becomes the served model's training profile and the shadow chooses its challenge
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 # Of the drain: how long a clean shutdown may spend writing what is still queued.
 FLUSH_TIMEOUT_S = 5.0
+# How often a background thread recomputes the drift gauges. /metrics and /model recompute
+# them too; this keeps a worker's gauges fresh when another worker answers the scrape.
+DRIFT_REFRESH_S = 5.0
 
 
 class LiveEvidence:
@@ -59,6 +63,8 @@ class LiveEvidence:
             forward=None if self.log is None else self.log.offer,
         )
         self._served: tuple[str, int] | None = None
+        self._stopping = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     # --- the request path ------------------------------------------------------------------
 
@@ -117,9 +123,22 @@ class LiveEvidence:
         if self.log is not None:
             self.log.start()
         self.shadow.start()
+        if self._refresher is None:
+            self._refresher = threading.Thread(
+                target=self._refresh_drift, name="heartml-drift", daemon=True
+            )
+            self._refresher.start()
+
+    def _refresh_drift(self) -> None:
+        while not self._stopping.wait(DRIFT_REFRESH_S):
+            try:
+                self.drift.update()
+            except Exception as exc:  # the gauges wait for the next round
+                logger.warning("could not update the drift gauges: %s", exc)
 
     def close(self) -> None:
         """Score and write everything queued, then stop (the app's shutdown, after the drain)."""
+        self._stopping.set()
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
         self.shadow.close(max(0.1, deadline - time.monotonic()))
         if self.log is not None:
@@ -127,6 +146,7 @@ class LiveEvidence:
 
     def describe(self) -> dict[str, Any]:
         """What ``/model`` shows under ``drift`` (the shadow has its own entry)."""
+        self.drift.update()
         profile = self.drift.profile
         return {
             "window": self.drift.size,
