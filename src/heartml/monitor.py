@@ -74,11 +74,13 @@ def read_log(
     total = sum(f.stat().st_size for f in files)
     done = 0
     rows: list[dict[str, Any]] = []
-    lost = 0
-    last_seqs: dict[str, int] = {}  # per writing process: its rotated files continue its seq
+    # Per writing process (its rotated files continue its numbering): records seen and the
+    # highest number. Numbers are given on the request path, so a record dropped from a full
+    # queue or lost in a crash is a number never seen, in whatever order the rest was written.
+    seen: dict[str, int] = {}
+    highest: dict[str, int] = {}
     for path in files:
         process = path.name.rsplit("-", 1)[0]
-        last_seq = last_seqs.get(process, -1)
         with path.open("rb") as stream:
             for number, line in enumerate(stream, 1):
                 done += len(line)
@@ -97,17 +99,17 @@ def read_log(
                         "shadow_probability": record.get("shadow_probability"),
                         **{n: record["features"].get(n) for n in FEATURE_NAMES},
                     }
-                    seq = int(record.get("seq", last_seq + 1))
+                    seq = int(record.get("seq", highest.get(process, -1) + 1))
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     raise MonitorError(
                         f"{path.name}:{number}: not a prediction record ({exc!r})"
                     ) from exc
-                lost += max(0, seq - last_seq - 1)
-                last_seq = seq
+                seen[process] = seen.get(process, 0) + 1
+                highest[process] = max(highest.get(process, -1), seq)
                 rows.append(flat)
                 if progress is not None and number % 2000 == 0:
                     progress(done, total)
-        last_seqs[process] = last_seq
+    lost = sum(max(0, highest[p] + 1 - seen[p]) for p in seen)
     if progress is not None:
         progress(total, total)
     records = pd.DataFrame(rows)

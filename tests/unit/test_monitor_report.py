@@ -113,3 +113,34 @@ def test_bad_input_is_one_line(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
     assert "Traceback" not in result.output
+
+
+def test_a_record_dropped_on_the_way_to_the_disk_is_counted_lost(tmp_path: Path) -> None:
+    """Numbers are given when the request is answered: the record that never reached the
+    disk (here: never offered, as a full queue would drop it) is a missing number, even when
+    the records around it are written out of order."""
+    from prometheus_client import CollectorRegistry
+
+    rows = np.asarray(synthetic_rows(4, seed=3), dtype=np.float64)
+    log = PredictionLog(tmp_path / "log", 1 << 20, 100, LiveMetrics(CollectorRegistry()))
+    log.start()
+    answered = [
+        Answered(
+            request_id=f"id{i}",
+            time=time.time(),
+            model_name="heart-disease-svm",
+            model_version=3,
+            rows=rows[i : i + 1],
+            classes=[0],
+            probabilities=[0.2],
+            impute_values=None,
+            first_seq=log.number(1),
+        )
+        for i in range(4)
+    ]
+    for i in (0, 3, 2):  # 1 is dropped; 3 overtakes 2
+        log.offer(answered[i])
+    log.close(10)
+    data = read_log(tmp_path / "log")
+    assert len(data.records) == 3
+    assert data.lost == 1

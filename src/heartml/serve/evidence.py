@@ -91,6 +91,7 @@ class LiveEvidence:
             classes=classes,
             probabilities=probabilities,
             impute_values=None if profile is None else profile.impute_values,
+            first_seq=None if self.log is None else self.log.number(len(rows)),
         )
         if shadowing and self.shadow.offer(answered):
             return
@@ -157,5 +158,8 @@ class LiveEvidence:
         }
 
     def refresh(self) -> None:
-        """Recompute the drift gauges (before ``/metrics`` answers)."""
+        """Recompute the drift gauges and the queues' depths (before ``/metrics`` answers)."""
         self.drift.update()
+        self.metrics.pending.labels("shadow").set(self.shadow.queue.pending)
+        if self.log is not None:
+            self.metrics.pending.labels("predlog").set(self.log.queue.pending)

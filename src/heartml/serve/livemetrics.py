@@ -61,6 +61,14 @@ class LiveMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.pending = Gauge(
+            "heartml_background_pending",
+            "Items waiting in a background queue, by queue (shadow, predlog): at the last "
+            "scrape before a crash, how many prediction-log records it can have cost at most.",
+            ["queue"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.log_written = Counter(
             "heartml_prediction_log_records_total",
             "Prediction-log records written to disk.",

@@ -20,8 +20,9 @@ Each record::
      "probability": 0.71, "prediction": 1,
      "shadow_model": "heart-disease-knn/2", "shadow_probability": 0.64}
 
-``seq`` counts the records of one process: a gap in it is a record that never reached the disk
-(a drop, or a crash before the writer got to it). When a served model's training profile is
+``seq`` numbers the records of one process when the request is answered: a number missing from
+the files is a record that never reached the disk (a drop, or a crash before the writer got to
+it), and ``heartml monitor`` counts them. When a served model's training profile is
 known, ``reference-<name>-v<version>.json`` is written beside the records once, so that the
 monitor report needs nothing but this directory.
 """
@@ -33,6 +34,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -84,6 +86,7 @@ class Answered:
     impute_values: NDArray[np.float64] | None
     shadow_model: str | None = None
     shadow_probabilities: list[float] | None = None
+    first_seq: int | None = None  # the log's number of its first row, given on the request path
 
 
 def _values(row: NDArray[np.float64]) -> dict[str, float | int | None]:
@@ -148,6 +151,7 @@ class PredictionLog:
         self._fd: int | None = None
         self._size = 0
         self._seq = 0
+        self._seq_lock = threading.Lock()
         self.written = 0
         self.path: Path | None = None
         self._references: set[str] = set()
@@ -155,6 +159,15 @@ class PredictionLog:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.queue.start()
+
+    def number(self, rows: int) -> int:
+        """Reserve ``rows`` record numbers; the first of them. Called on the request path, so
+        that a record that never reaches the disk (dropped, or queued when the process died)
+        leaves a gap in the numbers."""
+        with self._seq_lock:
+            first = self._seq
+            self._seq += rows
+        return first
 
     def offer(self, answered: Answered) -> bool:
         return self.queue.offer(answered)
@@ -197,8 +210,10 @@ class PredictionLog:
     def _write(self, batch: list[Answered]) -> None:
         lines: list[str] = []
         for answered in batch:
-            records = records_of(answered, self._seq)
-            self._seq += len(records)
+            first = answered.first_seq
+            if first is None:
+                first = self.number(len(answered.rows))
+            records = records_of(answered, first)
             lines.extend(json.dumps(r, separators=(",", ":")) for r in records)
         data = ("\n".join(lines) + "\n").encode()
         if self._fd is None or self._size >= self.max_bytes:
