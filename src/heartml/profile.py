@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from heartml.schema import FEATURES, Feature
+from heartml.schema import FEATURES, Feature, Kind
 
 PROFILE_FILE = "reference_profile.json"
 PROFILE_FORMAT = 1
@@ -140,14 +140,21 @@ def _profile_feature(feature: Feature, values: NDArray[np.float64], bins: int) -
     if feature.is_coded:
         codes = np.asarray(feature.codes, dtype=np.float64)
         counts = np.array([(present == c).sum() for c in codes], dtype=np.float64)
-        # The imputer's most frequent value: ties go to the smallest code, as scikit-learn's.
+        # The value the pipeline's imputer puts in: the median for a numeric column with codes
+        # (`ca`, imputed with the numeric columns), else the most frequent code, ties to the
+        # smallest as scikit-learn's.
+        imputed = (
+            float(np.median(present))
+            if feature.kind is Kind.NUMERIC
+            else float(codes[int(np.argmax(counts))])
+        )
         return FeatureProfile(
             feature.name,
             "coded",
             tuple(codes.tolist()),
             tuple((counts / counts.sum()).tolist()),
             missing_rate,
-            float(codes[int(np.argmax(counts))]),
+            imputed,
         )
     quantiles = np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1])
     edges: NDArray[np.float64] = np.unique(quantiles)  # oldpeak's many zeros merge bins
