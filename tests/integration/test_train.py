@@ -4,6 +4,7 @@ The session-wide ``trained_root`` store is trained once, in this process; a seco
 the real ``heartml train`` command on a copy of it.
 """
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -241,3 +242,9 @@ def test_the_gate_refuses_a_weak_retrain_with_the_interval(
     assert version.tags["gate_verdict"] == "refused"
     assert version.tags["gate_delta_roc_auc"] == f"{delta:+.4f}"
     assert client.get_model_version_by_alias(champion.name, "champion").version == champion.version
+    # --history lists the refused attempt with its verdict, beside the promotions.
+    history = json.loads(invoke_heartml(trained_settings, "promote", "--history", "--json").stdout)
+    [attempt] = [e for e in history if (e["name"], e["version"]) == ("heart-disease-knn", 2)]
+    assert attempt["promoted"] is False and attempt["gate"]["verdict"] == "refused"
+    shown = invoke_heartml(trained_settings, "promote", "--history").stdout
+    assert "not promoted (the champion did not change)" in shown

@@ -11,15 +11,18 @@ from conftest import family_state, version_info
 from heartml.predictions import prediction_set
 from heartml.registry import (
     Decision,
+    FamilyState,
     GateEvidence,
     GateInput,
     GateVerdict,
     ModelEvidence,
     PromotionOutcome,
+    VersionInfo,
     judge_challenger,
     plan_promotion,
 )
 from heartml.registry.gate import compare, evidence_path, gate_record, gate_tags
+from heartml.registry.plans import history_of, refusal_event
 from heartml.settings import Settings
 from heartml.stats import paired_auc_difference, unpaired_auc_difference
 
@@ -209,6 +212,15 @@ def test_plans_refuse_unless_forced_and_a_forced_promotion_keeps_the_verdict() -
     assert blind.decision is Decision.REFUSE
     by_name = plan_promotion(state, SETTINGS, "heart-disease-knn")
     assert by_name.decision is Decision.PROMOTE and by_name.gate is None
+    # A refusal leaves an event --history reads as an attempt that promoted nothing; a
+    # forced promotion's event is its claim's, not a refusal.
+    at = "2026-11-30T12:00:00.000000Z"
+    tags = refusal_event(refused, by="ci", at=at)
+    assert refusal_event(forced, by="ci", at=at) == {}
+    [entry] = history_of(replace_tags(state, weak.version, tags))
+    assert (entry.name, entry.version, entry.promoted) == ("heart-disease-knn", 2, False)
+    assert entry.previous is None and entry.gate is not None
+    assert entry.gate["verdict"] == "refused"
 
 
 def test_the_record_and_tags_a_decision_leaves_on_the_challenger() -> None:
@@ -260,3 +272,12 @@ def test_a_gated_promotion_s_event_carries_its_verdict_into_the_history() -> Non
     event = plan_claim(by_name, reason="manual", by="ana", at=at).tags
     # Not gated (a person chose it): the event has no gate key at all.
     assert '"gate"' not in next(v for k, v in event.items() if k.startswith("promotion_event."))
+
+
+def replace_tags(state: FamilyState, target: VersionInfo, tags: dict[str, str]) -> FamilyState:
+    """``state`` with ``tags`` added to ``target``'s version."""
+    from dataclasses import replace
+
+    return family_state(
+        *(replace(v, tags={**v.tags, **tags}) if v.ref == target.ref else v for v in state.versions)
+    )

@@ -21,7 +21,7 @@ PROMOTE_HELP = """Promote a model version to Production (alias 'champion') acros
   promote --list                 registry status (add --json for JSON)
   promote --auto                 promote the version tagged best_model=true, gated
   promote NAME [VERSION]         promote NAME's latest version, or VERSION
-  promote --history              every promotion, newest first
+  promote --history              every promotion and gate refusal, newest first
   promote --rollback             make the previous champion the champion again
 
 \b
@@ -44,7 +44,9 @@ def promote(
     version: Annotated[int | None, typer.Argument(help="Version (default: latest).")] = None,
     auto: Annotated[bool, typer.Option("--auto", help="Promote the best-tagged version.")] = False,
     list_: Annotated[bool, typer.Option("--list", help="Show the registry.")] = False,
-    history: Annotated[bool, typer.Option("--history", help="Show every promotion.")] = False,
+    history: Annotated[
+        bool, typer.Option("--history", help="Show every promotion and gate refusal.")
+    ] = False,
     rollback: Annotated[
         bool, typer.Option("--rollback", help="Restore the previous champion.")
     ] = False,
@@ -260,7 +262,10 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
         lines.append(
             f"{entry.at}  {entry.name} v{entry.version}  (ROC-AUC {format_score(entry.roc_auc)})"
         )
-        lines.append(f"      replaced: {entry.previous or '-'}")
+        if entry.promoted:
+            lines.append(f"      replaced: {entry.previous or '-'}")
+        else:
+            lines.append("      outcome:  not promoted (the champion did not change)")
         lines.append(f"      reason:   {entry.reason}")
         lines.append(f"      by:       {entry.by}{_how_known(entry.authenticated)}")
         lines.append(f"      gate:     {format_gate(entry.gate)}")

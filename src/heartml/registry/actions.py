@@ -48,6 +48,7 @@ from heartml.registry.plans import (
     plan_promotion,
     plan_reconcile,
     plan_rollback,
+    refusal_event,
 )
 from heartml.registry.values import (
     PRODUCTION,
@@ -198,7 +199,11 @@ def promote_version(
             run = call_store(settings, lambda: writer.get_run(run_id))
             require_experiment_access(settings, str(run.info.experiment_id))
         record = gate_record(plan.gate, at=at, by=account.name)
-        record_gate(settings, writer, plan.target, record, gate_tags(plan.gate, at=at))
+        tags = {
+            **gate_tags(plan.gate, at=at),
+            **refusal_event(plan, by=account.name, at=at, authenticated=account.authenticated),
+        }
+        record_gate(settings, writer, plan.target, record, tags)
         client = writer
     if (answer := plan.unapplied_result(dry_run=dry_run)) is not None:
         return answer

@@ -345,8 +345,29 @@ def plan_best_tag(state: FamilyState, keep: str | None = None) -> BestTagPlan:
     return BestTagPlan(winner, tuple(v for v in marked if v.ref != kept))
 
 
+def refusal_event(
+    plan: PromotionPlan, *, by: str, at: str, authenticated: bool = False
+) -> dict[str, str]:
+    """The event tag of an attempt the gate refused, so that ``--history`` lists it beside the
+    promotions; nothing for any other plan."""
+    if plan.decision is not Decision.REFUSE or plan.gate is None:
+        return {}
+    event = {
+        "at": at,
+        "by": by,
+        "authenticated": authenticated,
+        "previous": None,
+        "reason": "refused by the gate",
+        "roc_auc": plan.target.roc_auc,
+        "promoted": False,
+        "gate": gate_summary(plan.gate, at=at),
+    }
+    return {event_tag(at): json.dumps(event, sort_keys=True)}
+
+
 def history_of(state: FamilyState) -> list[HistoryEntry]:
-    """Every promotion recorded in the family's event tags, newest first."""
+    """Every promotion, and every attempt the gate refused, recorded in the family's event
+    tags, newest first."""
     entries: list[HistoryEntry] = []
     for version in state.versions:
         for key, value in version.tags.items():
@@ -367,6 +388,7 @@ def history_of(state: FamilyState) -> list[HistoryEntry]:
                     roc_auc=event.get("roc_auc"),
                     authenticated=event.get("authenticated"),
                     gate=event.get("gate"),
+                    promoted=bool(event.get("promoted", True)),
                 )
             )
     return sorted(entries, key=lambda e: (e.at, e.name, e.version), reverse=True)

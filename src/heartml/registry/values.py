@@ -260,6 +260,7 @@ class HistoryEntry:
     roc_auc: float | None = None
     authenticated: bool | None = None  # None: recorded before heartml noted it
     gate: dict[str, Any] | None = None  # the verdict it rested on (None: not gated)
+    promoted: bool = True  # False: an attempt the gate refused (the champion did not change)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
