@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import containers  # scripts/ (on pytest's pythonpath): the container helpers
 import pytest
 
 from heartml.registry import (
@@ -455,33 +454,6 @@ def assert_one_champion(settings: Settings) -> str:
     return holders[0]
 
 
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A free port below the ephemeral range.
-
-    The port is bound later, by another process. Below the range the kernel hands out to
-    outgoing connections, no client socket opened in between can take it.
-    """
-    low = _ephemeral_low()
-    below = range(max(1024, low - 12000), low)
-    # Where the ephemeral range starts too low to leave room, let the kernel choose.
-    candidates = random.sample(below, 200) if len(below) >= 1000 else [0]
-    for port in candidates:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise RuntimeError("no free port below the ephemeral range")
-
-
 def stop_group(process: subprocess.Popen[Any], timeout: float = 20) -> None:
     """Stop a server started with ``start_new_session=True``: its whole process group
     (workers included), politely first, then for good."""
@@ -520,6 +492,11 @@ def wait_for_http(
         except OSError:
             time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 below the ephemeral range: the container tests' rule."""
+    return containers.free_port()
 
 
 class MlflowServer:
