@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from heartml.serve.schemas import ModelInfo
+from heartml.serve.schemas import ModelInfo, VersionCard
 
 
-class ChallengerInfo(BaseModel):
-    name: str
-    version: int
-    run_id: str
-    roc_auc: float | None
-    model_type: str | None
-    promoted_at: str | None
+class ChallengerInfo(VersionCard):
     uri: str
     engine: str
     loaded_at: str

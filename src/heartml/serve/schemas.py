@@ -174,8 +174,8 @@ class BatchPrediction(BaseModel):
     model_version: int
 
 
-class ModelInfo(BaseModel):
-    """What is served, where it came from, and how following the registry is going."""
+class VersionCard(BaseModel):
+    """A registered version as the API shows it (``heartml.registry.ModelCard``'s fields)."""
 
     name: str
     version: int
@@ -183,6 +183,11 @@ class ModelInfo(BaseModel):
     roc_auc: float | None
     model_type: str | None
     promoted_at: str | None
+
+
+class ModelInfo(VersionCard):
+    """What is served, where it came from, and how following the registry is going."""
+
     loaded_at: str
     source: Literal["registry", "directory"]
     uri: str
