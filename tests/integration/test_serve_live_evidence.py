@@ -37,6 +37,7 @@ from conftest import (
     settings_env,
     stop_group,
     wait_for_http,
+    wait_until,
 )
 from heartml.settings import Settings
 
@@ -208,6 +209,13 @@ def test_shadow_disagreements_match_the_two_models_offline(
         cleveland = uci_rows[uci_rows["site"] == "cleveland"].dropna(subset=list(FEATURE_NAMES))
         rows = patients(cleveland, set(), {})
         with httpx.Client(base_url=server.url, timeout=10) as client:
+            # The challenger loads after the champion (after /ready): an answer given before it
+            # is in place is not shadowed.
+            wait_until(
+                lambda: client.get("/model").json()["shadow"]["challenger"],
+                60,
+                f"the server shadows {other}",
+            )
             for patient in rows:
                 assert client.post("/predict", json=patient).status_code == 200
             deadline = time.monotonic() + 20
