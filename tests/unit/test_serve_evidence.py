@@ -7,6 +7,7 @@ FastAPI's test client; the challenger choice and the background queue as plain f
 from __future__ import annotations
 
 import json
+import os
 import stat
 import threading
 import time
@@ -23,7 +24,7 @@ from heartml.candidates import build_candidate
 from heartml.profile import build_profile
 from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES, synthetic_rows
 from heartml.serve.app import create_app
-from heartml.serve.background import BackgroundQueue
+from heartml.serve.background import NICENESS, BackgroundQueue
 from heartml.serve.engine import Engine, engine_for_pipeline
 from heartml.serve.holder import LoadedModel, ModelRef
 from heartml.serve.livemetrics import ABS_DIFF_BUCKETS, observe_many
@@ -158,6 +159,42 @@ def test_a_full_queue_drops_and_counts_without_waiting() -> None:
     release.set()
     assert q.close(5)
     assert sorted(handled) == [i for i, ok in enumerate(accepted) if ok]
+
+
+def test_a_batch_offer_keeps_what_fits_in_order_and_counts_the_rest() -> None:
+    release = threading.Event()
+    handled: list[int] = []
+    drops: list[int] = []
+
+    def slow(batch: list[int]) -> None:
+        release.wait(5)
+        handled.extend(batch)
+
+    q: BackgroundQueue[int] = BackgroundQueue("test", slow, 5, drops.append)
+    assert q.offer_many([0, 1, 2]) == 3 and q.pending == 3
+    assert q.offer_many([3, 4, 5, 6]) == 2  # room for two
+    assert drops == [2] and q.dropped == 2 and q.offer_many([7]) == 0
+    q.start()
+    release.set()
+    assert q.close(5)
+    assert handled == [0, 1, 2, 3, 4]
+
+
+def test_the_worker_thread_yields_the_cpu_to_the_server() -> None:
+    """The worker runs NICENESS nicer than the thread that started it (Linux, per thread)."""
+    niceness: list[int] = []
+    q: BackgroundQueue[int] = BackgroundQueue(
+        "test",
+        lambda _: niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
+        5,
+        lambda _: None,
+    )
+    q.start()
+    q.offer(1)
+    assert q.close(5)
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert niceness == [min(19, ours + NICENESS)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours  # ours unchanged
 
 
 def test_shadow_scores_every_answer_and_answers_are_the_champions(

@@ -60,7 +60,7 @@ class LiveEvidence:
             settings,
             self.metrics,
             settings.background_queue_size,
-            forward=None if self.log is None else self.log.offer,
+            forward=None if self.log is None else self.log.offer_many,
         )
         self._served: tuple[str, int] | None = None
         self._stopping = threading.Event()

@@ -72,9 +72,13 @@ def request_id(client_value: bytes | None) -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answered:
-    """What one request was answered with: built on the request path from what it had."""
+    """What one request was answered with: built on the request path from what it had.
+
+    Handed from the request to the shadow thread and then to the log's, one owner at a time:
+    the shadow fills in its own fields in place before passing it on.
+    """
 
     request_id: str
     time: float  # epoch seconds
@@ -171,6 +175,9 @@ class PredictionLog:
 
     def offer(self, answered: Answered) -> bool:
         return self.queue.offer(answered)
+
+    def offer_many(self, answered: list[Answered]) -> int:
+        return self.queue.offer_many(answered)
 
     def close(self, timeout: float) -> None:
         """Write everything queued (SIGTERM: within the drain), then close the file."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +40,8 @@ from heartml.settings import AUTO, OFF, parse_shadow_setting
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from numpy.typing import NDArray
 
     from heartml.registry import FamilyState, VersionInfo
     from heartml.serve.holder import LoadedModel
@@ -108,7 +111,7 @@ class Shadow:
         settings: Settings,
         metrics: LiveMetrics,
         queue_size: int,
-        forward: Callable[[Answered], object] | None,
+        forward: Callable[[list[Answered]], object] | None,
         load: Callable[[ModelRef], LoadedModel] | None = None,
         read_state: Callable[[], FamilyState] | None = None,
     ) -> None:
@@ -214,25 +217,29 @@ class Shadow:
         return self.queue.offer(answered)
 
     def _score(self, batch: list[Answered]) -> None:
+        # Whole-batch numpy only: this thread holds the GIL the event loop needs, so its Python
+        # work per batch must not grow with the rows (ONNX Runtime releases the GIL).
         challenger = self.current
         if challenger is None:
             self._pass_on(batch)
             return
+        rows = np.concatenate([a.rows for a in batch])
         try:
-            proba = challenger.engine.predict_proba(np.concatenate([a.rows for a in batch]))
+            proba = challenger.engine.predict_proba(rows)
         except Exception as exc:
             self.metrics.shadow_errors.inc()
             self.last_error = f"challenger {challenger.ref.ref} failed: {one_line(exc)}"
             self._pass_on(batch)
             return
+        count = len(rows)
         theirs = proba[:, 1]
         their_class = (proba[:, 1] > proba[:, 0]).astype(np.int64)  # ties to 0, as the champion
-        ours = np.concatenate([np.asarray(a.probabilities) for a in batch])
-        our_class = np.concatenate([np.asarray(a.classes, dtype=np.int64) for a in batch])
+        ours = np.fromiter(chain.from_iterable(a.probabilities for a in batch), np.float64, count)
+        our_class = np.fromiter(chain.from_iterable(a.classes for a in batch), np.int64, count)
         diff = np.abs(ours - theirs)
         disagree = their_class != our_class
-        rows, disagreements = len(diff), int(disagree.sum())
-        self.metrics.shadow_predictions.inc(rows)
+        disagreements = int(disagree.sum())
+        self.metrics.shadow_predictions.inc(count)
         if disagreements:
             self.metrics.shadow_disagreements.inc(disagreements)
         observe_many(self.metrics.shadow_abs_diff, diff)
@@ -240,12 +247,7 @@ class Shadow:
             pair = self.pair
             if pair is not None and pair.challenger == challenger.ref.ref:
                 # Only the answers of the pair's champion count towards its agreement.
-                mine = np.concatenate(
-                    [
-                        np.full(len(a.rows), f"{a.model_name}/{a.model_version}" == pair.champion)
-                        for a in batch
-                    ]
-                )
+                mine = _answered_by(batch, pair.champion, count)
                 self.pair = PairStats(
                     pair.champion,
                     pair.challenger,
@@ -255,18 +257,19 @@ class Shadow:
                     pair.abs_diff_sum + float(diff[mine].sum()),
                 )
         if self.forward is not None:
-            start = 0
             name = challenger.ref.ref
             theirs_list = theirs.tolist()
+            start = 0
             for answered in batch:
                 end = start + len(answered.rows)
-                self.forward(_with_shadow(answered, name, theirs_list[start:end]))
+                answered.shadow_model = name
+                answered.shadow_probabilities = theirs_list[start:end]
                 start = end
+            self.forward(batch)
 
     def _pass_on(self, batch: list[Answered]) -> None:
         if self.forward is not None:
-            for answered in batch:
-                self.forward(answered)
+            self.forward(batch)
 
     def describe(self) -> dict[str, Any]:
         """What ``/model`` shows under ``shadow``."""
@@ -298,10 +301,16 @@ class Shadow:
         self.queue.close(timeout)
 
 
-def _with_shadow(answered: Answered, name: str, probabilities: list[float]) -> Answered:
-    from dataclasses import replace
-
-    return replace(answered, shadow_model=name, shadow_probabilities=probabilities)
+def _answered_by(batch: list[Answered], champion: str, rows: int) -> NDArray[np.bool_]:
+    """Which of the batch's ``rows`` were answered by ``champion`` ("name/version")."""
+    served = {(a.model_name, a.model_version) for a in batch}
+    if len(served) == 1:  # the usual case: one champion answered the whole batch
+        ((name, version),) = served
+        return np.full(rows, f"{name}/{version}" == champion)
+    return np.repeat(
+        [f"{a.model_name}/{a.model_version}" == champion for a in batch],
+        [len(a.rows) for a in batch],
+    )
 
 
 __all__ = ["AUTO", "OFF", "PairStats", "Shadow", "choose_challenger", "parse_shadow_setting"]
