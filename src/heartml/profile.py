@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +83,17 @@ class ReferenceProfile:
 
     features: tuple[FeatureProfile, ...]
     rows: int
+    # Built once: the server hands it over with every answered request.
+    impute_values: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        values = np.array([f.impute_value for f in self.features], dtype=np.float64)
+        values.flags.writeable = False
+        object.__setattr__(self, "impute_values", values)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
-
-    @property
-    def impute_values(self) -> NDArray[np.float64]:
-        return np.array([f.impute_value for f in self.features], dtype=np.float64)
 
     def as_dict(self) -> dict[str, Any]:
         return {

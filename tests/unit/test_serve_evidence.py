@@ -28,7 +28,7 @@ from heartml.serve.background import NICENESS, BackgroundQueue
 from heartml.serve.engine import Engine, engine_for_pipeline
 from heartml.serve.holder import LoadedModel, ModelRef
 from heartml.serve.livemetrics import ABS_DIFF_BUCKETS, observe_many
-from heartml.serve.predlog import request_id
+from heartml.serve.predlog import Answered, records_of, request_id
 from heartml.serve.shadow import choose_challenger
 from heartml.settings import Settings, parse_shadow_setting
 
@@ -195,6 +195,55 @@ def test_the_worker_thread_yields_the_cpu_to_the_server() -> None:
     ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert niceness == [min(19, ours + NICENESS)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours  # ours unchanged
+
+
+def test_log_records_of_a_batch_are_each_requests_own(tmp_path: Path) -> None:
+    """Records built for a whole batch at once: each row's values as received (null when not
+    given, whole numbers as integers) and as its own model imputed them."""
+    rows = synthetic_rows(6, seed=5, missing=0.3)
+    rows[0, FEATURE_NAMES.index("oldpeak")] = 2.5
+    first, second = build_profile(PROFILE_ROWS), build_profile(PROFILE_ROWS[:50])
+    batch = [
+        Answered("a", 1_764_547_200.25, "m", 1, rows[:2], [0, 1], [0.1, 0.9], first.impute_values),
+        Answered(
+            "b",
+            1_764_547_201.5,
+            "m",
+            2,
+            rows[2:5],
+            [1, 1, 0],
+            [0.6, 0.7, 0.2],
+            second.impute_values,
+            "m/3",
+            [0.5, 0.8, 0.3],
+        ),
+        Answered("c", 1_764_547_202.0, "m", 1, rows[5:], [0], [0.4], None),
+    ]
+    records = records_of(batch, [10, 20, 30])
+    assert [(r["request_id"], r["row"], r["seq"]) for r in records] == [
+        ("a", 0, 10),
+        ("a", 1, 11),
+        ("b", 0, 20),
+        ("b", 1, 21),
+        ("b", 2, 22),
+        ("c", 0, 30),
+    ]
+    assert records[0]["time"] == "2025-12-01T00:00:00.250Z"
+    assert records[0]["features"]["oldpeak"] == 2.5
+    owners = [a for a in batch for _ in range(len(a.rows))]
+    for record, row, owner in zip(records, rows, owners, strict=True):
+        imputes = owner.impute_values
+        for i, name in enumerate(FEATURE_NAMES):
+            given, seen = record["features"][name], record["imputed_features"][name]
+            if np.isnan(row[i]):
+                assert given is None
+                assert seen == (None if imputes is None else imputes[i])
+            else:
+                assert given == seen == row[i]
+                assert isinstance(given, int) == float(row[i]).is_integer()
+        assert ("shadow_model" in record) == (owner.shadow_model is not None)
+    assert [r["shadow_probability"] for r in records[2:5]] == [0.5, 0.8, 0.3]
+    assert any(r["features"][n] is None for r in records for n in FEATURE_NAMES)
 
 
 def test_shadow_scores_every_answer_and_answers_are_the_champions(
