@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from numpy.typing import NDArray
 
 from conftest import family_state, version_info
 from heartml.candidates import build_candidate
@@ -29,7 +30,7 @@ from heartml.serve.engine import Engine, engine_for_pipeline
 from heartml.serve.holder import LoadedModel, ModelRef
 from heartml.serve.livemetrics import ABS_DIFF_BUCKETS, observe_many
 from heartml.serve.predlog import Answered, records_of, request_id
-from heartml.serve.shadow import choose_challenger
+from heartml.serve.shadow import CpuSlicer, choose_challenger
 from heartml.settings import Settings, parse_shadow_setting
 
 PROFILE_ROWS = synthetic_rows(400, seed=11, missing=0.0)
@@ -195,6 +196,32 @@ def test_the_worker_thread_yields_the_cpu_to_the_server() -> None:
     ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert niceness == [min(19, ours + NICENESS)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours  # ours unchanged
+
+
+def test_a_slow_challenger_scores_in_slices_of_cpu(engines: dict[int, Engine]) -> None:
+    """Slices of about SLICE_S each, learnt from the last call; the same probabilities."""
+
+    class Slow:
+        name: Literal["onnx"] = "onnx"
+
+        def __init__(self, engine: Engine) -> None:
+            self.engine = engine
+            self.calls: list[int] = []
+
+        def predict_proba(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
+            self.calls.append(len(rows))
+            time.sleep(len(rows) * 50e-6)  # 50 us a row: a slow model
+            return np.asarray(self.engine.predict_proba(rows), dtype=np.float64)
+
+    rows = synthetic_rows(300, seed=9, missing=0.1)
+    slow, slicer = Slow(engines[2]), CpuSlicer()
+    sliced = slicer.predict_proba(slow, rows)
+    np.testing.assert_allclose(sliced, engines[2].predict_proba(rows), rtol=0, atol=1e-12)
+    assert sum(slow.calls) == 300 and slow.calls[0] == 32
+    assert all(CpuSlicer.MIN_ROWS <= n <= CpuSlicer.SLICE_S / 50e-6 for n in slow.calls[1:-1])
+    fast = CpuSlicer()
+    fast.predict_proba(engines[2], rows)
+    assert fast.rows_per_slice > slicer.rows_per_slice  # a fast model: bigger slices
 
 
 def test_log_records_of_a_batch_are_each_requests_own(tmp_path: Path) -> None:

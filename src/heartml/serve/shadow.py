@@ -24,7 +24,9 @@ and challenger; the Prometheus counters run on.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -33,7 +35,7 @@ import numpy as np
 
 from heartml.errors import one_line
 from heartml.registry import utc_now_iso
-from heartml.serve.background import BackgroundQueue
+from heartml.serve.background import BATCH, BackgroundQueue
 from heartml.serve.holder import ModelRef, ServedModel, freeze_heap
 from heartml.serve.livemetrics import observe_many
 from heartml.settings import AUTO, OFF, parse_shadow_setting
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from heartml.registry import FamilyState, VersionInfo
+    from heartml.serve.engine import Engine
     from heartml.serve.holder import LoadedModel
     from heartml.serve.livemetrics import LiveMetrics
     from heartml.serve.predlog import Answered
@@ -103,6 +106,45 @@ class PairStats:
         }
 
 
+class CpuSlicer:
+    """Scores rows in slices of about ``SLICE_S`` of CPU, yielding the CPU between them.
+
+    The kernel lets a thread that has the CPU keep it for a whole time slice (a millisecond or
+    more), nice value or not, when the event loop is busy rather than waking up. One call for
+    a whole batch of a slow challenger (a k-NN takes ~18 us a row) then holds the loop back by
+    that much: the answer's p99 grew 1.25x with a k-NN shadowed, 1.05x in slices.
+    How many rows fit in a slice is learnt from the last call.
+    """
+
+    SLICE_S = 0.0005
+    MIN_ROWS = 8
+
+    def __init__(self) -> None:
+        self.rows_per_slice = 32
+
+    def predict_proba(self, engine: Engine, rows: NDArray[np.float64]) -> NDArray[np.float64]:
+        parts = []
+        start = 0
+        while start < len(rows):
+            if start:
+                _yield_cpu()
+            part = rows[start : start + self.rows_per_slice]
+            began = time.perf_counter()
+            parts.append(np.asarray(engine.predict_proba(part), dtype=np.float64))
+            per_row = max(1e-9, (time.perf_counter() - began) / len(part))
+            self.rows_per_slice = max(self.MIN_ROWS, min(BATCH, int(self.SLICE_S / per_row)))
+            start += len(part)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _yield_cpu() -> None:
+    # Releases the GIL too; sched_yield lets a waiting thread of this CPU run first.
+    if hasattr(os, "sched_yield"):
+        os.sched_yield()
+    else:
+        time.sleep(0)
+
+
 class Shadow:
     """The challenger being shadowed, how it is chosen, and the thread that scores with it."""
 
@@ -130,6 +172,7 @@ class Shadow:
         self.last_error: str | None = None
         self.pair: PairStats | None = None
         self._lock = threading.Lock()
+        self._slicer = CpuSlicer()
 
     @property
     def enabled(self) -> bool:
@@ -225,7 +268,7 @@ class Shadow:
             return
         rows = np.concatenate([a.rows for a in batch])
         try:
-            proba = challenger.engine.predict_proba(rows)
+            proba = self._slicer.predict_proba(challenger.engine, rows)
         except Exception as exc:
             self.metrics.shadow_errors.inc()
             self.last_error = f"challenger {challenger.ref.ref} failed: {one_line(exc)}"
