@@ -124,9 +124,55 @@ def lua_script(directory: Path, name: str, path: str, bodies: list[str]) -> Path
         "request = function()\n"
         "  i = (i % #bodies) + 1\n"
         f'  return wrk.format("POST", "{path}", headers, bodies[i])\n'
-        "end\n"
+        "end\n" + _QUANTILES_LUA
     )
     return script
+
+
+# When WRK_QUANTILES names a file, the run's request count and its latency at QUANTILES evenly
+# spaced quantiles go there, so that several runs can be pooled (see pooled_percentile).
+# (wrk 4.1's latency object answers percentile() but not the histogram itself.)
+QUANTILES = 2000
+_QUANTILES_LUA = f"""
+done = function(summary, latency, requests)
+  local path = os.getenv("WRK_QUANTILES")
+  if path == nil then return end
+  local out = assert(io.open(path, "w"))
+  out:write(summary.requests, "\\n")
+  for k = 1, {QUANTILES} do
+    out:write(latency:percentile((k - 0.5) * 100 / {QUANTILES}), "\\n")
+  end
+  out:close()
+end
+"""
+
+
+@dataclass(frozen=True)
+class Quantiles:
+    """One wrk run's request count and latencies (µs) at QUANTILES evenly spaced quantiles."""
+
+    requests: int
+    latencies_us: tuple[float, ...]
+
+    @classmethod
+    def read(cls, path: Path) -> Quantiles:
+        count, *values = path.read_text().split()
+        return cls(int(count), tuple(float(v) for v in values))
+
+
+def pooled_percentile(runs: list[Quantiles], percent: float) -> float:
+    """The ``percent`` latency (ms) of all the runs' requests together: each run's quantiles
+    stand for equal shares of its requests."""
+    import numpy as np
+
+    values = np.concatenate([np.asarray(r.latencies_us) for r in runs])
+    weights = np.concatenate(
+        [np.full(len(r.latencies_us), r.requests / len(r.latencies_us)) for r in runs]
+    )
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    index = int(np.searchsorted(cumulative, cumulative[-1] * percent / 100))
+    return float(values[order][min(index, len(values) - 1)]) / 1000
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
@@ -138,10 +184,20 @@ def _ms(text: str) -> float:
 
 
 def drive(
-    url: str, concurrency: int, duration: float, script: Path | None, threads: int
+    url: str,
+    concurrency: int,
+    duration: float,
+    script: Path | None,
+    threads: int,
+    prefix: tuple[str, ...] = (),
+    quantiles: Path | None = None,
 ) -> tuple[float, float, float, int]:
-    """One wrk run: requests/s, p50 ms, p99 ms, failed requests (non-2xx, socket errors)."""
+    """One wrk run: requests/s, p50 ms, p99 ms, failed requests (non-2xx, socket errors).
+
+    ``prefix`` runs wrk under another command (``taskset -c 0``, say); ``quantiles``: where a
+    script of :func:`lua_script` writes the run's latency quantiles."""
     command = [
+        *prefix,
         "wrk",
         f"-t{min(threads, concurrency)}",
         f"-c{concurrency}",
@@ -152,7 +208,10 @@ def drive(
     ]
     if script is not None:
         command += ["-s", str(script)]
-    out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    env = None if quantiles is None else {**os.environ, "WRK_QUANTILES": str(quantiles)}
+    out = subprocess.run(
+        [*command, url], capture_output=True, text=True, check=True, env=env
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     # The latency distribution lines ("     99%    1.23ms"), not the thread stats' "99.00%".
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)\s*$", out, re.M).group(1))  # type: ignore[union-attr]
