@@ -38,8 +38,8 @@ BATCH = 1024
 # instead of per request: the shadow and the log then take a small share of the CPU and of
 # the GIL that the event loop needs (measured by bench/shadow.py).
 LINGER_S = 0.05
-# How much nicer than the server the worker is (bench/shadow.py: with 0 the prediction log
-# costs the answer's p99 about 1.4x, with 10 about 1.15x; the shadow stays under 1.10x).
+# How much nicer than the server the worker is (bench/shadow.py, two runs each: with 0 the
+# prediction log cost the answer's p99 1.39-1.45x, with 10 1.13-1.17x).
 NICENESS = 10
 
 

@@ -112,8 +112,9 @@ class CpuSlicer:
     The kernel lets a thread that has the CPU keep it for a whole time slice (a millisecond or
     more), nice value or not, when the event loop is busy rather than waking up. One call for
     a whole batch of a slow challenger (a k-NN takes ~18 us a row) then holds the loop back by
-    that much: the answer's p99 grew 1.25x with a k-NN shadowed, 1.05x in slices.
-    How many rows fit in a slice is learnt from the last call.
+    that much: with a k-NN shadowed the answer's p99 was 1.24-1.25x the plain server's in one
+    call per batch, 1.06-1.13x in slices (bench/shadow.py; its noise floor 0.97-1.06x). How
+    many rows fit in a slice is learnt from the last call.
     """
 
     SLICE_S = 0.0005
