@@ -12,8 +12,10 @@ or is dropped and counted. (On Linux a thread's nice value is its own.)
 
 The queue is a :class:`collections.deque`, whose ``append`` and ``popleft`` are atomic, rather
 than a :class:`queue.Queue`: an offer then takes no lock and wakes no thread, and the worker
-looks at the queue every ``LINGER_S`` instead of being woken by each request. Only the event
-loop offers, so checking the length before appending keeps the bound.
+looks at the queue every ``LINGER_S`` instead of being woken by each request. The bound is
+checked before appending, without a lock: when two threads offer at once (the event loop and
+the shadow, to the log's queue) it may be passed by one offer, never waited on. Only counting
+a drop takes a lock.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class BackgroundQueue(Generic[Item]):
         self._items: deque[Item] = deque()
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self._drop_lock = threading.Lock()
         self.dropped = 0
         self.handled = 0
         self.failures = 0
@@ -85,8 +88,7 @@ class BackgroundQueue(Generic[Item]):
     def offer(self, item: Item) -> bool:
         """Queue ``item`` unless the queue is full (then drop and count it). Never blocks."""
         if len(self._items) >= self._maxsize:
-            self.dropped += 1
-            self._on_drop(1)
+            self._count_drops(1)
             return False
         self._items.append(item)
         return True
@@ -95,12 +97,15 @@ class BackgroundQueue(Generic[Item]):
         """Queue as many of ``items`` as fit, in order; drop and count the rest. Never blocks."""
         room = max(0, self._maxsize - len(self._items))
         if room < len(items):
-            lost = len(items) - room
-            self.dropped += lost
-            self._on_drop(lost)
+            self._count_drops(len(items) - room)
             items = items[:room]
         self._items.extend(items)
         return len(items)
+
+    def _count_drops(self, count: int) -> None:
+        with self._drop_lock:
+            self.dropped += count
+        self._on_drop(count)
 
     @property
     def pending(self) -> int:
