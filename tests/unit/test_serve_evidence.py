@@ -142,43 +142,45 @@ def test_request_ids_keep_a_sane_client_value_only() -> None:
         assert len(generated) == 32 and generated.encode() != bad
 
 
+class HeldQueue:
+    """A queue whose worker handles nothing until ``release`` is set; what it was given."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.release = threading.Event()
+        self.handled: list[int] = []
+        self.drops: list[int] = []
+        self.queue: BackgroundQueue[int] = BackgroundQueue(
+            "test", self._handle, maxsize, self.drops.append
+        )
+
+    def _handle(self, batch: list[int]) -> None:
+        self.release.wait(5)
+        self.handled.extend(batch)
+
+
 def test_a_full_queue_drops_and_counts_without_waiting() -> None:
-    release = threading.Event()
-    handled: list[int] = []
-    drops: list[int] = []
-
-    def slow(batch: list[int]) -> None:
-        release.wait(5)
-        handled.extend(batch)
-
-    q: BackgroundQueue[int] = BackgroundQueue("test", slow, 2, drops.append)
+    held = HeldQueue(2)
+    q = held.queue
     q.start()
     started = time.perf_counter()
     accepted = [q.offer(i) for i in range(50)]
     assert time.perf_counter() - started < 0.05
-    assert accepted.count(False) == len(drops) == q.dropped >= 45
-    release.set()
+    assert accepted.count(False) == len(held.drops) == q.dropped >= 45
+    held.release.set()
     assert q.close(5)
-    assert sorted(handled) == [i for i, ok in enumerate(accepted) if ok]
+    assert sorted(held.handled) == [i for i, ok in enumerate(accepted) if ok]
 
 
 def test_a_batch_offer_keeps_what_fits_in_order_and_counts_the_rest() -> None:
-    release = threading.Event()
-    handled: list[int] = []
-    drops: list[int] = []
-
-    def slow(batch: list[int]) -> None:
-        release.wait(5)
-        handled.extend(batch)
-
-    q: BackgroundQueue[int] = BackgroundQueue("test", slow, 5, drops.append)
+    held = HeldQueue(5)
+    q = held.queue
     assert q.offer_many([0, 1, 2]) == 3 and q.pending == 3
     assert q.offer_many([3, 4, 5, 6]) == 2  # room for two
-    assert drops == [2] and q.dropped == 2 and q.offer_many([7]) == 0
+    assert held.drops == [2] and q.dropped == 2 and q.offer_many([7]) == 0
     q.start()
-    release.set()
+    held.release.set()
     assert q.close(5)
-    assert handled == [0, 1, 2, 3, 4]
+    assert held.handled == [0, 1, 2, 3, 4]
 
 
 def test_the_worker_thread_yields_the_cpu_to_the_server() -> None:
