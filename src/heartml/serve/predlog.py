@@ -102,7 +102,8 @@ class Answered:
 def _json_values(matrix: NDArray[np.float64]) -> list[list[float | int | None]]:
     """Each row's values as JSON would have them: missing (NaN) → None, whole numbers → int."""
     values = matrix.astype(object)
-    whole = matrix == np.floor(matrix)  # False for NaN
+    # False for NaN and infinities; whole numbers past 2**53 stay floats (int64 would wrap).
+    whole = (matrix == np.floor(matrix)) & (np.abs(matrix) < 2.0**53)
     values[whole] = matrix[whole].astype(np.int64)
     values[np.isnan(matrix)] = None
     rows: list[list[float | int | None]] = values.tolist()
@@ -204,14 +205,15 @@ class PredictionLog:
     def close(self, timeout: float) -> None:
         """Write everything queued (SIGTERM: within the drain), then close the file."""
         flushed = self.queue.close(timeout)
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
         if not flushed:
+            # The writer is still at work: its file stays open under it (the process is ending).
             logger.warning(
                 "prediction log: %d records not written before the deadline", self.queue.pending
             )
+        elif self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
         logger.info(
             "prediction log: %d records written, %d dropped", self.written, self.queue.dropped
         )
