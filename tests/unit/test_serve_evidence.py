@@ -212,7 +212,9 @@ def test_a_slow_challenger_scores_in_slices_of_cpu(engines: dict[int, Engine]) -
 
         def predict_proba(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
             self.calls.append(len(rows))
-            time.sleep(len(rows) * 50e-6)  # 50 us a row: a slow model
+            until = time.thread_time() + len(rows) * 50e-6  # 50 us of CPU a row: a slow model
+            while time.thread_time() < until:
+                pass
             return np.asarray(self.engine.predict_proba(rows), dtype=np.float64)
 
     rows = synthetic_rows(300, seed=9, missing=0.1)
@@ -224,6 +226,7 @@ def test_a_slow_challenger_scores_in_slices_of_cpu(engines: dict[int, Engine]) -
     fast = CpuSlicer()
     fast.predict_proba(engines[2], rows)
     assert fast.rows_per_slice > slicer.rows_per_slice  # a fast model: bigger slices
+    assert slicer.predict_proba(slow, rows[:0]).shape == (0, 2)
 
 
 def test_log_records_of_a_batch_are_each_requests_own(tmp_path: Path) -> None:

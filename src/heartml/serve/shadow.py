@@ -124,16 +124,22 @@ class CpuSlicer:
         self.rows_per_slice = 32
 
     def predict_proba(self, engine: Engine, rows: NDArray[np.float64]) -> NDArray[np.float64]:
+        if not len(rows):
+            return np.empty((0, 2), dtype=np.float64)
         parts = []
         start = 0
         while start < len(rows):
             if start:
                 _yield_cpu()
-            part = rows[start : start + self.rows_per_slice]
-            began = time.perf_counter()
+            size = self.rows_per_slice
+            part = rows[start : start + size]
+            # This thread's CPU time, not the clock's: a preempted slice did not cost more.
+            # (ONNX Runtime runs single-threaded, in the calling thread.)
+            began = time.thread_time()
             parts.append(np.asarray(engine.predict_proba(part), dtype=np.float64))
-            per_row = max(1e-9, (time.perf_counter() - began) / len(part))
-            self.rows_per_slice = max(self.MIN_ROWS, min(BATCH, int(self.SLICE_S / per_row)))
+            if len(part) == size or start == 0:  # a short tail slice says little per row
+                per_row = max(1e-9, (time.thread_time() - began) / len(part))
+                self.rows_per_slice = max(self.MIN_ROWS, min(BATCH, int(self.SLICE_S / per_row)))
             start += len(part)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -261,8 +267,8 @@ class Shadow:
         return self.queue.offer(answered)
 
     def _score(self, batch: list[Answered]) -> None:
-        # Whole-batch numpy only: this thread holds the GIL the event loop needs, so its Python
-        # work per batch must not grow with the rows (ONNX Runtime releases the GIL).
+        # Whole-batch numpy: this thread holds the GIL the event loop needs, so its Python
+        # loops run once per answer at most, never per value (ONNX Runtime releases the GIL).
         challenger = self.current
         if challenger is None:
             self._pass_on(batch)
