@@ -14,8 +14,8 @@ The queue is a :class:`collections.deque`, whose ``append`` and ``popleft`` are 
 than a :class:`queue.Queue`: an offer then takes no lock and wakes no thread, and the worker
 looks at the queue every ``LINGER_S`` instead of being woken by each request. The bound is
 checked before appending, without a lock: when two threads offer at once (the event loop and
-the shadow, to the log's queue) it may be passed by one offer, never waited on. Only counting
-a drop takes a lock.
+the shadow, to the log's queue) it may be passed by what the other added meanwhile (a batch at
+most), never waited on. Only counting a drop takes a lock.
 """
 
 from __future__ import annotations
