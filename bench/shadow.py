@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -189,15 +190,14 @@ def main() -> int:
 
         def measure(name: str, cpu: int | None) -> tuple[float, float, float, int]:
             prefix = () if cpu is None else ("taskset", "-c", str(cpu))
-            return drive(
-                f"{urls[name]}/predict",
-                CONCURRENCY,
-                args.duration,
-                script,
-                1,
-                prefix,
-                work / f"quantiles-{name}.txt",
+            quantiles = work / f"quantiles-{name}.txt"
+            quantiles.unlink(missing_ok=True)  # never read an earlier run's figures
+            result = drive(
+                f"{urls[name]}/predict", CONCURRENCY, args.duration, script, 1, prefix, quantiles
             )
+            if not quantiles.is_file():
+                sys.exit(f"error: wrk wrote no latency quantiles for {name}")
+            return result
 
         with ThreadPoolExecutor(2 if together else 1) as pool:
             for round_ in range(args.repeat):
@@ -287,9 +287,14 @@ def main() -> int:
         f"noise floor, plain-again/plain: {noise:.2f}x)"
     )
     print(f"target no answer differs: {differ} differ {'✅' if differ == 0 else '❌'}")
+    # wrk leaves failed requests out of its latencies: a server that fails must not pass.
+    errors = sum(figures[n]["errors"] + figures[n]["plain"]["errors"] for n in others)
+    if errors:
+        print(f"❌ {errors:.0f} requests failed (non-2xx, socket errors): see the table")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0 if ok_ratio and differ == 0 else 1
+    shutil.rmtree(work, ignore_errors=True)  # the logs of the servers, the prediction log
+    return 0 if ok_ratio and differ == 0 and not errors else 1
 
 
 if __name__ == "__main__":
