@@ -348,7 +348,14 @@ class Shadow:
             self.queue.start()
 
     def close(self, timeout: float) -> None:
-        self.queue.close(timeout)
+        """Score what is queued, within ``timeout``; what is not reaches neither the metrics
+        nor the log (its ``seq`` numbers stay missing), and the warning says how much."""
+        if not self.queue.close(timeout):
+            logger.warning(
+                "shadow: %d answers not scored before the deadline%s",
+                self.queue.pending,
+                "" if self.forward is None else ": their records are missing from the log",
+            )
 
 
 def _answered_by(batch: list[Answered], champion: str, rows: int) -> NDArray[np.bool_]:
