@@ -113,7 +113,7 @@ class CpuSlicer:
     more), nice value or not, when the event loop is busy rather than waking up. One call for
     a whole batch of a slow challenger (a k-NN takes ~18 us a row) then holds the loop back by
     that much: with a k-NN shadowed the answer's p99 was 1.24-1.25x the plain server's in one
-    call per batch, 1.06-1.13x in slices (bench/shadow.py; its noise floor 0.97-1.06x). How
+    call per batch, 0.95-1.13x in slices (bench/shadow.py; its noise floor 0.97-1.06x). How
     many rows fit in a slice is learnt from the last call.
     """
 
