@@ -220,7 +220,8 @@ def test_a_slow_challenger_scores_in_slices_of_cpu(engines: dict[int, Engine]) -
     rows = synthetic_rows(300, seed=9, missing=0.1)
     slow, slicer = Slow(engines[2]), CpuSlicer()
     sliced = slicer.predict_proba(slow, rows)
-    np.testing.assert_allclose(sliced, engines[2].predict_proba(rows), rtol=0, atol=1e-12)
+    # Float32 probabilities: a row scored in a smaller call may differ in its last bits.
+    np.testing.assert_allclose(sliced, engines[2].predict_proba(rows), rtol=0, atol=1e-6)
     assert sum(slow.calls) == 300 and slow.calls[0] == 32
     assert all(CpuSlicer.MIN_ROWS <= n <= CpuSlicer.SLICE_S / 50e-6 for n in slow.calls[1:-1])
     fast = CpuSlicer()
