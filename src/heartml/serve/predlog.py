@@ -110,11 +110,11 @@ def _json_values(matrix: NDArray[np.float64]) -> list[list[float | int | None]]:
     return rows
 
 
-def _imputed(batch: list[Answered]) -> NDArray[np.float64]:
-    """The rows of ``batch`` as each one's model saw them (all at once when they share one)."""
+def _imputed(batch: list[Answered], rows: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``rows`` (the batch's, concatenated) as each answer's model saw them: all at once when
+    the answers share one model's impute values."""
     first = batch[0].impute_values
     if all(a.impute_values is first for a in batch):
-        rows = np.concatenate([a.rows for a in batch])
         return rows if first is None else impute_rows(rows, first)
     return np.concatenate(
         [a.rows if a.impute_values is None else impute_rows(a.rows, a.impute_values) for a in batch]
@@ -133,8 +133,9 @@ def _timestamp(seconds: float) -> str:
 def records_of(batch: list[Answered], first_seqs: list[int]) -> list[dict[str, Any]]:
     """The log records of answered requests, one per row; ``first_seqs``: each one's first
     record number. Whole-batch numpy for the values: the log thread holds the GIL meanwhile."""
-    received = _json_values(np.concatenate([a.rows for a in batch]))
-    imputed = _json_values(_imputed(batch))
+    rows = np.concatenate([a.rows for a in batch])
+    received = _json_values(rows)
+    imputed = _json_values(_imputed(batch, rows))
     records = []
     k = 0
     for answered, first_seq in zip(batch, first_seqs, strict=True):
