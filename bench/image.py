@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import containers
 from containers import ContainerError
 
-from heartml.schema import EXAMPLE_PATIENT
+from heartml.data.schema import EXAMPLE_PATIENT
 
 MB = 1_000_000
 REQUESTS = 1000

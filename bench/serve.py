@@ -104,7 +104,7 @@ def sample_rows(count: int) -> list[dict[str, float]]:
     """Valid patients spread over the schema (no missing values: the API requires all 13)."""
     import numpy as np
 
-    from heartml.schema import FEATURES, synthetic_rows
+    from heartml.data.schema import FEATURES, synthetic_rows
 
     rows = synthetic_rows(count * 2, seed=7)
     rows = rows[~np.isnan(rows).any(axis=1)][:count]
@@ -247,11 +247,11 @@ def candidate_differences(settings: Any, rows: list[dict[str, float]]) -> dict[s
     import numpy as np
     import pandas as pd
 
-    from heartml.data import load_dataset
-    from heartml.features import split_features_target
+    from heartml.data.schema import FEATURE_NAMES
+    from heartml.data.validate import load_dataset
+    from heartml.model.engine import load_engine
     from heartml.registry import configure_mlflow, read_family
-    from heartml.schema import FEATURE_NAMES
-    from heartml.serve.engine import load_engine
+    from heartml.training.features import split_features_target
 
     configure_mlflow(settings)
     features, _ = split_features_target(load_dataset(settings).frame)
@@ -292,8 +292,8 @@ def main() -> int:
     if shutil.which("wrk") is None:
         sys.exit("error: wrk is not installed (make bench installs it: apt-get install -y wrk)")
 
+    from heartml.data.schema import FEATURE_NAMES
     from heartml.registry import RegistryError, read_family
-    from heartml.schema import FEATURE_NAMES
     from heartml.settings import Settings
 
     settings = Settings()

@@ -131,7 +131,7 @@ async def drive(
     latencies: list[float] = []
     failures = 0
     wrong: list[str] = []
-    from heartml.schema import EXAMPLE_PATIENT
+    from heartml.data.schema import EXAMPLE_PATIENT
 
     body = json.dumps(EXAMPLE_PATIENT)
     deadline = time.monotonic() + duration
@@ -180,10 +180,10 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "src"))
-    from heartml.data import download_data
+    from heartml.data.download import download_data
     from heartml.registry import promote_version, read_family
     from heartml.settings import Settings
-    from heartml.train import train_candidates
+    from heartml.training.train import train_candidates
 
     workdir = Path(tempfile.mkdtemp(prefix="heartml-soak-"))
     server: subprocess.Popen[bytes] | None = None

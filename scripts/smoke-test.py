@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-# The 13 UCI fields (heartml.schema; this script uses the standard library only).
+# The 13 UCI fields (heartml.data.schema; this script uses the standard library only).
 FIELDS: tuple[str, ...] = ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach")
 FIELDS += ("exang", "oldpeak", "slope", "ca", "thal")
 # Cleveland rows 1-3 of processed.cleveland.data (UCI coding, without the target). Row 1: a

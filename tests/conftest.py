@@ -314,7 +314,7 @@ def built_once(
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
     """The Cleveland file fetched and verified once, for the tests that only read it."""
-    from heartml.data import download_data
+    from heartml.data.download import download_data
 
     return built_once(
         tmp_path_factory,
@@ -341,8 +341,8 @@ def trained_root(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path
 
     Every site is downloaded, so that the candidates are also scored on the three sites they
     are not trained on, as `heartml data download --all-sites` makes training do."""
-    from heartml.data import ALL_SITES, download_data
-    from heartml.train import train_candidates
+    from heartml.data.download import ALL_SITES, download_data
+    from heartml.training.train import train_candidates
 
     def train(root: Path) -> None:
         settings = make_settings(root, mirror)
@@ -372,7 +372,7 @@ def synthetic_predictions(quality: str = "good") -> str:
     promotion between two passes); ``weak``: blurred far enough to fall beyond the margin."""
     import numpy as np
 
-    from heartml.predictions import CV, HOLDOUT, prediction_set, write_predictions
+    from heartml.evidence.predictions import CV, HOLDOUT, prediction_set, write_predictions
 
     rng = np.random.default_rng(2024)
     risk = rng.uniform(0.03, 0.97, 360)

@@ -11,6 +11,15 @@ from __future__ import annotations
 ONE_LINE_LIMIT = 300
 
 
+class UserError(Exception):
+    """A failure the user can act on; its message is the one line the command prints."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an error (scikit-learn's may start with a newline)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), repr(exc))
+
+
 def one_line(exc: BaseException, limit: int = ONE_LINE_LIMIT) -> str:
     """The exception's message on one line (whitespace runs squashed), at most ``limit`` chars.
 

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from heartml.data import ALL_SITES, download_data, load_dataset, read_raw, validate_frame
-from heartml.features import split_features_target
+from heartml.data.download import ALL_SITES, download_data
+from heartml.data.validate import load_dataset, read_raw, validate_frame
 from heartml.settings import Settings
+from heartml.training.features import split_features_target
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,11 @@ def test_binary_target_balance(cached: Settings) -> None:
 
 
 def test_the_optional_fields_are_the_tests_the_sites_lack(cached: Settings) -> None:
-    # The API's optional fields (heartml.schema.OPTIONAL_FEATURES), decided from this table:
+    # The API's optional fields (heartml.data.schema.OPTIONAL_FEATURES), decided from this table:
     # each is missing in at least 10 % of some site's rows; the required ones are missing in
     # at most 5 % of every site's rows, except VA's exercise test (with its blood pressure),
     # missing for the same quarter of its patients at once.
-    from heartml.schema import OPTIONAL_FEATURES, REQUIRED_FEATURES
+    from heartml.data.schema import OPTIONAL_FEATURES, REQUIRED_FEATURES
 
     frame = load_dataset(cached, ALL_SITES).frame
     rate = frame.groupby("site")[[*OPTIONAL_FEATURES, *REQUIRED_FEATURES]].agg(

@@ -33,8 +33,8 @@ from conftest import (
     run_heartml,
     wait_until,
 )
+from heartml.data.schema import EXAMPLE_PATIENT
 from heartml.registry import read_family
-from heartml.schema import EXAMPLE_PATIENT
 
 pytestmark = [pytest.mark.slow, pytest.mark.container, pytest.mark.server]
 

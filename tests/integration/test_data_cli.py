@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CliResult, free_port, invoke_heartml, make_settings, one_line_error
-from heartml.data import SITE_FILES
+from heartml.data.download import SITE_FILES
 from heartml.settings import Settings
 
 

@@ -1,7 +1,7 @@
 """Every number on every model card, recomputed from the run's predictions.csv and the data.
 
-The recomputation is written independently of heartml.evidence: pandas groupings, scikit-learn's
-metrics, and heartml.stats only for the intervals and calibration fits (checked against their
+The recomputation is written independently of heartml.evidence.measures: pandas groupings, scikit-learn's
+metrics, and heartml.evidence.stats only for the intervals and calibration fits (checked against their
 textbook definitions in tests/unit/test_stats.py). The Markdown and HTML are then checked to be
 the rendering of the JSON, so no number reaches a reader that was not recomputed here.
 """
@@ -19,18 +19,19 @@ from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
 
 from conftest import invoke_heartml, make_settings
-from heartml.card import CARD_HTML, CARD_JSON, CARD_MD, render_markdown
-from heartml.data import ALL_SITES, load_dataset
-from heartml.registry import configure_mlflow, read_family
-from heartml.schema import FEATURE_NAMES
-from heartml.settings import Settings
-from heartml.stats import (
+from heartml.data.download import ALL_SITES
+from heartml.data.schema import FEATURE_NAMES
+from heartml.data.validate import load_dataset
+from heartml.evidence.card import CARD_HTML, CARD_JSON, CARD_MD, render_markdown
+from heartml.evidence.stats import (
     calibration,
     calibration_curve,
     paired_auc_difference,
     repeated_cv_interval,
     roc_auc_interval,
 )
+from heartml.registry import configure_mlflow, read_family
+from heartml.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -42,8 +42,8 @@ from heartml.registry import (
     read_family,
     read_with_client,
 )
+from heartml.registry.store import read_raw_family
 from heartml.settings import Settings
-from heartml.store import read_raw_family
 
 _prefixes = itertools.count(1)
 

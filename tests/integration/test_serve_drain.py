@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import HEARTML, free_port, run_heartml, settings_env, stop_group, wait_for_http
-from heartml.schema import EXAMPLE_PATIENT
+from heartml.data.schema import EXAMPLE_PATIENT
 from heartml.serve.server import GRACEFUL_SHUTDOWN_S
 from heartml.settings import Settings
 

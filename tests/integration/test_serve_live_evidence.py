@@ -50,7 +50,8 @@ WINDOW = 500
 @pytest.fixture(scope="module")
 def uci_rows(trained_root: Path, mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Cleveland and VA rows as the data stage cleans them (NaN = missing)."""
-    from heartml.data import download_data, load_dataset
+    from heartml.data.download import download_data
+    from heartml.data.validate import load_dataset
 
     root = tmp_path_factory.mktemp("sites")
     settings = make_settings(root, mirror, data_dir=root)
@@ -97,7 +98,7 @@ def psi_of(samples: dict[str, float]) -> dict[str, float]:
 
 
 def patients(frame: Any, optional: set[str], fill: dict[str, float]) -> list[dict[str, Any]]:
-    from heartml.schema import FEATURE_NAMES
+    from heartml.data.schema import FEATURE_NAMES
 
     out = []
     for row in frame[list(FEATURE_NAMES)].itertuples(index=False):
@@ -200,8 +201,8 @@ def test_shadow_disagreements_match_the_two_models_offline(
     import mlflow.sklearn
     import pandas as pd
 
+    from heartml.data.schema import FEATURE_NAMES
     from heartml.registry import configure_mlflow
-    from heartml.schema import FEATURE_NAMES
 
     settings, champion, other = served_store
     server = Server(settings, tmp_path, HEARTML_SHADOW=other)
@@ -245,7 +246,7 @@ def test_shadow_disagreements_match_the_two_models_offline(
 def test_sigterm_under_load_loses_no_logged_record(
     served_store: tuple[Settings, str, str], uci_rows: Any, tmp_path: Path
 ) -> None:
-    from heartml.schema import EXAMPLE_PATIENT
+    from heartml.data.schema import EXAMPLE_PATIENT
 
     settings, _, other = served_store
     log_dir = tmp_path / "predictions"

@@ -33,7 +33,8 @@ from conftest import (
     stop_group,
     wait_until,
 )
-from heartml.export import ExportError, export_champion
+from heartml.data.schema import EXAMPLE_PATIENT
+from heartml.model.export import ExportError, export_champion
 from heartml.registry import (
     configure_mlflow,
     ensure_experiment,
@@ -41,7 +42,6 @@ from heartml.registry import (
     read_family,
     tag_candidate_version,
 )
-from heartml.schema import EXAMPLE_PATIENT
 from heartml.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ def copy_champion(source: Settings, target: Settings, staging: Path) -> int:
     import mlflow.artifacts
     import mlflow.sklearn
 
-    from heartml.tracking import SKOPS_TRUSTED_TYPES
+    from heartml.training.tracking import SKOPS_TRUSTED_TYPES
 
     configure_mlflow(source)
     local = Path(

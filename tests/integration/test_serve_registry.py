@@ -15,13 +15,13 @@ import pytest
 import uvicorn
 
 from conftest import free_port, wait_until
-from heartml.data import load_dataset
-from heartml.features import split_features_target
-from heartml.onnx_model import TOLERANCE
+from heartml.data.schema import EXAMPLE_PATIENT, FEATURE_NAMES
+from heartml.data.validate import load_dataset
+from heartml.model.onnx_form import TOLERANCE
 from heartml.registry import configure_mlflow, get_client, promote_version, read_family
-from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES
 from heartml.serve.app import create_app
 from heartml.settings import Settings
+from heartml.training.features import split_features_target
 
 pytestmark = pytest.mark.slow
 

@@ -41,7 +41,7 @@ from conftest import (
     wait_for_http,
     wait_until,
 )
-from heartml.schema import EXAMPLE_PATIENT
+from heartml.data.schema import EXAMPLE_PATIENT
 from heartml.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]

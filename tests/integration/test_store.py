@@ -21,8 +21,8 @@ from conftest import (
     settings_env,
 )
 from heartml.registry import read_family
+from heartml.registry.store import TESTED_REVISIONS, read_raw_family, read_schema
 from heartml.settings import Settings
-from heartml.store import TESTED_REVISIONS, read_raw_family, read_schema
 
 pytestmark = pytest.mark.slow
 
@@ -62,12 +62,12 @@ def test_the_fast_reader_reads_only_a_schema_it_was_tested_with(
 
     # A newer MLflow pin: the store is at the revision MLflow creates, one heartml has not
     # tested. The client reads instead, and says so once.
-    monkeypatch.setattr("heartml.store.TESTED_REVISIONS", frozenset({"0123456789ab"}))
-    with caplog.at_level(logging.WARNING, logger="heartml.store"):
+    monkeypatch.setattr("heartml.registry.store.TESTED_REVISIONS", frozenset({"0123456789ab"}))
+    with caplog.at_level(logging.WARNING, logger="heartml.registry.store"):
         assert read_raw_family(uri, prefix) is None
         assert read_family(settings) == before
         assert invoke_heartml(settings, "promote", "--list") == listing
-    warnings = [r.getMessage() for r in caplog.records if r.name == "heartml.store"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "heartml.registry.store"]
     assert len(warnings) == 1, warnings  # once per store and revision, not on every read
     assert "which heartml's fast reader was not tested with" in warnings[0]
     assert "reading it through MLflow instead" in warnings[0]

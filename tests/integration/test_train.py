@@ -15,11 +15,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import invoke_heartml, make_settings, run_heartml
-from heartml.data import download_data, load_dataset
-from heartml.features import split_features_target
+from heartml.data.download import download_data
+from heartml.data.validate import load_dataset
 from heartml.registry import configure_mlflow, read_with_client
 from heartml.settings import Settings
-from heartml.train import train_candidates
+from heartml.training.features import split_features_target
+from heartml.training.train import train_candidates
 
 # Two cheap candidates, one repeat: for what a session does, whatever it trains.
 FAST_EXPERIMENT = Path(__file__).resolve().parents[1] / "configs" / "experiment-fast.yaml"

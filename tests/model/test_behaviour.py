@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from conftest import make_settings
-from heartml.data import load_dataset
-from heartml.features import split_features_target
+from heartml.data.validate import load_dataset
 from heartml.registry import configure_mlflow, read_family
 from heartml.settings import Settings
+from heartml.training.features import split_features_target
 
 pytestmark = pytest.mark.slow
 

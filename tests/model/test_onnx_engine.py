@@ -17,15 +17,15 @@ import pandas as pd
 import pytest
 
 from conftest import make_settings
-from heartml.data import load_dataset
-from heartml.experiment import load_experiment
-from heartml.features import split_features_target
-from heartml.onnx_model import TOLERANCE, OnnxFiles, Probe, find_onnx_files
+from heartml.data.schema import EXAMPLE_PATIENT, FEATURE_NAMES, OPTIONAL_FEATURES
+from heartml.data.validate import load_dataset
+from heartml.model.engine import load_engine
+from heartml.model.onnx_form import TOLERANCE, OnnxFiles, Probe, find_onnx_files
 from heartml.registry import configure_mlflow, read_family
-from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES, OPTIONAL_FEATURES
-from heartml.serve.engine import load_engine
 from heartml.settings import Settings
-from heartml.train import probe_rows_of
+from heartml.training.experiment import load_experiment
+from heartml.training.features import split_features_target
+from heartml.training.train import probe_rows_of
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ def test_a_graph_that_disagrees_at_load_is_not_served(
     copy, files = copy_of(model_dirs["random_forest"], tmp_path)
     probe = Probe.load(files.probe)
     Probe(probe.rows, probe.expected + 0.01).save(files.probe)  # as a different runtime would
-    with caplog.at_level(logging.WARNING, logger="heartml.serve.engine"):
+    with caplog.at_level(logging.WARNING, logger="heartml.model.engine"):
         engine = load_engine(copy)
     assert engine.name == "sklearn"
     assert "differs from its pipeline by 0.01" in caplog.text
@@ -127,7 +127,7 @@ def test_a_graph_the_runtime_cannot_load_is_not_served(
 ) -> None:
     copy, files = copy_of(model_dirs["svm"], tmp_path)
     files.graph.write_bytes(files.graph.read_bytes()[:200])
-    with caplog.at_level(logging.WARNING, logger="heartml.serve.engine"):
+    with caplog.at_level(logging.WARNING, logger="heartml.model.engine"):
         engine = load_engine(copy)
     assert engine.name == "sklearn"
     assert "cannot be run under this ONNX Runtime" in caplog.text

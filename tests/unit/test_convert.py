@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from heartml.candidates import build_candidate
-from heartml.convert import ConversionError, TrainingRows, convert_pipeline
-from heartml.experiment import CANDIDATE_ESTIMATORS
-from heartml.onnx_model import TOLERANCE, OnnxEngine
-from heartml.schema import FEATURE_NAMES, synthetic_rows
+from heartml.data.schema import FEATURE_NAMES, synthetic_rows
+from heartml.model.convert import ConversionError, TrainingRows, convert_pipeline
+from heartml.model.onnx_form import TOLERANCE, OnnxEngine
+from heartml.training.candidates import build_candidate
+from heartml.training.experiment import CANDIDATE_ESTIMATORS
 
 SMALL: dict[str, dict[str, Any]] = {
     "logistic_regression": {"C": 0.3, "max_iter": 500},

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, f1_score, log_loss, roc_auc_score
 
-from heartml.evidence import (
+from heartml.evidence.measures import (
     CalibrationBand,
     RowFacts,
     candidate_evidence,
     selection_scores,
     threshold_json,
 )
-from heartml.predictions import PredictionSet, prediction_set, resampled_set
-from heartml.stats import calibration, paired_auc_difference, repeated_cv_interval
+from heartml.evidence.predictions import PredictionSet, prediction_set, resampled_set
+from heartml.evidence.stats import calibration, paired_auc_difference, repeated_cv_interval
 
 BAND = CalibrationBand(0.7, 1.3, 0.35)
 

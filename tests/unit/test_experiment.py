@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from heartml.experiment import ConfigError, load_experiment
+from heartml.training.experiment import ConfigError, load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_the_shipped_experiment_parses_with_the_documented_defaults() -> None:
 
 
 def test_the_pooled_experiment_trains_on_every_site_and_leaves_each_out() -> None:
-    from heartml.data import ALL_SITES
+    from heartml.data.download import ALL_SITES
 
     shipped = load_experiment(REPO / "configs" / "experiment.yaml")
     pooled = load_experiment(REPO / "configs" / "experiment-pooled.yaml")

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from heartml.features import build_preprocessor, split_features_target
-from heartml.schema import FEATURE_NAMES
+from heartml.data.schema import FEATURE_NAMES
+from heartml.training.features import build_preprocessor, split_features_target
 
 
 def _frame(rows: list[dict[str, float]]) -> pd.DataFrame:

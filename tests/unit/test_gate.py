@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import family_state, version_info
-from heartml.predictions import prediction_set
+from heartml.evidence.predictions import prediction_set
+from heartml.evidence.stats import paired_auc_difference, unpaired_auc_difference
 from heartml.registry import (
     Decision,
     FamilyState,
@@ -24,7 +25,6 @@ from heartml.registry import (
 from heartml.registry.gate import compare, evidence_path, gate_record, gate_tags
 from heartml.registry.plans import history_of, refusal_event
 from heartml.settings import Settings
-from heartml.stats import paired_auc_difference, unpaired_auc_difference
 
 SETTINGS = Settings()  # margin 0.05, slope [0.7, 1.3], intercept ±0.35, 30 paired rows
 

@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from heartml.cli import app
-from heartml.monitor import read_labels, read_log, summarise
-from heartml.profile import build_profile
-from heartml.schema import synthetic_rows
+from heartml.data.profile import build_profile
+from heartml.data.schema import synthetic_rows
+from heartml.evidence.stats import roc_auc_interval
+from heartml.monitoring.report import read_labels, read_log, summarise
 from heartml.serve.livemetrics import LiveMetrics
 from heartml.serve.predlog import Answered, PredictionLog
-from heartml.stats import roc_auc_interval
 
 ROWS = 600
 

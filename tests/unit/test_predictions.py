@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from heartml.predictions import (
+from heartml.evidence.predictions import (
     CV,
     HOLDOUT,
     PredictionsError,

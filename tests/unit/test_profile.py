@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heartml.profile import (
+from heartml.data.profile import (
     ReferenceProfile,
     build_profile,
     feature_stability,
@@ -17,7 +17,7 @@ from heartml.profile import (
     population_stability,
     read_profile,
 )
-from heartml.schema import FEATURE_NAMES, FEATURES, synthetic_rows
+from heartml.data.schema import FEATURE_NAMES, FEATURES, synthetic_rows
 
 AGE = FEATURE_NAMES.index("age")
 CP = FEATURE_NAMES.index("cp")

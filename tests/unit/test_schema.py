@@ -1,6 +1,6 @@
 """The one schema: columns, kinds, codes in UCI coding."""
 
-from heartml.schema import (
+from heartml.data.schema import (
     BINARY_FEATURES,
     CATEGORICAL_FEATURES,
     COLUMNS,
@@ -50,7 +50,7 @@ def test_describe_schema_lists_every_feature_with_its_codes() -> None:
 
 
 def test_the_optional_fields_are_the_tests_a_clinician_may_not_have() -> None:
-    from heartml.schema import OPTIONAL_FEATURES, REQUIRED_FEATURES
+    from heartml.data.schema import OPTIONAL_FEATURES, REQUIRED_FEATURES
 
     assert OPTIONAL_FEATURES == ("chol", "fbs", "slope", "ca", "thal")
     assert set(OPTIONAL_FEATURES) | set(REQUIRED_FEATURES) == set(FEATURE_NAMES)

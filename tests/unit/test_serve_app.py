@@ -11,19 +11,20 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from heartml.candidates import build_candidate
-from heartml.registry import AccessDeniedError
-from heartml.schema import (
+from heartml.data.schema import (
     EXAMPLE_PATIENT,
     FEATURE_NAMES,
     OPTIONAL_FEATURES,
     REQUIRED_FEATURES,
     synthetic_rows,
 )
+from heartml.model.convert import engine_for_pipeline
+from heartml.model.engine import Engine
+from heartml.registry import AccessDeniedError
 from heartml.serve.app import create_app
-from heartml.serve.engine import Engine, engine_for_pipeline
 from heartml.serve.holder import ModelRef
 from heartml.settings import Settings
+from heartml.training.candidates import build_candidate
 
 TOKEN = "unit-test-token"
 

@@ -21,17 +21,18 @@ from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 
 from conftest import family_state, version_info
-from heartml.candidates import build_candidate
-from heartml.profile import build_profile
-from heartml.schema import EXAMPLE_PATIENT, FEATURE_NAMES, synthetic_rows
+from heartml.data.profile import build_profile
+from heartml.data.schema import EXAMPLE_PATIENT, FEATURE_NAMES, synthetic_rows
+from heartml.model.convert import engine_for_pipeline
+from heartml.model.engine import Engine
 from heartml.serve.app import create_app
 from heartml.serve.background import NICENESS, BackgroundQueue
-from heartml.serve.engine import Engine, engine_for_pipeline
 from heartml.serve.holder import LoadedModel, ModelRef
 from heartml.serve.livemetrics import ABS_DIFF_BUCKETS, observe_many
 from heartml.serve.predlog import Answered, records_of, request_id
 from heartml.serve.shadow import CpuSlicer, choose_challenger
 from heartml.settings import Settings, parse_shadow_setting
+from heartml.training.candidates import build_candidate
 
 PROFILE_ROWS = synthetic_rows(400, seed=11, missing=0.0)
 

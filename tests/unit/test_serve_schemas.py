@@ -1,4 +1,4 @@
-"""The API's request models are generated from heartml.schema and reject bad input per field."""
+"""The API's request models are generated from heartml.data.schema and reject bad input per field."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from heartml.schema import (
+from heartml.data.schema import (
     EXAMPLE_PATIENT,
     FEATURE_NAMES,
     FEATURES,

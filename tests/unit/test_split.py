@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from heartml.candidates import build_candidate
-from heartml.experiment import ExperimentConfig
-from heartml.fit import (
+from heartml.data.schema import FEATURE_NAMES, synthetic_rows
+from heartml.training.candidates import build_candidate
+from heartml.training.experiment import ExperimentConfig
+from heartml.training.fit import (
     LabelledRows,
     cross_validate_repeat,
     plan_folds,
     plan_sites,
     split_data,
 )
-from heartml.schema import FEATURE_NAMES, synthetic_rows
 
 
 def config(seed: int = 42) -> ExperimentConfig:
@@ -116,7 +116,7 @@ def test_shared_preprocessing_gives_each_pipeline_s_own_predictions() -> None:
 
 
 def test_a_candidate_that_cannot_fit_fails_the_session_naming_it() -> None:
-    from heartml.candidates import TrainingError
+    from heartml.training.candidates import TrainingError
 
     rows = labelled(60)
     folds = plan_folds(rows, folds=3, repeats=1, seed=7)[0]

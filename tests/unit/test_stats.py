@@ -9,7 +9,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from heartml.stats import (
+from heartml.evidence.stats import (
     Z_95,
     calibration,
     calibration_curve,

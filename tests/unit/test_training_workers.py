@@ -8,8 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from heartml.candidates import TrainingError
-from heartml.workers import collect_results, worker_context
+from heartml.training.candidates import TrainingError
+from heartml.training.workers import collect_results, worker_context
 
 
 def test_workers_are_forked_by_a_fork_server_that_preloads_the_estimators() -> None:
@@ -36,7 +36,7 @@ def test_a_dead_worker_is_a_one_line_training_error() -> None:
 
 def test_each_worker_runs_one_native_thread() -> None:
     # One worker per core already: OpenMP's own threads in each would spin against each other.
-    from heartml.workers import candidate_pool
+    from heartml.training.workers import candidate_pool
 
     with candidate_pool(2) as pool:
         limits = pool.submit(native_thread_limits).result()

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from heartml.data import validate_frame
-from heartml.schema import COLUMNS
+from heartml.data.schema import COLUMNS
+from heartml.data.validate import validate_frame
 
 GOOD = [63.0, 1.0, 1.0, 145.0, 233.0, 1.0, 2.0, 150.0, 0.0, 2.3, 3.0, 0.0, 6.0, 0.0]
 

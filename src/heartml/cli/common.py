@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import typer
 
-from heartml.errors import one_line
+from heartml.errors import UserError, one_line
 from heartml.settings import Settings
 
 EXIT_OK = 0
@@ -38,19 +38,11 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Known failures become one line and exit 1; anything else too, unless HEARTML_DEBUG."""
-    from heartml.data import DataError
-    from heartml.experiment import ConfigError
-
-    known: tuple[type[BaseException], ...] = (DataError, ConfigError)
     try:
-        from heartml.registry import RegistryError
-        from heartml.train import TrainingError
-
-        known = (*known, RegistryError, TrainingError)
         yield
     except typer.Exit:
         raise
-    except known as exc:
+    except UserError as exc:
         fail(str(exc))
     except Exception as exc:
         if os.environ.get("HEARTML_DEBUG"):

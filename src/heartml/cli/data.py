@@ -11,7 +11,7 @@ import typer
 from heartml.cli.common import EXIT_ERROR, load_settings, user_errors
 
 if TYPE_CHECKING:
-    from heartml.data import ValidationReport
+    from heartml.data.validate import ValidationReport
 
 data_app = typer.Typer(help="Download and validate the UCI data.", no_args_is_help=True)
 
@@ -32,7 +32,7 @@ DataDirOpt = Annotated[
 
 
 def _sites(all_sites: bool) -> tuple[str, ...]:
-    from heartml.data import ALL_SITES, DEFAULT_SITES
+    from heartml.data.download import ALL_SITES, DEFAULT_SITES
 
     return ALL_SITES if all_sites else DEFAULT_SITES
 
@@ -45,7 +45,7 @@ def data_download(
     force: Annotated[bool, typer.Option("--force", help="Fetch even if cached.")] = False,
 ) -> None:
     """Fetch the UCI files, check each sha256 and keep them in the cache."""
-    from heartml.data import download_data
+    from heartml.data.download import download_data
 
     settings = load_settings(data_source=source, data_dir=data_dir)
     with user_errors():
@@ -62,7 +62,8 @@ def data_validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check the cached rows against the schema (UCI coding); exit 1 on fatal violations."""
-    from heartml.data import read_raw, validate_frame, verified_files
+    from heartml.data.download import verified_files
+    from heartml.data.validate import read_raw, validate_frame
 
     settings = load_settings(data_dir=data_dir)
     with user_errors():

@@ -36,7 +36,13 @@ def monitor(
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from heartml.monitor import MonitorError, read_labels, read_log, render_report, summarise
+    from heartml.monitoring.report import (
+        MonitorError,
+        read_labels,
+        read_log,
+        render_report,
+        summarise,
+    )
 
     directory = log or load_settings().prediction_log_dir
     if directory is None:

@@ -26,7 +26,7 @@ def report(
     import webbrowser
 
     from heartml import registry
-    from heartml.card import CARD_HTML, CARD_JSON, CARD_MD
+    from heartml.evidence.card import CARD_HTML, CARD_JSON, CARD_MD
 
     settings = load_settings()
     with user_errors():

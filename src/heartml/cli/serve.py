@@ -48,7 +48,7 @@ def export(
     directory: Annotated[Path, typer.Argument(help="Where to write the model directory.")],
 ) -> None:
     """Write the champion's model files and model.json to DIRECTORY, for `serve --model-dir`."""
-    from heartml.export import ExportError, export_champion
+    from heartml.model.export import ExportError, export_champion
 
     settings = load_settings()
     with user_errors():

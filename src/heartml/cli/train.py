@@ -12,7 +12,7 @@ import typer
 from heartml.cli.common import load_settings, user_errors
 
 if TYPE_CHECKING:
-    from heartml.train import TrainResult
+    from heartml.training.train import TrainResult
 
 
 def train(
@@ -25,7 +25,7 @@ def train(
     ] = True,
 ) -> None:
     """Train every candidate, log and register them in MLflow, tag and promote the best."""
-    from heartml.train import train_candidates
+    from heartml.training.train import train_candidates
 
     settings = load_settings(experiment_config=config)
     with user_errors(), _step_progress("Training") as progress:

@@ -55,6 +55,7 @@ from heartml.registry.mlflow_io import (
     read_family,
     read_with_client,
 )
+from heartml.registry.outcome import PromotionOutcome, PromotionResult
 from heartml.registry.plans import (
     BestTagPlan,
     Claim,
@@ -86,8 +87,6 @@ from heartml.registry.values import (
     HistoryEntry,
     ModelCard,
     NotFoundError,
-    PromotionOutcome,
-    PromotionResult,
     RegisteredModel,
     RegistryError,
     StoreUnavailableError,

@@ -22,6 +22,7 @@ from heartml.registry.access import (
     Account,
     missing_access,
 )
+from heartml.registry.mlflow_io import configure_mlflow, configured_username, describe_failure
 from heartml.registry.values import RegistryError
 
 if TYPE_CHECKING:
@@ -55,15 +56,6 @@ def current_password() -> str | None:
     return os.environ.get("MLFLOW_TRACKING_PASSWORD") or None
 
 
-def configured_username() -> str | None:
-    """The account the requests name: MLflow's username, or a token; None when anonymous."""
-    if username := os.environ.get("MLFLOW_TRACKING_USERNAME"):
-        return username
-    return (
-        "(the token in MLFLOW_TRACKING_TOKEN)" if os.environ.get("MLFLOW_TRACKING_TOKEN") else None
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
@@ -87,8 +79,6 @@ def call_auth_api(
     """One request to the auth app, as the configured account (or as ``username``)."""
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import MlflowHostCreds, http_request
-
-    from heartml.registry.mlflow_io import configure_mlflow, describe_failure
 
     configure_mlflow(settings)
     creds = get_default_host_creds(settings.mlflow_tracking_uri)  # type: ignore[no-untyped-call]

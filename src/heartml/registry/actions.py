@@ -39,6 +39,7 @@ from heartml.registry.mlflow_io import (
     record_gate,
     transition,
 )
+from heartml.registry.outcome import PromotionOutcome, PromotionResult
 from heartml.registry.plans import (
     Decision,
     gate_subjects,
@@ -55,8 +56,6 @@ from heartml.registry.values import (
     TAG_BEST,
     FamilyState,
     HistoryEntry,
-    PromotionOutcome,
-    PromotionResult,
     RegistryError,
     VersionInfo,
     utc_now_iso,

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heartml.errors import one_line
+from heartml.registry.store import SchemaState, read_schema, sqlite_path
 from heartml.registry.values import BrokenStoreError, RegistryError
-from heartml.store import SchemaState, read_schema, sqlite_path
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The promotion gate: may a challenger replace the champion? A pure function of their evidence.
 
-The evidence is each version's stored predictions (:mod:`heartml.predictions`), which
+The evidence is each version's stored predictions (:mod:`heartml.evidence.predictions`), which
 :mod:`heartml.registry.mlflow_io` reads. The gate pairs the two versions on the rows neither was
 trained on: their held-out rows, matched by row id. Two versions of the same data and split
 share all of them; versions of different splits or data share those both held out, and when
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from heartml.registry.values import TAG_ROC_AUC, VersionInfo
 
 if TYPE_CHECKING:
-    from heartml.evidence import CalibrationBand
-    from heartml.predictions import PredictionSet
+    from heartml.evidence.measures import CalibrationBand
+    from heartml.evidence.predictions import PredictionSet
+    from heartml.evidence.stats import Interval
     from heartml.settings import Settings
-    from heartml.stats import Interval
 
-# numpy (through heartml.evidence and heartml.stats) is imported by the functions that compute:
+# numpy (through heartml.evidence.measures and heartml.evidence.stats) is imported by the functions that compute:
 # importing the registry package stays cheap for `heartml promote --list`.
 
 LINEAGE_TAGS = ("data_sha256", "data_sites", "split_seed", "split_test_size")
@@ -64,7 +64,7 @@ class Thresholds:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Thresholds:
-        from heartml.evidence import CalibrationBand
+        from heartml.evidence.measures import CalibrationBand
 
         return cls(
             settings.min_roc_auc,
@@ -135,8 +135,8 @@ def compare(challenger: ModelEvidence, champion: ModelEvidence | None, min_rows:
     otherwise unpaired, each on its own held-out rows (the variances add); against a champion
     without stored predictions, its score tag taken as exact; without a champion, nothing.
     """
-    from heartml.evidence import MIN_ROWS_PER_OUTCOME, has_both_outcomes
-    from heartml.stats import (
+    from heartml.evidence.measures import MIN_ROWS_PER_OUTCOME, has_both_outcomes
+    from heartml.evidence.stats import (
         Interval,
         paired_auc_difference,
         roc_auc_interval,
@@ -363,7 +363,7 @@ def meets_minimum(given: GateInput) -> GateCheck:
 def is_calibrated(given: GateInput) -> GateCheck:
     """The calibration slope and intercept of the challenger's out-of-fold predictions are in
     the band (held-out rows are too few for a stable slope)."""
-    from heartml.stats import calibration
+    from heartml.evidence.stats import calibration
 
     oof = given.challenger_evidence.out_of_fold
     assert oof is not None

@@ -1,6 +1,6 @@
 """Talking to MLflow: configure it, read the family's state, apply a plan's writes.
 
-Reads go straight to the store when :mod:`heartml.store` can (no MLflow import); everything
+Reads go straight to the store when :mod:`heartml.registry.store` can (no MLflow import); everything
 else goes through ``MlflowClient``. Every store failure becomes a one-line
 :class:`~heartml.registry.values.RegistryError`. The functions that write take a plan from
 :mod:`heartml.registry.plans` and decide nothing themselves.
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
     from heartml.registry.gate import GateEvidence, ModelEvidence
     from heartml.registry.plans import BestTagPlan, Claim, PromotionPlan, ReconcilePlan
+    from heartml.registry.store import RawFamily
     from heartml.settings import Settings
-    from heartml.store import RawFamily
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ ENDPOINT = re.compile(r"(/(?:ajax-)?api/\d\.\d/[\w./-]+)")
 
 def refused_status(exc: BaseException) -> int | None:
     """401 or 403 when the server refused the request (MLflow's client, requests, the reader)."""
-    status = getattr(exc, "status", None)  # heartml.store.StoreReadError
+    status = getattr(exc, "status", None)  # heartml.registry.store.StoreReadError
     response = getattr(exc, "response", None)  # requests.HTTPError (artifact uploads)
     if response is not None:
         status = getattr(response, "status_code", None)
@@ -103,10 +103,17 @@ def refused_status(exc: BaseException) -> int | None:
     return status if status in (401, 403) else None
 
 
+def configured_username() -> str | None:
+    """The account the requests name: MLflow's username, or a token; None when anonymous."""
+    if username := os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return username
+    return (
+        "(the token in MLFLOW_TRACKING_TOKEN)" if os.environ.get("MLFLOW_TRACKING_TOKEN") else None
+    )
+
+
 def access_denial(exc: BaseException, settings: Settings, action: str) -> AccessDeniedError | None:
     """The one-line refusal for a 401 or 403, naming the account and the action; else None."""
-    from heartml.registry.accounts import configured_username
-
     status = refused_status(exc)
     if status is None:
         return None
@@ -188,7 +195,7 @@ def read_with_client(client: MlflowClient, prefix: str) -> RawFamily:
     ``search_model_versions`` leaves ``aliases`` empty on SQL stores, so aliases are read from
     the registered models, which carry them.
     """
-    from heartml.store import RawFamily, RawVersion
+    from heartml.registry.store import RawFamily, RawVersion
 
     pattern = f"name LIKE '{prefix}%'"
     models = _paged(lambda token: client.search_registered_models(pattern, page_token=token))
@@ -235,10 +242,10 @@ def family_from_raw(raw: RawFamily, alias: str) -> FamilyState:
 def read_family(settings: Settings, client: MlflowClient | None = None) -> FamilyState:
     """Every model of the family with its versions, stages, tags and aliases.
 
-    Reads go straight to the store when heartml.store can (no MLflow import), else through
+    Reads go straight to the store when heartml.registry.store can (no MLflow import), else through
     the client.
     """
-    from heartml.store import StoreReadError, read_raw_family
+    from heartml.registry.store import StoreReadError, read_raw_family
 
     try:
         raw = read_raw_family(
@@ -370,7 +377,7 @@ def read_model_evidence(client: MlflowClient, version: VersionInfo) -> ModelEvid
     hand) comes back with the reason, never an exception: the gate decides what that means."""
     import tempfile
 
-    from heartml.predictions import (
+    from heartml.evidence.predictions import (
         CV,
         HOLDOUT,
         PREDICTIONS_ARTIFACT,
@@ -440,7 +447,7 @@ def rerender_card(client: MlflowClient, run_id: str, gate: dict[str, Any]) -> bo
     import json
     import tempfile
 
-    from heartml.card import CARD_JSON, PLOTS_DIR, with_gate, write_card_files
+    from heartml.evidence.card import CARD_JSON, PLOTS_DIR, with_gate, write_card_files
 
     with tempfile.TemporaryDirectory(prefix="heartml-card-") as staging:
         root = Path(staging)
@@ -467,7 +474,7 @@ def rerender_card(client: MlflowClient, run_id: str, gate: dict[str, Any]) -> bo
 
 def download_model_card(client: MlflowClient, version: VersionInfo, directory: Path) -> Path:
     """Copy a version's model card (Markdown, HTML, JSON) from its run into ``directory``."""
-    from heartml.card import CARD_HTML, CARD_JSON, CARD_MD
+    from heartml.evidence.card import CARD_HTML, CARD_JSON, CARD_MD
 
     if not version.run_id:
         raise NotFoundError(f"{version.ref} was registered without a training run: no card")

@@ -30,6 +30,7 @@ from heartml.registry.gate import (
     gate_summary,
     judge_challenger,
 )
+from heartml.registry.outcome import PromotionOutcome, PromotionResult
 from heartml.registry.values import (
     ARCHIVED,
     EVENT_PREFIX,
@@ -41,8 +42,6 @@ from heartml.registry.values import (
     FamilyState,
     HistoryEntry,
     NotFoundError,
-    PromotionOutcome,
-    PromotionResult,
     VersionInfo,
 )
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from heartml.registry.gate import GateVerdict
+from heartml.errors import UserError
 
 PRODUCTION = "Production"
 ARCHIVED = "Archived"
@@ -30,7 +28,7 @@ TAG_REASON = "promotion_reason"
 EVENT_PREFIX = "promotion_event."
 
 
-class RegistryError(Exception):
+class RegistryError(UserError):
     """A registry operation failed; the message is one line for the user."""
 
 
@@ -204,47 +202,6 @@ class FamilyState:
         if not tagged:
             raise NotFoundError(f"no version tagged {TAG_BEST}=true (run `heartml train` first)")
         return max(tagged, key=lambda v: (v.roc_auc or 0.0, v.created_ms, v.name, v.version))
-
-
-class PromotionOutcome(StrEnum):
-    """How a promotion ended (the ``outcome`` of ``promote --json``)."""
-
-    PROMOTED = "promoted"
-    ALREADY_CHAMPION = "already_champion"
-    REPAIRED = "repaired"
-    REFUSED = "refused"
-    DRY_RUN = "dry_run"
-    SUPERSEDED = "superseded"
-
-
-@dataclass(frozen=True, slots=True)
-class PromotionResult:
-    """What a promotion did, or would do (dry run), and the message the command prints."""
-
-    outcome: PromotionOutcome
-    target: VersionInfo
-    previous: VersionInfo | None
-    message: str
-    archived: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-    gate: GateVerdict | None = None  # the gate's verdict, when the promotion was gated
-
-    @property
-    def refused(self) -> bool:
-        return self.outcome is PromotionOutcome.REFUSED
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "outcome": self.outcome.value,
-            "name": self.target.name,
-            "version": self.target.version,
-            "roc_auc": self.target.roc_auc,
-            "previous": self.previous.ref if self.previous else None,
-            "message": self.message,
-            "archived": list(self.archived),
-            "warnings": list(self.warnings),
-            "gate": None if self.gate is None else self.gate.as_dict(),
-        }
 
 
 @dataclass(frozen=True, slots=True)

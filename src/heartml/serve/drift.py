@@ -2,7 +2,7 @@
 
 Each answered row is copied into a ring buffer of ``HEARTML_DRIFT_WINDOW`` rows (a numpy row
 assignment: about a microsecond on the request path). The comparison with the served model's
-:class:`~heartml.profile.ReferenceProfile` is computed when ``/metrics`` is scraped, and every
+:class:`~heartml.data.profile.ReferenceProfile` is computed when ``/metrics`` is scraped, and every
 tenth of a window in between, so the gauges follow traffic without costing each request.
 
 PSI over a handful of rows is noise: the PSI gauges appear once the window holds
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from heartml.profile import ReferenceProfile, feature_stability, missing_ratios
-from heartml.schema import FEATURE_NAMES
+from heartml.data.profile import ReferenceProfile, feature_stability, missing_ratios
+from heartml.data.schema import FEATURE_NAMES
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray

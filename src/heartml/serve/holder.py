@@ -6,7 +6,7 @@ what *new* requests get while requests in flight finish on the model they starte
 
 Loading never happens on a request: a background thread looks for the champion every
 ``reload_interval_s`` seconds (``POST /admin/reload`` asks for a look at once), loads a new
-champion beside the old one (its inference engine checked, see :mod:`heartml.serve.engine`),
+champion beside the old one (its inference engine checked, see :mod:`heartml.model.engine`),
 and only then swaps. A failed look or
 load leaves the old model serving and is recorded for ``/model`` and ``/metrics``. Until a
 first model is loaded (the tracking server down at start, say) the thread retries with
@@ -29,8 +29,8 @@ from heartml.registry import AccessDeniedError, ModelCard, utc_now_iso
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from heartml.profile import ReferenceProfile
-    from heartml.serve.engine import Engine
+    from heartml.data.profile import ReferenceProfile
+    from heartml.model.engine import Engine
     from heartml.serve.metrics import ServeMetrics
     from heartml.settings import Settings
 
@@ -155,7 +155,7 @@ class DirectorySource:
         return f"the exported model in {self.directory}"
 
     def resolve(self) -> ModelRef | None:
-        from heartml.export import read_export_info
+        from heartml.model.export import read_export_info
 
         info = read_export_info(self.directory)
         return ModelRef(
@@ -171,8 +171,8 @@ class DirectorySource:
 
 def load_model_dir(model_dir: Path) -> LoadedModel:
     """The engine of an MLflow model directory and the reference profile stored with it."""
-    from heartml.profile import read_profile
-    from heartml.serve.engine import load_engine
+    from heartml.data.profile import read_profile
+    from heartml.model.engine import load_engine
 
     return LoadedModel(load_engine(model_dir), read_profile(model_dir))
 

@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from heartml.profile import ReferenceProfile, impute_rows
-from heartml.schema import FEATURE_NAMES
+from heartml.data.profile import ReferenceProfile, impute_rows
+from heartml.data.schema import FEATURE_NAMES
 from heartml.serve.background import BackgroundQueue
 
 if TYPE_CHECKING:

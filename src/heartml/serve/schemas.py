@@ -1,12 +1,12 @@
-"""The API's request and response models, generated from :mod:`heartml.schema`.
+"""The API's request and response models, generated from :mod:`heartml.data.schema`.
 
 No field name, range or code is written here: ``PatientFeatures`` is built from
-``heartml.schema.FEATURES``, so the API accepts exactly the coding the models were trained on.
+``heartml.data.schema.FEATURES``, so the API accepts exactly the coding the models were trained on.
 A value is rejected, with one error entry per bad field, when it is missing, extra, not a
 JSON number (strings and booleans are not coerced), fractional where the schema wants an
 integer, outside the schema's range, or not one of a coded column's codes (``cp`` 0,
 ``thal`` 2). The schema's optional fields (the tests a clinician may not have:
-:data:`heartml.schema.OPTIONAL_FEATURES`) may also be null or left out: the model imputes them
+:data:`heartml.data.schema.OPTIONAL_FEATURES`) may also be null or left out: the model imputes them
 as training did, and the answer lists them in ``imputed``.
 """
 
@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from heartml.schema import (
+from heartml.data.schema import (
     EXAMPLE_PATIENT,
     FEATURES,
     NEGATIVE_LABEL,

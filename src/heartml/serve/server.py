@@ -143,7 +143,7 @@ class DrainingSupervisor(Multiprocess):
 def run_server(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM and the drain after it. Checks what can be checked first."""
     if settings.model_dir is not None:
-        from heartml.export import ExportError, read_export_info
+        from heartml.model.export import ExportError, read_export_info
 
         try:
             read_export_info(settings.model_dir)

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
+    from heartml.model.engine import Engine
     from heartml.registry import FamilyState, VersionInfo
-    from heartml.serve.engine import Engine
     from heartml.serve.holder import LoadedModel
     from heartml.serve.livemetrics import LiveMetrics
     from heartml.serve.predlog import Answered

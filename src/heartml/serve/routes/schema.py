@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from heartml.schema import describe_schema
+from heartml.data.schema import describe_schema
 from heartml.serve.deps import SettingsDep
 from heartml.serve.schemas import PatientFeatures
 

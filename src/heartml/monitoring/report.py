@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heartml.profile import ReferenceProfile, feature_stability, missing_ratios
-from heartml.schema import FEATURE_NAMES
+from heartml.data.profile import ReferenceProfile, feature_stability, missing_ratios
+from heartml.data.schema import FEATURE_NAMES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -152,7 +152,7 @@ class LiveScore:
 
     model: str
     rows: int
-    auc: Any  # heartml.stats.Interval
+    auc: Any  # heartml.evidence.stats.Interval
     slope: float
     intercept: float
     curve: tuple[list[float], list[float]]  # mean predicted, observed, per decile
@@ -187,7 +187,7 @@ def _calibration_curve(
 
 
 def _score(model: str, y: np.ndarray, p: np.ndarray) -> LiveScore:
-    from heartml.stats import calibration, roc_auc_interval
+    from heartml.evidence.stats import calibration, roc_auc_interval
 
     fit = calibration(y, np.clip(p, 1e-6, 1 - 1e-6))
     return LiveScore(

@@ -1,8 +1,8 @@
 """Fitting and validation, pure: data and the experiment in, fitted pipelines and predictions out.
 
-Nothing here logs, draws or touches MLflow; :mod:`heartml.train` wires these functions to the
-worker pool (:mod:`heartml.workers`) and to MLflow (:mod:`heartml.tracking`). The statistics
-computed from the predictions are :mod:`heartml.evidence`.
+Nothing here logs, draws or touches MLflow; :mod:`heartml.training.train` wires these functions to the
+worker pool (:mod:`heartml.training.workers`) and to MLflow (:mod:`heartml.training.tracking`). The statistics
+computed from the predictions are :mod:`heartml.evidence.measures`.
 
 Every row carries a stable id, ``site:line`` (the line of the UCI file it was read from), so
 that predictions of two models, or of two training sessions, can be paired row by row.
@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heartml.candidates import TrainingError, build_candidate, first_line
+from heartml.errors import first_line
+from heartml.training.candidates import TrainingError, build_candidate
 
 if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
-    from heartml.experiment import ExperimentConfig
+    from heartml.training.experiment import ExperimentConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,7 @@ class HeldOutSplit:
 
 def labelled_rows(frame: pd.DataFrame) -> LabelledRows:
     """The features, binary target, ids and sites of a loaded data frame."""
-    from heartml.features import split_features_target
+    from heartml.training.features import split_features_target
 
     features, target = split_features_target(frame)
     ids = (frame["site"].astype(str) + ":" + frame["line"].astype(str)).to_numpy(dtype=object)
@@ -170,7 +171,7 @@ def cross_validate_repeat(
     """
     from sklearn.metrics import roc_auc_score
 
-    from heartml.features import build_preprocessor
+    from heartml.training.features import build_preprocessor
 
     maskings = dict(maskings or {})
     n = len(rows)

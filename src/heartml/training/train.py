@@ -1,8 +1,8 @@
 """Train stage: fit and validate every candidate, log and register it with its card, tag the best.
 
-A thin orchestration. Fitting and validation are pure (:mod:`heartml.fit`), the numbers are
-:mod:`heartml.evidence`, the plots :mod:`heartml.evaluate`, the card :mod:`heartml.card`, the
-worker processes :mod:`heartml.workers`, and MLflow is only in :mod:`heartml.tracking`.
+A thin orchestration. Fitting and validation are pure (:mod:`heartml.training.fit`), the numbers are
+:mod:`heartml.evidence.measures`, the plots :mod:`heartml.training.plots`, the card :mod:`heartml.card`, the
+worker processes :mod:`heartml.training.workers`, and MLflow is only in :mod:`heartml.training.tracking`.
 
 The work is cut into tasks for the worker pool, each fitting on its own seeded folds, so which
 process runs which task changes the wall time, never a number:
@@ -29,20 +29,31 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heartml.candidates import TrainingError
-from heartml.convert import TrainingRows, convert_pipeline
-from heartml.data import ALL_SITES, SITE_FILES, LoadedData, load_dataset
-from heartml.evaluate import (
-    feature_importance,
-    plot_calibration,
-    plot_confusion_matrix,
-    plot_importance,
-    plot_roc_curves,
-    render_png,
+from heartml.data.download import ALL_SITES, SITE_FILES
+from heartml.data.schema import FEATURE_NAMES, OPTIONAL_FEATURES
+from heartml.data.validate import LoadedData, load_dataset
+from heartml.evidence.measures import (
+    CalibrationBand,
+    RowFacts,
+    candidate_evidence,
+    selection_scores,
 )
-from heartml.evidence import CalibrationBand, RowFacts, candidate_evidence, selection_scores
-from heartml.experiment import ExperimentConfig, load_experiment
-from heartml.fit import (
+from heartml.evidence.predictions import (
+    CV,
+    HOLDOUT,
+    INTERNAL,
+    LOSO,
+    MASKED_PREFIX,
+    SITE_PREFIX,
+    PredictionSet,
+    prediction_set,
+    resampled_set,
+)
+from heartml.model.convert import TrainingRows, convert_pipeline
+from heartml.training.candidates import TrainingError
+from heartml.training.card import SessionContext
+from heartml.training.experiment import ExperimentConfig, load_experiment
+from heartml.training.fit import (
     FoldPredictions,
     HeldOutSplit,
     LabelledRows,
@@ -55,33 +66,28 @@ from heartml.fit import (
     rank_key,
     split_data,
 )
-from heartml.predictions import (
-    CV,
-    HOLDOUT,
-    INTERNAL,
-    LOSO,
-    MASKED_PREFIX,
-    SITE_PREFIX,
-    PredictionSet,
-    prediction_set,
-    resampled_set,
+from heartml.training.plots import (
+    feature_importance,
+    plot_calibration,
+    plot_confusion_matrix,
+    plot_importance,
+    plot_roc_curves,
+    render_png,
 )
-from heartml.schema import FEATURE_NAMES, OPTIONAL_FEATURES
-from heartml.tracking import (
+from heartml.training.tracking import (
     CandidateRecord,
     CandidateResult,
-    SessionContext,
     git_commit,
     log_candidate,
     log_session_summary,
     open_store,
 )
-from heartml.workers import candidate_pool, collect_results, worker_context
+from heartml.training.workers import candidate_pool, collect_results, worker_context
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-    from heartml.convert import OnnxForm
+    from heartml.model.convert import OnnxForm
     from heartml.registry import PromotionResult
     from heartml.settings import Settings
 
@@ -204,7 +210,7 @@ def draw_plots(
 def _site_curve(
     sets: Mapping[str, PredictionSet], key: str, site: str, position: int
 ) -> list[dict[str, float]]:
-    from heartml.evidence import curve_json
+    from heartml.evidence.measures import curve_json
 
     if key == "sites":
         rows = sets[SITE_PREFIX + site]
@@ -307,7 +313,7 @@ def train_candidates(
     training attempts the promotion. A refused or failed promotion is reported in the result
     (``promotion_warning``) and never fails training: the pipeline's promote step decides.
 
-    The work runs in worker processes (:mod:`heartml.workers`). As with any use of
+    The work runs in worker processes (:mod:`heartml.training.workers`). As with any use of
     multiprocessing, a script that calls this must keep its top-level code under
     ``if __name__ == "__main__":`` (the ``heartml`` command, ``python -m heartml`` and pytest do).
     """

@@ -1,6 +1,6 @@
 """Evaluate stage: what drives each model, and the plots logged with it and drawn on its card.
 
-The numbers themselves are :mod:`heartml.evidence`'s; the plots draw those numbers (a
+The numbers themselves are :mod:`heartml.evidence.measures`'s; the plots draw those numbers (a
 calibration curve is drawn from the card's own bins), so a plot never disagrees with its card.
 """
 
@@ -77,7 +77,7 @@ def _cells(matrix: np.ndarray) -> list[tuple[tuple[int, int], int]]:
 def plot_calibration(
     curves: Mapping[str, Sequence[Mapping[str, float]]], title: str = "Calibration"
 ) -> Figure:
-    """Calibration curves from the card's bins (label -> bins of :mod:`heartml.evidence`):
+    """Calibration curves from the card's bins (label -> bins of :mod:`heartml.evidence.measures`):
     observed frequency against mean predicted risk, with the bins' 95 % intervals."""
     fig = _figure(5.0, 4.4)
     ax = fig.add_subplot()
@@ -137,7 +137,7 @@ def feature_importance(
 
 def _source_feature(output_name: str) -> str:
     """'categorical__cp_4.0' -> 'cp'; 'numeric__age' -> 'age'."""
-    from heartml.schema import FEATURE_NAMES
+    from heartml.data.schema import FEATURE_NAMES
 
     column = output_name.split("__", 1)[1]
     if column in FEATURE_NAMES:

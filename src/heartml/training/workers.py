@@ -14,8 +14,8 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from heartml.candidates import TrainingError
-from heartml.experiment import CANDIDATE_ESTIMATORS
+from heartml.training.candidates import TrainingError
+from heartml.training.experiment import CANDIDATE_ESTIMATORS
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 # What every worker needs, imported once by the fork server.
 WORKER_PRELOAD = [
-    "heartml.train",
+    "heartml.training.train",
     "pandas",
     "sklearn.pipeline",
     "sklearn.compose",
@@ -72,7 +72,7 @@ def limit_native_threads() -> None:
     busy cores those threads spin waiting for one another: measured, half of the CPU time of
     a cross-validation went to them. Parameter validation is skipped too: every candidate's
     hyper-parameters are validated once, explicitly, when it is built
-    (:func:`heartml.candidates.build_candidate`), and the checks repeated on every fit of every
+    (:func:`heartml.training.candidates.build_candidate`), and the checks repeated on every fit of every
     fold and tree cost a tenth of the time.
     """
     import sklearn

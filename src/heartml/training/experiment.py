@@ -16,7 +16,8 @@ from pydantic import (
     model_validator,
 )
 
-from heartml.data import ALL_SITES, DEFAULT_SITES
+from heartml.data.download import ALL_SITES, DEFAULT_SITES
+from heartml.errors import UserError
 
 # Candidate name -> the scikit-learn estimator class it builds (module path, class name).
 CANDIDATE_ESTIMATORS: dict[str, tuple[str, str]] = {
@@ -34,7 +35,7 @@ CANDIDATE_ESTIMATORS: dict[str, tuple[str, str]] = {
 SelectionMetric = Literal["cv_roc_auc_mean", "holdout_roc_auc"]
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """The experiment file is missing, not YAML, or does not fit the schema."""
 
 

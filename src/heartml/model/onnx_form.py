@@ -1,6 +1,6 @@
 """The ONNX form of a registered pipeline: the files it adds to an MLflow model, and its runtime.
 
-At registration (:mod:`heartml.convert`) each candidate's whole pipeline is converted to ONNX
+At registration (:mod:`heartml.model.convert`) each candidate's whole pipeline is converted to ONNX
 and checked against the pipeline's own ``predict_proba``. Two files then go into the MLflow
 model directory through ``mlflow.sklearn.log_model(extra_files=...)``, which copies them to
 ``<model>/extra_files/`` and lists them in the ``sklearn`` flavour of ``MLmodel``:

@@ -5,20 +5,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from heartml.experiment import CANDIDATE_ESTIMATORS
-from heartml.features import build_preprocessor
+from heartml.errors import UserError, first_line
+from heartml.training.experiment import CANDIDATE_ESTIMATORS
+from heartml.training.features import build_preprocessor
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 
-class TrainingError(Exception):
+class TrainingError(UserError):
     """Training could not complete; the message is one line for the user."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-blank line of an error (scikit-learn's may start with a newline)."""
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), repr(exc))
 
 
 def build_candidate(name: str, params: dict[str, Any], seed: int) -> Pipeline:

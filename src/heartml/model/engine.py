@@ -1,7 +1,7 @@
 """The inference engine a served model runs on: ONNX Runtime, or its scikit-learn pipeline.
 
 A registered model directory holds the ONNX form of its pipeline when the conversion was
-faithful (:mod:`heartml.onnx_model`). Loading checks that graph again, here, against the
+faithful (:mod:`heartml.model.onnx_form`). Loading checks that graph again, here, against the
 probabilities stored beside it, and serves it with ONNX Runtime: no scikit-learn, pandas or
 training data needed. A model without an ONNX form (one registered before heartml converted),
 or whose graph no longer reproduces its probe under this ONNX Runtime, is served by its
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from heartml.data.schema import FEATURE_NAMES
 from heartml.errors import one_line
-from heartml.onnx_model import (
+from heartml.model.onnx_form import (
     TOLERANCE,
     OnnxEngine,
     Probe,
@@ -27,10 +28,6 @@ from heartml.onnx_model import (
     find_onnx_files,
     largest_deviation,
 )
-from heartml.schema import FEATURE_NAMES
-
-if TYPE_CHECKING:
-    from heartml.convert import TrainingRows
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +82,3 @@ def load_engine(model_dir: Path) -> Engine:
     import mlflow.sklearn
 
     return SklearnEngine(mlflow.sklearn.load_model(str(model_dir)))
-
-
-def engine_for_pipeline(pipeline: Any, rows: Rows, training: TrainingRows | None = None) -> Engine:
-    """An engine for an in-memory pipeline, converted as registration converts it.
-
-    For tests and benchmarks that have a pipeline but no model directory.
-    """
-    from heartml.convert import convert_pipeline
-
-    return OnnxEngine(convert_pipeline(pipeline, rows, training).graph)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from heartml.schema import (
+from heartml.data.schema import (
     BINARY_FEATURES,
     CATEGORICAL_FEATURES,
     FEATURE_NAMES,

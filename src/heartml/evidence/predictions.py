@@ -80,7 +80,7 @@ class PredictionSet:
 
     def fold_scores(self) -> np.ndarray:
         """The ROC-AUC of every (repeat, fold), repeat-major; needs both outcomes per fold."""
-        from heartml.stats import roc_auc
+        from heartml.evidence.stats import roc_auc
 
         scores = []
         for repeat in range(self.repeats):

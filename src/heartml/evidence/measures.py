@@ -1,11 +1,11 @@
 """The numbers a candidate is judged by, computed from its predictions table alone.
 
-Pure: :mod:`heartml.predictions` sets (and, for subgroups and missing tests, a few facts about
+Pure: :mod:`heartml.evidence.predictions` sets (and, for subgroups and missing tests, a few facts about
 the rows) in, JSON-ready dictionaries out. Training logs them as metrics and on the model card;
 a test recomputes each of them from the logged table. Methods:
 
 - cross-validated ROC-AUC: the mean of the repeat × fold ROC-AUCs with Nadeau and Bengio's
-  corrected resampled t interval (:func:`heartml.stats.repeated_cv_interval`);
+  corrected resampled t interval (:func:`heartml.evidence.stats.repeated_cv_interval`);
 - every other ROC-AUC (held-out rows, out-of-fold predictions averaged over the repeats,
   a site, a subgroup): DeLong's interval; a difference on the same rows: DeLong's paired one;
 - calibration: slope and intercept (Van Calster et al. 2019) and a decile curve with Wilson
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from heartml.predictions import (
+from heartml.evidence.predictions import (
     CV,
     HOLDOUT,
     INTERNAL,
@@ -30,7 +30,7 @@ from heartml.predictions import (
     SITE_PREFIX,
     PredictionSet,
 )
-from heartml.stats import (
+from heartml.evidence.stats import (
     Calibration,
     Interval,
     calibration,
@@ -297,7 +297,7 @@ def candidate_evidence(
 
 
 def selection_scores(evidence: Mapping[str, Any]) -> dict[str, float]:
-    """The scores selection may rank by (:data:`heartml.experiment.SelectionMetric`)."""
+    """The scores selection may rank by (:data:`heartml.training.experiment.SelectionMetric`)."""
     return {
         "cv_roc_auc_mean": float(evidence["cv"]["roc_auc"]["estimate"]),
         "holdout_roc_auc": float(evidence["holdout"]["roc_auc"]["estimate"]),

@@ -30,22 +30,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heartml.candidates import TrainingError, first_line
-from heartml.onnx_model import (
+from heartml.data.schema import FEATURE_NAMES
+from heartml.errors import UserError, first_line
+from heartml.model.engine import Engine
+from heartml.model.onnx_form import (
     INPUT_NAME,
     OUTPUT_NAME,
     TOLERANCE,
     OnnxEngine,
     Probe,
+    Rows,
     largest_deviation,
 )
-from heartml.schema import FEATURE_NAMES
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 
-class ConversionError(TrainingError):
+class ConversionError(UserError):
     """The ONNX form of a candidate could not be made or does not reproduce the pipeline."""
 
 
@@ -358,3 +360,11 @@ def _node(scope: Any, container: Any, op_type: str, inputs: list[str], **attrs: 
         op_type, inputs, [output], name=scope.get_unique_operator_name(op_type), **attrs
     )
     return output
+
+
+def engine_for_pipeline(pipeline: Any, rows: Rows, training: TrainingRows | None = None) -> Engine:
+    """An engine for an in-memory pipeline, converted as registration converts it.
+
+    For tests and benchmarks that have a pipeline but no model directory.
+    """
+    return OnnxEngine(convert_pipeline(pipeline, rows, training).graph)

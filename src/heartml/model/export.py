@@ -112,7 +112,7 @@ def export_champion(settings: Settings, directory: Path) -> ExportResult:
     try:
         import mlflow.artifacts
 
-        from heartml.serve.engine import load_engine
+        from heartml.model.engine import load_engine
 
         configure_mlflow(settings)
         uri = champion.uri

@@ -8,7 +8,7 @@ it; also logged on the candidate's run). Per feature, in schema order:
   bins of the training values and the share of training values in each bin;
 * coded features (sex, cp, fbs, restecg, exang, slope, ca, thal): the share of each code;
 * the share of missing values, and the value the model imputes for a missing one (median for
-  numeric features, most frequent code for coded ones, as :mod:`heartml.features` does).
+  numeric features, most frequent code for coded ones, as :mod:`heartml.training.features` does).
 
 :func:`population_stability` is the population stability index of recent values against
 those shares: ``sum((a - e) * ln(a / e))`` over the bins, both sides smoothed by half a count
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from heartml.schema import FEATURES, Feature, Kind
+from heartml.data.schema import FEATURES, Feature, Kind
 
 PROFILE_FILE = "reference_profile.json"
 PROFILE_FORMAT = 1

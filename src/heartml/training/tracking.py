@@ -15,18 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from heartml.card import Headline, build_card, headline, version_tags, write_card_files
-from heartml.predictions import PREDICTIONS_ARTIFACT, write_predictions
+from heartml.evidence.card import write_card_files
+from heartml.evidence.predictions import PREDICTIONS_ARTIFACT, write_predictions
+from heartml.training.card import Headline, SessionContext, build_card, headline, version_tags
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-    from heartml.convert import OnnxForm
-    from heartml.data import LoadedData
-    from heartml.experiment import ExperimentConfig
-    from heartml.fit import HeldOutSplit
-    from heartml.predictions import PredictionSet
+    from heartml.evidence.predictions import PredictionSet
+    from heartml.model.convert import OnnxForm
     from heartml.settings import Settings
+    from heartml.training.experiment import ExperimentConfig
 
 MODEL_ARTIFACT = "model"
 
@@ -51,27 +50,12 @@ class CandidateRecord:
     name: str
     params: dict[str, Any]
     model: Pipeline
-    sets: Mapping[str, PredictionSet]  # the predictions table (heartml.predictions)
-    evidence: Mapping[str, Any]  # its numbers (heartml.evidence)
+    sets: Mapping[str, PredictionSet]  # the predictions table (heartml.evidence.predictions)
+    evidence: Mapping[str, Any]  # its numbers (heartml.evidence.measures)
     importance_kind: str
     importance: dict[str, float]
     plots: Mapping[str, bytes]  # artifact path under plots/ -> PNG
     onnx: OnnxForm
-
-
-@dataclass(frozen=True, slots=True)
-class SessionContext:
-    """What every candidate of a session shares: the experiment, data, split, lineage, and
-    every candidate's numbers (each card compares its candidate with the others)."""
-
-    config: ExperimentConfig
-    lineage: dict[str, str]
-    dataset: LoadedData
-    others: LoadedData | None  # the sites not trained on, when downloaded
-    split: HeldOutSplit
-    evidence: Mapping[str, Mapping[str, Any]]
-    best: str
-    experiment_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +107,7 @@ def log_candidate(
     import mlflow
     from mlflow.models import infer_signature
 
-    from heartml.profile import write_profile
+    from heartml.data.profile import write_profile
 
     config = session.config
     model_name = f"{settings.model_prefix}{candidate.name}"
@@ -172,7 +156,7 @@ def log_candidate(
                 pyfunc_predict_fn="predict_proba",
                 # Explicit requirements: inferring them would re-import the model in a subprocess.
                 pip_requirements=pip_requirements(),
-                # The ONNX graph and its probe, inside the model directory (heartml.onnx_model),
+                # The ONNX graph and its probe, inside the model directory (heartml.model.onnx_form),
                 # and the training rows' profile that serving measures drift against.
                 extra_files=[
                     *onnx_files(candidate.onnx, Path(staging)),
@@ -255,7 +239,7 @@ def run_metrics(evidence: Mapping[str, Any], config: ExperimentConfig) -> dict[s
 
 def onnx_files(onnx: OnnxForm, directory: Path) -> list[str]:
     """Write the ONNX files of a model into ``directory``; their paths for ``extra_files``."""
-    from heartml.onnx_model import ONNX_FILE, PROBE_FILE
+    from heartml.model.onnx_form import ONNX_FILE, PROBE_FILE
 
     (directory / ONNX_FILE).write_bytes(onnx.graph)
     onnx.probe.save(directory / PROBE_FILE)
@@ -274,9 +258,9 @@ def log_session_summary(candidates: Sequence[CandidateRecord], session: SessionC
     """On the parent run: every candidate's held-out ROC curve and the comparison table."""
     import mlflow
 
-    from heartml.card import comparison_rows, comparison_table
-    from heartml.evaluate import plot_roc_curves
-    from heartml.predictions import HOLDOUT
+    from heartml.evidence.predictions import HOLDOUT
+    from heartml.training.card import comparison_rows, comparison_table
+    from heartml.training.plots import plot_roc_curves
 
     curves = {c.name: (c.sets[HOLDOUT].y, c.sets[HOLDOUT].probability) for c in candidates}
     mlflow.log_figure(plot_roc_curves(curves), "plots/roc_curves.png")

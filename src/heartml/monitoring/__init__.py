@@ -1,0 +1,1 @@
+"""Monitoring: the report drawn from the prediction log."""

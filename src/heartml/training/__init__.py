@@ -1,0 +1,1 @@
+"""Training: the experiment, candidates, cross-validation, fitting, the card's numbers, MLflow logging."""
