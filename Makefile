@@ -92,10 +92,11 @@ test-containers: install ## The container tests: build the images and run them a
 test-fast: install ## Unit and data tests only
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/data
 
-lint: install lint-delivery lint-groovy audit-if-reachable ## ruff, mypy, hadolint, shellcheck, groovy lint (Jenkinsfile), pip-audit
+lint: install lint-delivery lint-groovy audit-if-reachable ## ruff, mypy, import contracts, hadolint, shellcheck, groovy lint (Jenkinsfile), pip-audit
 	$(VENV)/bin/ruff check src tests scripts bench
 	$(VENV)/bin/ruff format --check src tests scripts bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 format: install ## Format the code
 	$(VENV)/bin/ruff format src tests scripts bench
