@@ -228,8 +228,8 @@ def calibration(y_true: ArrayLike, probability: ArrayLike) -> Calibration:
         raise ValueError("calibration needs at least one row")
     lp = logit(p)
     design = np.column_stack([np.ones_like(lp), lp])
-    _, slope = _logistic_fit(y, design, offset=np.zeros_like(lp))
-    (intercept,) = _logistic_fit(y, design[:, :1], offset=lp)
+    _, slope = logistic_fit(y, design, offset=np.zeros_like(lp))
+    (intercept,) = logistic_fit(y, design[:, :1], offset=lp)
     return Calibration(
         slope=float(slope),
         intercept=float(intercept),
@@ -286,7 +286,7 @@ def calibration_curve(
     return tuple(result)
 
 
-def _logistic_fit(
+def logistic_fit(
     y: NDArray[np.float64], design: NDArray[np.float64], offset: NDArray[np.float64]
 ) -> NDArray[np.float64]:
     """Maximum-likelihood coefficients of ``logit P(y) = offset + design @ beta``.
