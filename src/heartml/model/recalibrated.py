@@ -63,4 +63,5 @@ def recalibrated_graph(graph: bytes, intercept: float, slope: float) -> bytes:
     ]
     body.node.extend(nodes)
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
