@@ -14,7 +14,8 @@ from heartml.cli import app
 from heartml.data.profile import build_profile
 from heartml.data.schema import synthetic_rows
 from heartml.evidence.stats import roc_auc_interval
-from heartml.monitoring.report import read_labels, read_log, summarise
+from heartml.monitoring.log import read_labels, read_log
+from heartml.monitoring.summary import summarise
 from heartml.serve.livemetrics import LiveMetrics
 from heartml.serve.predlog import Answered, PredictionLog
 
