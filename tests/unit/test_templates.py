@@ -1,5 +1,5 @@
-"""The Jinja2 templates of the model card: shipped with the package; the card rendered from its
-JSON alone, HTML escaped."""
+"""The Jinja2 templates of the model card and the monitor report: shipped with the package; the
+card rendered from its JSON alone, HTML escaped (the report's escaping: test_monitor_report)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from heartml.evidence.predictions import (
     prediction_set,
     resampled_set,
 )
+from heartml.monitoring import report
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 SCRIPT = "<script>alert('card')</script>"
@@ -109,6 +110,7 @@ def synthetic_card(gate: dict[str, Any] | None = None) -> dict[str, Any]:
     ("package", "environment", "expected"),
     [
         ("evidence", card_module.templates, {"model_card.md.j2", "model_card.html.j2"}),
+        ("monitoring", report.templates, {"report.html.j2"}),
     ],
 )
 def test_every_template_ships_with_the_package(

@@ -11,14 +11,17 @@ what to show (:mod:`heartml.monitoring.summary`), and draws here:
 * with a labels file (``request_id,outcome`` and optionally ``row``; outcome 0/1): live
   ROC-AUC with DeLong's 95 % interval, calibration slope and intercept, and a calibration
   curve for the champion and the shadow side by side, on the same labelled rows.
+
+The figures are matplotlib, embedded as PNG; the page is the Jinja2 template
+``templates/report.html.j2`` (autoescaped), filled by :func:`report_view`.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,9 +29,26 @@ from heartml.data.schema import FEATURE_NAMES
 from heartml.monitoring.summary import PSI_ALERT, Summary
 
 if TYPE_CHECKING:
+    from jinja2 import Environment
     from matplotlib.figure import Figure
 
 TIME = "%Y-%m-%d %H:%M:%S"
+
+
+@functools.cache
+def templates() -> Environment:
+    """The report's templates, from the installed package, autoescaped."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    environment = Environment(
+        loader=PackageLoader("heartml.monitoring", "templates"),
+        autoescape=select_autoescape(["html.j2"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["fmt"] = format
+    return environment
 
 
 # --- drawing -------------------------------------------------------------------------------
@@ -43,10 +63,6 @@ def _png(fig: Figure) -> str:
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _img(fig: Figure) -> str:
-    return f"<img src='data:image/png;base64,{_png(fig)}'>"
 
 
 def _psi_figure(summary: Summary) -> Figure:
@@ -131,76 +147,41 @@ def _calibration_figure(summary: Summary) -> Figure:
     return fig
 
 
-def _table(rows: list[tuple[str, str]]) -> str:
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
-
-
-def render_report(summary: Summary) -> str:
-    """The report as one HTML page, every plot embedded as a PNG."""
+def report_view(summary: Summary) -> dict[str, Any]:
+    """What the page shows: the summary's facts, the latest window's drift, the live scores,
+    and each figure drawn as a base64 PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     records = summary.data.records
-    facts = [
-        ("records", f"{len(records)} in {summary.data.files} file(s)"),
-        (
-            "from / to",
-            f"{records['time'].iloc[0]:{TIME}} / {records['time'].iloc[-1]:{TIME}} UTC",
-        ),
-        (
-            "models (answered)",
-            ", ".join(f"{m}: {n}" for m, n in records["model"].value_counts().items()),
-        ),
-        ("records lost (gaps in seq)", str(summary.data.lost)),
-    ]
-    if summary.agreement:
-        a = summary.agreement
-        pairs = "; ".join(f"{c} vs {s}" for c, s in a["pairs"])
-        facts.append(
-            (
-                "shadow",
-                f"{a['rows']} rows ({pairs}): agreement {a['agreement']:.1%}, "
-                f"mean |Δp| {a['mean_abs_diff']:.3f}",
-            )
-        )
-    sections = [f"<h2>Summary</h2>{_table(facts)}"]
+    drift = None
+    figures = {}
     if len(summary.psi):
         latest = summary.psi.iloc[-1]
         worst = max(FEATURE_NAMES, key=lambda n: -1.0 if math.isnan(latest[n]) else latest[n])
-        verdict = "above" if latest[worst] > PSI_ALERT else "below"
-        sections.append(
-            f"<h2>Input drift</h2><p>Latest window: largest PSI {latest[worst]:.2f} "
-            f"({html.escape(worst)}), {verdict} the alert's {PSI_ALERT}.</p>"
-            + _img(_psi_figure(summary))
-            + _img(_distribution_figure(summary))
-        )
-    else:
-        sections.append(
-            "<h2>Input drift</h2><p>No training profile beside the log: drift not computed.</p>"
-        )
-    sections.append("<h2>Predictions</h2>" + _img(_probability_figure(summary)))
+        drift = {"feature": worst, "psi": latest[worst], "above": latest[worst] > PSI_ALERT}
+        figures["psi"] = _png(_psi_figure(summary))
+        figures["distribution"] = _png(_distribution_figure(summary))
+    figures["probability"] = _png(_probability_figure(summary))
     if summary.scores:
-        score_rows = [
-            (
-                s.model,
-                f"ROC-AUC {s.auc} (DeLong 95 %), calibration slope {s.slope:.2f}, "
-                f"intercept {s.intercept:.2f}, {s.rows} rows",
-            )
-            for s in summary.scores
-        ]
-        sections.append(
-            f"<h2>Live performance ({summary.labelled} labelled rows)</h2>{_table(score_rows)}"
-            f"<img src='data:image/png;base64,{_png(_calibration_figure(summary))}'>"
-        )
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse}"
-        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-        "img{max-width:100%;display:block;margin:1em 0}"
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>heartml monitor report</title>"
-        f"<style>{style}</style></head><body><h1>heartml: live evidence</h1>"
-        f"{''.join(sections)}</body></html>\n"
-    )
+        figures["calibration"] = _png(_calibration_figure(summary))
+    return {
+        "records": len(records),
+        "files": summary.data.files,
+        "first": records["time"].iloc[0],
+        "last": records["time"].iloc[-1],
+        "time_format": TIME,
+        "answered": list(records["model"].value_counts().items()),
+        "lost": summary.data.lost,
+        "agreement": summary.agreement,
+        "drift": drift,
+        "psi_alert": PSI_ALERT,
+        "scores": summary.scores,
+        "labelled": summary.labelled,
+        "figures": figures,
+    }
+
+
+def render_report(summary: Summary) -> str:
+    """The report as one HTML page, every plot embedded as a PNG."""
+    return templates().get_template("report.html.j2").render(report_view(summary))
