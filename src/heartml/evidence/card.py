@@ -53,7 +53,8 @@ SUBGROUP_LABELS = {
 MASKING_LABELS = {"all_optional": "all optional tests"}
 
 
-# The sections on other sites, in order: the evidence key, its title and its plot.
+# The sections on other sites, in order: the evidence key and its title (its plot is
+# calibration_<key>.png).
 SITE_SECTIONS = (
     ("sites", "Scored by this model on the sites it was not trained on"),
     ("leave_one_site_out", "Leave-one-site-out: fitted on the other sites, scored on this"),
@@ -197,7 +198,6 @@ def card_view(card: Mapping[str, Any], available: set[str]) -> dict[str, Any]:
         "experiment": card["experiment"],
         "selection": card["selection"],
         "candidates": card["selection"]["candidates"],
-        "evidence": evidence,
         "cv": evidence["cv"],
         "holdout": evidence["holdout"],
         "internal": evidence.get("internal_validation"),
