@@ -1,9 +1,10 @@
 """Every number on every model card, recomputed from the run's predictions.csv and the data.
 
-The recomputation is written independently of heartml.evidence.measures: pandas groupings, scikit-learn's
-metrics, and heartml.evidence.stats only for the intervals and calibration fits (checked against their
-textbook definitions in tests/unit/test_stats.py). The Markdown and HTML are then checked to be
-the rendering of the JSON, so no number reaches a reader that was not recomputed here.
+The recomputation is written independently of heartml.evidence.measures: pandas groupings,
+scikit-learn's metrics, and heartml.evidence.stats only for the intervals and calibration fits
+(checked against their textbook definitions in tests/unit/test_stats.py). The Markdown and HTML
+are then checked to be the rendering of the JSON, so no number reaches a reader that was not
+recomputed here.
 """
 
 from __future__ import annotations

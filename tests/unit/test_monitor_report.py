@@ -14,7 +14,9 @@ from heartml.cli import app
 from heartml.data.profile import build_profile
 from heartml.data.schema import synthetic_rows
 from heartml.evidence.stats import roc_auc_interval
-from heartml.monitoring.report import read_labels, read_log, summarise
+from heartml.monitoring.log import read_labels, read_log
+from heartml.monitoring.report import render_report
+from heartml.monitoring.summary import summarise
 from heartml.serve.livemetrics import LiveMetrics
 from heartml.serve.predlog import Answered, PredictionLog
 
@@ -144,3 +146,30 @@ def test_a_record_dropped_on_the_way_to_the_disk_is_counted_lost(tmp_path: Path)
     data = read_log(tmp_path / "log")
     assert len(data.records) == 3
     assert data.lost == 1
+
+
+def test_values_read_from_the_log_are_escaped_in_the_page(tmp_path: Path) -> None:
+    """The page is autoescaped: a model name in the log is shown as text, never as markup."""
+    from prometheus_client import CollectorRegistry
+
+    name = "<script>alert(1)</script>"
+    rows = np.asarray(synthetic_rows(20, seed=4), dtype=np.float64)
+    log = PredictionLog(tmp_path / "log", 1 << 20, 100, LiveMetrics(CollectorRegistry()))
+    log.start()
+    for i in range(20):
+        log.offer(
+            Answered(
+                request_id=f"id{i}",
+                time=time.time() + i,
+                model_name=name,
+                model_version=1,
+                rows=rows[i : i + 1],
+                classes=[0],
+                probabilities=[0.1 + 0.04 * i],
+                impute_values=None,
+            )
+        )
+    log.close(10)
+    page = render_report(summarise(read_log(tmp_path / "log")))
+    assert "<script" not in page
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;/1: 20</td>" in page

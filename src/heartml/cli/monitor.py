@@ -36,13 +36,9 @@ def monitor(
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from heartml.monitoring.report import (
-        MonitorError,
-        read_labels,
-        read_log,
-        render_report,
-        summarise,
-    )
+    from heartml.monitoring.log import MonitorError, read_labels, read_log
+    from heartml.monitoring.report import render_report
+    from heartml.monitoring.summary import summarise
 
     directory = log or load_settings().prediction_log_dir
     if directory is None:

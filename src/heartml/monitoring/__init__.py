@@ -1,1 +1,1 @@
-"""Monitoring: the report drawn from the prediction log."""
+"""Monitoring: the prediction log read (log), summarised (summary) and drawn as a report."""
