@@ -2,13 +2,17 @@
 
 Field names match the environment variables the Kubernetes ConfigMap sets: every field is
 ``HEARTML_<FIELD>`` except the tracking URI, which keeps MLflow's own ``MLFLOW_TRACKING_URI``.
+An empty value of an optional setting means unset: a ConfigMap or compose file cannot leave a
+key out as easily as it can leave it blank, and ``Path("")`` would otherwise be the working
+directory (a prediction log beside the process).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, get_args
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 UCI_BASE_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease"
@@ -26,6 +30,11 @@ def parse_shadow_setting(value: str) -> tuple[str, int] | str:
     if not sep or not name or not version.isdigit() or int(version) < 1:
         raise ValueError(f"HEARTML_SHADOW must be auto, off or NAME/VERSION, not {value!r}")
     return name, int(version)
+
+
+def admits_none(annotation: Any) -> bool:
+    """True for an optional field's annotation (``X | None``)."""
+    return annotation is None or type(None) in get_args(annotation)
 
 
 class Settings(BaseSettings):
@@ -152,6 +161,19 @@ class Settings(BaseSettings):
         description="Rows waiting for the shadow or the log writer; beyond, dropped and counted.",
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        """A blank value of an optional setting, from any source, is None."""
+        if (
+            isinstance(value, str)
+            and not value.strip()
+            and info.field_name is not None
+            and admits_none(cls.model_fields[info.field_name].annotation)
+        ):
+            return None
+        return value
+
     @field_validator("shadow")
     @classmethod
     def _check_shadow(cls, value: str) -> str:
@@ -162,3 +184,13 @@ class Settings(BaseSettings):
     def is_local_store(self) -> bool:
         """True for the embedded SQLite store, where artifacts live next to the database."""
         return self.mlflow_tracking_uri.startswith("sqlite:")
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``: its alias, else ``HEARTML_<FIELD>``."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    if isinstance(alias, str):
+        return alias
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()

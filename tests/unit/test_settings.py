@@ -1,8 +1,10 @@
 """Settings come from the environment under the names the ConfigMap uses."""
 
+from pathlib import Path
+
 import pytest
 
-from heartml.settings import UCI_BASE_URL, Settings
+from heartml.settings import UCI_BASE_URL, Settings, admits_none, env_name
 
 
 def test_defaults_are_the_embedded_store_and_the_uci_site(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,3 +41,44 @@ def test_admin_token_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.admin_token is not None
     assert "s3cret" not in repr(settings)
+
+
+OPTIONAL = [name for name, field in Settings.model_fields.items() if admits_none(field.annotation)]
+
+
+def test_the_optional_settings_are_found() -> None:
+    # The tests below iterate over OPTIONAL: a wrong admits_none would make them test nothing.
+    assert {"model_dir", "prediction_log_dir", "admin_token"} <= set(OPTIONAL)
+    assert not admits_none(Settings.model_fields["data_dir"].annotation)
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+@pytest.mark.parametrize("name", OPTIONAL)
+def test_an_empty_optional_setting_is_unset(
+    name: str, blank: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(env_name(name), "value")
+    assert getattr(Settings(), name) is not None
+    monkeypatch.setenv(env_name(name), blank)
+    assert getattr(Settings(), name) is None
+    # A command-line option passes its value in, as `heartml serve --model-dir` does.
+    monkeypatch.delenv(env_name(name))
+    assert getattr(Settings(**{name: blank}), name) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", OPTIONAL)
+def test_an_empty_optional_setting_in_the_env_file_is_unset(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(f"{env_name(name)}=\n")
+    assert getattr(Settings(), name) is None
+
+
+def test_an_empty_required_setting_is_still_read() -> None:
+    assert Settings(data_source="").data_source == ""
+
+
+def test_a_setting_is_named_by_its_environment_variable() -> None:
+    assert env_name("mlflow_tracking_uri") == "MLFLOW_TRACKING_URI"
+    assert env_name("prediction_log_dir") == "HEARTML_PREDICTION_LOG_DIR"
