@@ -1,8 +1,9 @@
-"""Settings as a deployment sets them, seen by a real `heartml serve`.
+"""Settings as a deployment or a person sets them, seen by real `heartml` processes.
 
 A ConfigMap or compose file leaves an optional setting blank more easily than it leaves it out:
 HEARTML_PREDICTION_LOG_DIR="" must mean no prediction log (these are health data), not a log
-in the server's working directory.
+in the server's working directory. An invalid value is named in the one-line error, as the
+user set it: the environment variable or the option.
 """
 
 from __future__ import annotations
@@ -14,8 +15,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import HEARTML, free_port, make_settings, settings_env, stop_group, wait_for_http
+from conftest import (
+    HEARTML,
+    free_port,
+    make_settings,
+    one_line_error,
+    run_heartml,
+    settings_env,
+    stop_group,
+    wait_for_http,
+)
 from heartml.data.schema import EXAMPLE_PATIENT
+from heartml.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +72,37 @@ def test_an_empty_prediction_log_dir_writes_no_log(
         assert [p.parent for p in written] == [Path(log_dir)], written
     else:
         assert written == [], written
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "expected"),
+    [
+        (
+            {"HEARTML_PORT": "abc"},
+            ["serve"],
+            "error: invalid setting HEARTML_PORT='abc': Input should be a valid integer",
+        ),
+        ({}, ["serve", "--port", "0"], "error: invalid setting --port='0': Input should be"),
+        (
+            {"HEARTML_CORS_ORIGINS": "localhost"},
+            ["serve"],
+            "error: invalid setting HEARTML_CORS_ORIGINS: not valid JSON",
+        ),
+        (
+            {"HEARTML_SHADOW": "maybe"},
+            ["serve"],
+            "error: invalid setting HEARTML_SHADOW='maybe': HEARTML_SHADOW must be auto, off",
+        ),
+        ({}, ["promote", "--auto", "--margin", "2"], "error: invalid setting --margin='2.0'"),
+        (
+            {"HEARTML_DOWNLOAD_TIMEOUT_S": "soon"},
+            ["data", "validate"],
+            "error: invalid setting HEARTML_DOWNLOAD_TIMEOUT_S='soon'",
+        ),
+    ],
+)
+def test_an_invalid_setting_is_named_in_one_line(
+    env: dict[str, str], args: list[str], expected: str, settings: Settings
+) -> None:
+    line = one_line_error(run_heartml(settings, *args, env=env, timeout=60))
+    assert line.startswith(expected), line

@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from heartml.settings import UCI_BASE_URL, Settings, admits_none, env_name
+from heartml.settings import UCI_BASE_URL, Settings, admits_none, describe_invalid, env_name
 
 
 def test_defaults_are_the_embedded_store_and_the_uci_site(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,6 +81,42 @@ def test_an_empty_required_setting_is_still_read() -> None:
     assert Settings(data_source="").data_source == ""
 
 
-def test_a_setting_is_named_by_its_environment_variable() -> None:
+def test_every_setting_is_named_by_its_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert env_name("mlflow_tracking_uri") == "MLFLOW_TRACKING_URI"
     assert env_name("prediction_log_dir") == "HEARTML_PREDICTION_LOG_DIR"
+    for name in Settings.model_fields:
+        # An invalid value under that name makes Settings() fail (or, for text, changes it):
+        # the name is one that Settings reads.
+        monkeypatch.setenv(env_name(name), "[[not a value")
+        try:
+            value = getattr(Settings(), name)
+        except (ValidationError, SettingsError) as exc:
+            assert env_name(name) in describe_invalid(exc)
+        else:
+            assert "[[not a value" in str(
+                value.get_secret_value() if name == "admin_token" else value
+            )
+        monkeypatch.delenv(env_name(name))
+
+
+def test_the_error_names_each_invalid_setting_with_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HEARTML_PORT", "abc")
+    monkeypatch.setenv("HEARTML_WORKERS", "0")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    line = describe_invalid(caught.value)
+    assert line == (
+        "invalid settings HEARTML_PORT='abc': Input should be a valid integer, unable to parse "
+        "string as an integer; HEARTML_WORKERS='0': Input should be greater than or equal to 1"
+    )
+    monkeypatch.delenv("HEARTML_PORT")
+    monkeypatch.delenv("HEARTML_WORKERS")
+    with pytest.raises(ValidationError) as caught:
+        Settings(cors_origins=["ok", 3])
+    assert describe_invalid(caught.value, lambda field: f"--{field}") == (
+        "invalid setting --cors_origins[1]='3': Input should be a valid string"
+    )
