@@ -281,7 +281,9 @@ def candidate_differences(settings: Any, rows: list[dict[str, float]]) -> dict[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--duration", type=int, default=5, help="seconds per wrk run (whole: wrk's unit)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="workers of each server")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -290,6 +292,8 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported")
     args = parser.parse_args()
+    if args.duration < 1:
+        parser.error("--duration must be at least 1 (second)")
 
     if shutil.which("wrk") is None:
         sys.exit("error: wrk is not installed (make bench installs it: apt-get install -y wrk)")

@@ -106,7 +106,9 @@ def pin(group: int, cpu: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--duration", type=int, default=2, help="seconds per wrk run (whole: wrk's unit)"
+    )
     parser.add_argument("--repeat", type=int, default=20, help="rounds (every pair once each)")
     parser.add_argument(
         "--shadow",
@@ -116,6 +118,8 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
+    if args.duration < 1:
+        parser.error("--duration must be at least 1 (second)")
 
     from heartml.registry import RegistryError, read_family
     from heartml.settings import Settings
