@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import containers
 from containers import ContainerError
+from targets import Targets
 
 from heartml.data.schema import EXAMPLE_PATIENT
 
@@ -165,7 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     report(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    targets = Targets("image")
+    targets.at_most(
+        "above the base", figures["above_base_mb"], TARGET_ABOVE_BASE_MB, unit=" MB", spec=".0f"
+    )
+    targets.at_most(
+        "docker run → ready (median)",
+        statistics.median(figures["ready_s"]),
+        TARGET_READY_S,
+        unit=" s",
+        spec=".1f",
+    )
+    targets.at_most(
+        "requests lost of those sent before docker stop",
+        figures["stop"]["lost_before"],
+        0,
+        spec=".0f",
+    )
+    return targets.finish()
 
 
 if __name__ == "__main__":

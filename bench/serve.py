@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from targets import Targets
+
 HOST = "127.0.0.1"  # loopback only
 CONCURRENCY = (1, 8, 64)
 BATCH_ROWS = 1000
@@ -279,7 +281,9 @@ def candidate_differences(settings: Any, rows: list[dict[str, float]]) -> dict[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--duration", type=int, default=5, help="seconds per wrk run (whole: wrk's unit)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="workers of each server")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -288,6 +292,8 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported")
     args = parser.parse_args()
+    if args.duration < 1:
+        parser.error("--duration must be at least 1 (second)")
 
     if shutil.which("wrk") is None:
         sys.exit("error: wrk is not installed (make bench installs it: apt-get install -y wrk)")
@@ -499,56 +505,50 @@ def main() -> int:
         find("mlflow", "/invocations", 8),
         find("heartml", "/health", 8),
     )
-    targets = [
-        ("throughput >= 10x mlflow at c=8", ours.requests_per_s / theirs.requests_per_s, 10.0, "x"),
-        ("p99 <= 10 ms at c=8", ours.p99_ms, 10.0, "ms"),
-        (
-            "/predict >= 70% of /health at c=8",
-            ours.requests_per_s / health.requests_per_s,
-            0.70,
-            "",
-        ),
-    ]
+    print("\ntargets (2 cores, c=8)")
+    targets = Targets("serve")
+    targets.at_least(
+        "req/s vs mlflow at c=8",
+        ours.requests_per_s / theirs.requests_per_s,
+        10.0,
+        unit="x",
+        spec=".1f",
+    )
+    targets.at_most("p99 at c=8", ours.p99_ms, 10.0, unit=" ms")
+    targets.at_least(
+        "/predict vs /health req/s at c=8",
+        ours.requests_per_s / health.requests_per_s,
+        0.70,
+        spec=".0%",
+    )
     if args.baseline_src is not None:
-        targets.append(
-            (
-                "single-row req/s at c=8 >= 90% of the baseline",
-                ours.requests_per_s / find("baseline", "/predict", 8).requests_per_s,
-                0.90,
-                "",
-            )
+        targets.at_least(
+            "single-row req/s at c=8 vs the baseline",
+            ours.requests_per_s / find("baseline", "/predict", 8).requests_per_s,
+            0.90,
+            spec=".0%",
         )
         for c in (1, 8):
-            targets.append(
-                (
-                    f"batch rows/s at c={c} >= the baseline's",
-                    find("heartml", "/predict/batch", c, BATCH_ROWS).rows_per_s
-                    / find("baseline", "/predict/batch", c, BATCH_ROWS).rows_per_s,
-                    1.0,
-                    "",
-                )
+            targets.at_least(
+                f"batch rows/s at c={c} vs the baseline",
+                find("heartml", "/predict/batch", c, BATCH_ROWS).rows_per_s
+                / find("baseline", "/predict/batch", c, BATCH_ROWS).rows_per_s,
+                1.0,
+                spec=".0%",
             )
-    print("\ntargets (2 cores, c=8)")
-    met = True
-    for label, value, bound, unit in targets:
-        ok = value <= bound if "<=" in label else value >= bound
-        met &= ok
-        shown = f"{value:.0%}" if not unit else f"{value:.2f}{unit}"
-        print(f"  {'PASS' if ok else 'MISS'}  {label}: {shown}")
-    print("\nevery model of the family, loaded as serving loads it")
+    # Every model of the family, loaded as serving loads it.
     for name, found in candidate_differences(settings, rows).items():
-        ok = found["max_diff"] <= 1e-5
-        met &= ok
-        print(
-            f"  {'PASS' if ok else 'MISS'}  {name}: engine {found['engine']}, largest "
-            f"probability difference from the pipeline {found['max_diff']:.2e}"
+        targets.at_most(
+            f"{name} ({found['engine']}) largest probability difference from its pipeline",
+            found["max_diff"],
+            1e-5,
+            spec=".1e",
         )
-    errors = sum(r.errors for r in runs)
-    print(f"  {'PASS' if errors == 0 else 'MISS'}  failed requests: {errors}")
+    targets.at_most("failed requests", sum(r.errors for r in runs), 0, spec=".0f")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in runs], indent=2))
     shutil.rmtree(work, ignore_errors=True)
-    return 0 if met and errors == 0 else 1
+    return targets.finish()
 
 
 if __name__ == "__main__":

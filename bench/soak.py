@@ -16,8 +16,8 @@ It then prints:
 
     .venv/bin/python bench/soak.py [--duration 300] [--concurrency 32] [--every 30]
 
-Exit status 1 when a target is missed: failed requests > 0, memory growth > 10 %, or any
-response from a version that was not champion.
+Its targets, each printed as PASS or MISS (exit status 1 if any missed): no failed request,
+memory growth after warm-up at most 10 %, no response from a version that was not champion.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from targets import Targets
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "soak-admin-token"
@@ -275,9 +277,14 @@ def main() -> int:
         print(f"wrong version     {len(wrong)} responses from a version that was not champion")
         for line in wrong[:5]:
             print(f"                  {line}")
-        ok = result["failed"] == 0 and growth <= 10.0 and not wrong
-        print("targets           " + ("met" if ok else "MISSED"))
-        return 0 if ok else 1
+        print()
+        failed = result["failed"]
+        assert isinstance(failed, int)
+        targets = Targets("soak")
+        targets.at_most("failed requests", failed, 0, spec=".0f")
+        targets.at_most("memory growth after warm-up", growth, 10.0, unit=" %", spec=".1f")
+        targets.at_most("responses from a version not champion", len(wrong), 0, spec=".0f")
+        return targets.finish()
     finally:
         if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)

@@ -2,14 +2,27 @@
 
 Field names match the environment variables the Kubernetes ConfigMap sets: every field is
 ``HEARTML_<FIELD>`` except the tracking URI, which keeps MLflow's own ``MLFLOW_TRACKING_URI``.
+An empty value of an optional setting means unset: a ConfigMap or compose file cannot leave a
+key out as easily as it can leave it blank, and ``Path("")`` would otherwise be the working
+directory (a prediction log beside the process).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, get_args
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 UCI_BASE_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease"
 
@@ -26,6 +39,11 @@ def parse_shadow_setting(value: str) -> tuple[str, int] | str:
     if not sep or not name or not version.isdigit() or int(version) < 1:
         raise ValueError(f"HEARTML_SHADOW must be auto, off or NAME/VERSION, not {value!r}")
     return name, int(version)
+
+
+def admits_none(annotation: Any) -> bool:
+    """True for an optional field's annotation (``X | None``)."""
+    return annotation is None or type(None) in get_args(annotation)
 
 
 class Settings(BaseSettings):
@@ -152,6 +170,19 @@ class Settings(BaseSettings):
         description="Rows waiting for the shadow or the log writer; beyond, dropped and counted.",
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        """A blank value of an optional setting, from any source, is None."""
+        if (
+            isinstance(value, str)
+            and not value.strip()
+            and info.field_name is not None
+            and admits_none(cls.model_fields[info.field_name].annotation)
+        ):
+            return None
+        return value
+
     @field_validator("shadow")
     @classmethod
     def _check_shadow(cls, value: str) -> str:
@@ -162,3 +193,61 @@ class Settings(BaseSettings):
     def is_local_store(self) -> bool:
         """True for the embedded SQLite store, where artifacts live next to the database."""
         return self.mlflow_tracking_uri.startswith("sqlite:")
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``: its alias, else ``HEARTML_<FIELD>``."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    if isinstance(alias, str):
+        return alias
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def _shown(field: str, value: object) -> str:
+    """The value as the error line shows it: quoted, cut short, never a secret."""
+    annotation = Settings.model_fields[field].annotation
+    if SecretStr in (annotation, *get_args(annotation)):
+        return "'***'"
+    text = repr(value if isinstance(value, str) else str(value))
+    return text if len(text) <= 60 else f"{text[:56]}...'"
+
+
+def _field_of(name: object) -> str | None:
+    """The field a validation error's location starts with (a field name or an alias)."""
+    if not isinstance(name, str):
+        return None
+    if name in Settings.model_fields:
+        return name
+    return next((f for f in Settings.model_fields if env_name(f) == name), None)
+
+
+def describe_invalid(
+    exc: ValidationError | SettingsError, name_of: Callable[[str], str] = env_name
+) -> str:
+    """One line naming each invalid setting, its value and what is wrong with it.
+
+    ``name_of`` names a field as the user set it: its environment variable unless a command
+    says it came from an option.
+    """
+    if isinstance(exc, SettingsError):
+        # pydantic-settings decodes a list setting's JSON before validation, and says only which.
+        found = re.search(r'field "(\w+)"', str(exc))
+        field = found.group(1) if found else None
+        cause = f": {' '.join(str(exc.__cause__).split())}" if exc.__cause__ else ""
+        if field is None or field not in Settings.model_fields:
+            return f"invalid settings: {' '.join(str(exc).split())}{cause}"
+        return f"invalid setting {name_of(field)}: not valid JSON{cause}"
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        field = _field_of(loc[0]) if loc else None
+        if field is None:
+            parts.append(f"{'.'.join(map(str, loc))}: {error['msg']}")
+            continue
+        index = "".join(f"[{part}]" for part in loc[1:])
+        reason = error.get("ctx", {}).get("error") if error["type"] == "value_error" else None
+        message = str(reason) if reason is not None else error["msg"]
+        parts.append(f"{name_of(field)}{index}={_shown(field, error['input'])}: {message}")
+    return f"invalid setting{'s' if len(parts) > 1 else ''} {'; '.join(parts)}"

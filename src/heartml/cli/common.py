@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from heartml.errors import UserError, one_line
-from heartml.settings import Settings
+from heartml.settings import Settings, describe_invalid, env_name
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -50,12 +52,25 @@ def user_errors() -> Iterator[None]:
         fail(f"unexpected {type(exc).__name__}: {one_line(exc)} (set HEARTML_DEBUG=1 for details)")
 
 
-def load_settings(**overrides: object) -> Settings:
-    """The settings, with the options the user gave (None: not given) over the environment."""
+def load_settings(*, options: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """The settings, with the options the user gave (None: not given) over the environment.
+
+    An invalid value fails in one line that names it as the user set it: the environment
+    variable, or the option, ``--<field>`` in kebab case unless ``options`` maps the field to
+    another (``{"promotion_margin": "--margin"}``).
+    """
     values = {k: v for k, v in overrides.items() if v is not None}
+
+    def name_of(field: str) -> str:
+        if field not in values:
+            return env_name(field)
+        return (options or {}).get(field) or f"--{field.replace('_', '-')}"
+
     try:
         return Settings(**values)  # type: ignore[arg-type]
-    except Exception as exc:
+    except (ValidationError, SettingsError) as exc:
+        fail(describe_invalid(exc, name_of))
+    except Exception as exc:  # an unreadable .env file, for one
         fail(f"invalid settings: {one_line(exc)}")
 
 

@@ -80,7 +80,9 @@ def promote(
     modes = [bool(name), auto, list_, history, rollback]
     if sum(modes) != 1:
         fail("choose exactly one of NAME [VERSION], --auto, --list, --history, --rollback")
-    settings = load_settings(min_roc_auc=min_roc_auc, promotion_margin=margin)
+    settings = load_settings(
+        min_roc_auc=min_roc_auc, promotion_margin=margin, options={"promotion_margin": "--margin"}
+    )
 
     with user_errors():
         if list_:
