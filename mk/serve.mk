@@ -4,10 +4,9 @@
 .PHONY: serve bench soak
 
 # The benchmarks `make bench` runs, in order, and the arguments of each. Every one runs even
-# when one before it missed a target; the run fails at the end if any did. soak (5 minutes, on
-# a family it trains) runs on request: make bench BENCHES="serve shadow cli soak"; the image's
-# figures need a built image: make image-report.
-BENCHES ?= serve shadow cli
+# when one before it missed a target; the run fails at the end if any did. The image's figures
+# need a Docker engine and a built image: make image-report (its targets are PASS or MISS too).
+BENCHES ?= serve shadow cli soak
 BENCH_ARGS ?=
 SHADOW_ARGS ?=
 CLI_BENCH_ARGS ?=
