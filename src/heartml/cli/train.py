@@ -102,6 +102,13 @@ def _print_training(result: TrainResult) -> None:
         )
     console = Console(width=140)
     console.print(table)
+    registered = [f"{c.model_name}/{c.model_version}" for c in result.candidates]
+    console.print(
+        f"📦 Registered {len(registered)} versions: {', '.join(registered)}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,  # one line, however many candidates: what a log search finds
+    )
     console.print(
         f"✅ Best model: {best.model_name} v{best.model_version} "
         f"(ROC-AUC: {best.scores.score.estimate:.4f}, {best.scores.metric}), "
