@@ -145,6 +145,7 @@ def candidate_pool(
     )
     try:
         yield pool
+        pool.shutdown(wait=True)  # here: a signal while the idle workers stop stops them too
     except BaseException:
         # Nobody will log the candidates still queued or running: stop them now rather than
         # keep the user waiting for fits whose results are thrown away.
@@ -158,7 +159,6 @@ def candidate_pool(
         for worker in running:
             worker.join(timeout=5)
         raise
-    pool.shutdown(wait=True)
 
 
 def collect_results(futures: list[Future[T]]) -> list[T]:
