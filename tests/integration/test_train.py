@@ -186,6 +186,8 @@ def test_cli_second_session_adds_versions_keeps_one_best_and_same_metrics(
     [(name, version, _)] = best_versions(client)
     assert version == 2
     assert f"Best model: {name}" in result.stdout
+    shown = "heart-disease-logistic_regression/2, heart-disease-knn/2"
+    assert f"Registered 2 versions: {shown}\n" in result.stdout
     for registered in versions:
         if registered.version == "2":
             # Same data and configuration: the same metrics, every run.

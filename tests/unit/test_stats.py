@@ -111,7 +111,7 @@ def test_calibration_matches_an_unpenalised_logistic_fit() -> None:
     # Outcomes drawn from a distorted version of p: true logit = 0.3 + 0.6 * logit(p).
     y = (rng.uniform(size=p.size) < 1 / (1 + np.exp(-(0.3 + 0.6 * logit(p))))).astype(int)
     result = calibration(y, p)
-    reference = LogisticRegression(penalty=None, tol=1e-10, max_iter=1000)
+    reference = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000)
     reference.fit(logit(p).reshape(-1, 1), y)
     assert result.slope == pytest.approx(reference.coef_[0][0], abs=1e-6)
     assert result.slope == pytest.approx(0.6, abs=0.1)

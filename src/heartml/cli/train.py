@@ -24,12 +24,20 @@ def train(
         bool, typer.Option("--promote/--no-promote", help="Attempt to promote the best version.")
     ] = True,
 ) -> None:
-    """Train every candidate, log and register them in MLflow, tag and promote the best."""
-    from heartml.training.train import train_candidates
+    """Train every candidate, log and register them in MLflow, tag and promote the best.
+
+    Interrupted (SIGINT, or SIGTERM as Jenkins sends on abort), it stops its workers and exits
+    130 or 143 with one line saying what was registered; no version is left half-registered.
+    """
+    from heartml.training.train import TrainingInterrupted, train_candidates
 
     settings = load_settings(experiment_config=config)
-    with user_errors(), _step_progress("Training") as progress:
-        result = train_candidates(settings, promote=promote, progress=progress)
+    try:
+        with user_errors(), _step_progress("Training") as progress:
+            result = train_candidates(settings, promote=promote, progress=progress)
+    except TrainingInterrupted as stop:
+        typer.echo(str(stop), err=True)
+        raise typer.Exit(stop.exit_code) from None
     _print_training(result)
 
 
@@ -94,6 +102,13 @@ def _print_training(result: TrainResult) -> None:
         )
     console = Console(width=140)
     console.print(table)
+    registered = [f"{c.model_name}/{c.model_version}" for c in result.candidates]
+    console.print(
+        f"📦 Registered {len(registered)} versions: {', '.join(registered)}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,  # one line, however many candidates: what a log search finds
+    )
     console.print(
         f"✅ Best model: {best.model_name} v{best.model_version} "
         f"(ROC-AUC: {best.scores.score.estimate:.4f}, {best.scores.metric}), "

@@ -13,6 +13,11 @@ encoding is registered as ``Cast(Equal(Gather(x, source), code))``: three operat
 the coded columns where skl2onnx's encoder takes three per column, and each operator costs
 ONNX Runtime about a microsecond per call on the one-row requests serving answers.
 
+The SVM's decision values come from skl2onnx's own SVC converter, handed the fitted SVC with its
+Platt-scaling attributes stated empty (:class:`_SvcWithoutPlatt`): the converter reads
+``probA_`` and ``probB_`` even when they are unused, and scikit-learn deprecated both in 1.9
+with ``SVC(probability=True)`` (read, they warn) and removes them in 1.11 (read, they fail).
+
 Nearest neighbours get a graph of their own (:func:`_neighbours_graph`): skl2onnx's converter
 computes distances in float32 and clamps them at 1e-6, so a patient identical to a training
 row (any training row, sent again) misses scikit-learn's rule that exact matches alone vote
@@ -256,19 +261,48 @@ def _neighbours_graph(
     return serialised
 
 
+class _SvcWithoutPlatt:
+    """A fitted SVC as skl2onnx's SVC converter reads it, without Platt scaling.
+
+    heartml's SVC never scales its own scores (``probability`` is left unset): its
+    probabilities come from the CalibratedClassifierCV around it, whose converter asks this one
+    for raw decision values only. So ``probA_`` and ``probB_`` are empty, as they are on such an
+    SVC, and stated here rather than read from its deprecated properties. Every other attribute
+    is the fitted SVC's own.
+    """
+
+    alias = "SklearnSVC"  # how skl2onnx finds the options of a type it has not registered
+    probA_ = np.empty(0)  # noqa: N815 (the names skl2onnx reads)
+    probB_ = np.empty(0)  # noqa: N815
+
+    def __init__(self, fitted: Any) -> None:
+        self._fitted = fitted
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fitted, name)
+
+
 @functools.cache
 def _register_float64_converters() -> None:
-    """SimpleImputer and OneHotEncoder on float64 inputs (see the module doc)."""
+    """SimpleImputer and OneHotEncoder on float64 inputs (see the module doc), and the SVC
+    converter that reads no deprecated attribute (:class:`_SvcWithoutPlatt`)."""
     from skl2onnx import update_registered_converter
     from skl2onnx.common.data_types import DoubleTensorType
     from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
     from skl2onnx.operator_converters.one_hot_encoder import convert_sklearn_one_hot_encoder
+    from skl2onnx.operator_converters.support_vector_machines import (
+        convert_sklearn_svm_classifier,
+    )
     from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
     from skl2onnx.shape_calculators.one_hot_encoder import (
         calculate_sklearn_one_hot_encoder_output_shapes,
     )
+    from skl2onnx.shape_calculators.support_vector_machines import (
+        calculate_sklearn_svm_output_shapes,
+    )
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import OneHotEncoder
+    from sklearn.svm import SVC
 
     def is_float64(operator: Any) -> bool:
         return isinstance(operator.inputs[0].type, DoubleTensorType)
@@ -335,6 +369,37 @@ def _register_float64_converters() -> None:
     )
     update_registered_converter(
         OneHotEncoder, "SklearnOneHotEncoder", encode_shape, encode, overwrite=True
+    )
+
+    def svc(scope: Any, operator: Any, container: Any) -> None:
+        fitted = operator.raw_operator
+        if fitted.probability is True:
+            raise ConversionError(
+                "SVC(probability=True) is not converted: wrap the SVC in "
+                "CalibratedClassifierCV(ensemble=False) for probabilities"
+            )
+        stand_in = _SvcWithoutPlatt(fitted)
+        # Options are looked up by the model's id: the stand-in gets the SVC's (raw_scores).
+        container.add_options(id(stand_in), container.get_options(fitted, {"raw_scores": False}))
+        operator.raw_operator = stand_in
+        try:
+            convert_sklearn_svm_classifier(scope, operator, container)
+        finally:
+            operator.raw_operator = fitted
+
+    update_registered_converter(
+        SVC,
+        "SklearnSVC",
+        calculate_sklearn_svm_output_shapes,
+        svc,
+        overwrite=True,
+        # The options skl2onnx's own registration allows.
+        options={
+            "zipmap": [True, False, "columns"],
+            "nocl": [True, False],
+            "output_class_labels": [False, True],
+            "raw_scores": [True, False],
+        },
     )
 
 

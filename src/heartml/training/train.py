@@ -1,8 +1,10 @@
 """Train stage: fit and validate every candidate, log and register it with its card, tag the best.
 
-A thin orchestration. Fitting and validation are pure (:mod:`heartml.training.fit`), the numbers are
-:mod:`heartml.evidence.measures`, the plots :mod:`heartml.training.plots`, the card :mod:`heartml.card`, the
-worker processes :mod:`heartml.training.workers`, and MLflow is only in :mod:`heartml.training.tracking`.
+A thin orchestration. Fitting and validation are pure (:mod:`heartml.training.fit`), the numbers
+are :mod:`heartml.evidence.measures`, the plots :mod:`heartml.training.plots`, the card's numbers
+:mod:`heartml.training.card`, the worker processes :mod:`heartml.training.workers`, the handling
+of SIGINT and SIGTERM :mod:`heartml.training.interruption`, and MLflow is only in
+:mod:`heartml.training.tracking`.
 
 The work is cut into tasks for the worker pool, each fitting on its own seeded folds, so which
 process runs which task changes the wall time, never a number:
@@ -24,7 +26,7 @@ import pickle
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,6 +68,12 @@ from heartml.training.fit import (
     rank_key,
     split_data,
 )
+from heartml.training.interruption import (
+    Interrupted,
+    SignalGuard,
+    TrainingInterrupted,
+    stop_on_signals,
+)
 from heartml.training.plots import (
     feature_importance,
     plot_calibration,
@@ -91,7 +99,14 @@ if TYPE_CHECKING:
     from heartml.registry import PromotionResult
     from heartml.settings import Settings
 
-__all__ = ["CandidateResult", "Progress", "TrainResult", "TrainingError", "train_candidates"]
+__all__ = [
+    "CandidateResult",
+    "Progress",
+    "TrainResult",
+    "TrainingError",
+    "TrainingInterrupted",
+    "train_candidates",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +134,23 @@ class TrainResult:
     best: CandidateResult
     promotion: PromotionResult | None
     promotion_warning: str | None
+
+
+@dataclass(slots=True)
+class Ledger:
+    """What a session has registered so far: what an interruption reports."""
+
+    candidates: tuple[str, ...] = ()
+    registered: dict[str, CandidateResult] = field(default_factory=dict)
+    promoting: bool = False
+
+    def interrupted(self, signum: int) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            signum,
+            tuple(f"{r.model_name}/{r.model_version}" for r in self.registered.values()),
+            tuple(name for name in self.candidates if name not in self.registered),
+            promoting=self.promoting,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,18 +341,38 @@ def train_candidates(
 ) -> TrainResult:
     """Run one training session: every candidate of the experiment, logged and registered.
 
-    The best version is tagged ``best_model=true``; then, like the seed's training script,
-    training attempts the promotion. A refused or failed promotion is reported in the result
-    (``promotion_warning``) and never fails training: the pipeline's promote step decides.
+    The best version is tagged ``best_model=true``; then training attempts the promotion. A
+    refused or failed promotion is reported in the result (``promotion_warning``) and never
+    fails training: the pipeline's promote step decides.
 
     The work runs in worker processes (:mod:`heartml.training.workers`). As with any use of
     multiprocessing, a script that calls this must keep its top-level code under
     ``if __name__ == "__main__":`` (the ``heartml`` command, ``python -m heartml`` and pytest do).
+
+    SIGINT or SIGTERM (called from the main thread) stops the workers and raises
+    :class:`TrainingInterrupted`, which says what was registered; a version is registered
+    whole or not at all (:mod:`heartml.training.interruption`).
     """
+    ledger = Ledger()
+    with stop_on_signals() as guard:
+        try:
+            return _run_session(settings, promote, progress, guard, ledger)
+        except Interrupted as stop:
+            raise ledger.interrupted(stop.signum) from None
+
+
+def _run_session(
+    settings: Settings,
+    promote: bool,
+    progress: Progress | None,
+    guard: SignalGuard,
+    ledger: Ledger,
+) -> TrainResult:
     from heartml import registry
 
     workers = worker_context()
     config = load_experiment(settings.experiment_config)
+    ledger.candidates = tuple(config.candidates)
     dataset = load_dataset(settings, config.data.sites)
     rows = labelled_rows(dataset.frame)
     split = split_data(rows, config)
@@ -489,18 +541,27 @@ def train_candidates(
                     plots=collect_results([plot_futures[final.name]])[0],
                     onnx=final.onnx,
                 )
-                result = log_candidate(record, settings, session)
+                # A signal waits until this version is whole: the card names the version, so
+                # the version exists before its card and predictions can be logged, and the
+                # tags follow them. Deferring costs the user the time of one registration
+                # (about a second); undoing a half-made version instead would mean more writes
+                # to the store just when the process is asked to stop, themselves open to the
+                # next signal.
+                with guard.deferred():
+                    result = log_candidate(record, settings, session)
+                    tag = (
+                        registry.tag_best_version
+                        if final.name == best_name
+                        else registry.tag_candidate_version
+                    )
+                    tag(settings, result.model_name, result.model_version, result.tags)
+                    ledger.registered[final.name] = result
                 report(f"registered {result.model_name} v{result.model_version}")
                 results[final.name] = result
                 records[final.name] = record
             log_session_summary(list(records.values()), session)
             ordered = tuple(results[name] for name in candidates)
             best = results[best_name]
-            for result in ordered:
-                tag = (
-                    registry.tag_best_version if result is best else registry.tag_candidate_version
-                )
-                tag(settings, result.model_name, result.model_version, result.tags)
 
     # On an authenticated registry, the promoters may promote the models just created.
     for note in registry.share_with_promoters(settings, [r.model_name for r in ordered]):
@@ -508,6 +569,7 @@ def train_candidates(
 
     promotion, warning = None, None
     if promote:
+        ledger.promoting = True
         report("promoting the best version")
         try:
             promotion = registry.promote_best(
@@ -519,6 +581,7 @@ def train_candidates(
             warning = f"promotion did not complete: {exc} (run `heartml promote --auto`)"
         if warning:
             logger.warning(warning)
+        ledger.promoting = False
     return TrainResult(
         parent_run_id=parent.info.run_id,
         experiment_id=experiment_id,

@@ -8,6 +8,10 @@ while the main process imports MLflow and opens the store.
 from __future__ import annotations
 
 import os
+import select
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -64,16 +68,61 @@ def worker_context() -> BaseContext:
     return context
 
 
+def start_worker(session_pid: int) -> None:
+    """Run in each worker as it starts: follow the session's process, leave Ctrl-C to it, and
+    run one native thread (:func:`limit_native_threads`)."""
+    exit_with(session_pid)
+    # Ctrl-C in a terminal reaches the whole process group: the session stops its workers
+    # itself, and a worker interrupted mid-task would print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_native_threads()
+
+
+def exit_with(pid: int) -> None:
+    """End this process as soon as process ``pid`` (the training session) has ended.
+
+    A session killed outright (SIGKILL: the OOM killer, an evicted pod) runs no clean-up, and
+    nothing else would end its workers: each one waits for tasks on a queue whose other end
+    it holds itself, and the fork server that forked them exits only once every worker has
+    closed its copy of the session's lifeline. Not ``PR_SET_PDEATHSIG``: a worker's parent is
+    the fork server, which outlives the session for that very reason. So a daemon thread
+    waits on a pidfd of the session (readable the moment it exits; no polling), or polls the
+    pid twice a second where there is no pidfd, then ends the worker, without clean-up: its
+    task's result has nowhere to go.
+    """
+
+    def wait_then_exit() -> None:
+        _wait_for_exit(pid)
+        os._exit(1)
+
+    threading.Thread(target=wait_then_exit, name="exit-with-session", daemon=True).start()
+
+
+def _wait_for_exit(pid: int) -> None:
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone
+    except (AttributeError, OSError):  # no pidfd (not Linux, or a kernel before 5.3)
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.5)
+    select.select([descriptor], [], [])
+
+
 def limit_native_threads() -> None:
-    """Run in each worker as it starts: one thread for OpenMP and BLAS.
+    """One thread for OpenMP and BLAS.
 
     There is one worker per core already; scikit-learn's OpenMP loops (nearest neighbours'
     distances, forests' predictions) would start a thread per core in each worker, and on two
     busy cores those threads spin waiting for one another: measured, half of the CPU time of
     a cross-validation went to them. Parameter validation is skipped too: every candidate's
     hyper-parameters are validated once, explicitly, when it is built
-    (:func:`heartml.training.candidates.build_candidate`), and the checks repeated on every fit of every
-    fold and tree cost a tenth of the time.
+    (:func:`heartml.training.candidates.build_candidate`), and the checks repeated on every fit
+    of every fold and tree cost a tenth of the time.
     """
     import sklearn
     from threadpoolctl import threadpool_limits
@@ -91,10 +140,12 @@ def candidate_pool(
     pool = ProcessPoolExecutor(
         max_workers=size,
         mp_context=context or worker_context(),
-        initializer=limit_native_threads,
+        initializer=start_worker,
+        initargs=(os.getpid(),),
     )
     try:
         yield pool
+        pool.shutdown(wait=True)  # here: a signal while the idle workers stop stops them too
     except BaseException:
         # Nobody will log the candidates still queued or running: stop them now rather than
         # keep the user waiting for fits whose results are thrown away.
@@ -103,8 +154,11 @@ def candidate_pool(
         pool.shutdown(wait=False, cancel_futures=True)
         for worker in running:
             worker.terminate()
+        # Waited for, so that a session that returns (an interrupted one exits) leaves none
+        # behind; the fork server follows by itself once they are gone.
+        for worker in running:
+            worker.join(timeout=5)
         raise
-    pool.shutdown(wait=True)
 
 
 def collect_results(futures: list[Future[T]]) -> list[T]:
