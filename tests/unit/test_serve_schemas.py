@@ -1,4 +1,4 @@
-"""The API's request models are generated from heartml.data.schema and reject bad input per field."""
+"""The API's request models come from heartml.data.schema and reject bad input per field."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""The data stage: the schema, the UCI files (download, sha256), validation, the reference profile."""
+"""The data stage: the schema, the UCI files (download, sha256), validation, the drift profile."""

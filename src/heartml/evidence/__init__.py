@@ -1,1 +1,1 @@
-"""The statistics and evidence a promotion rests on, and the model card's rendering. No MLflow here."""
+"""The statistics and evidence a promotion rests on, and the model card's files. No MLflow."""

@@ -1,1 +1,1 @@
-"""The exported model: the ONNX form of a pipeline, the engine that runs it, the export for an image."""
+"""The served model: a pipeline's ONNX form, the engine that runs it, the export for an image."""

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from heartml.evidence.stats import Interval
     from heartml.settings import Settings
 
-# numpy (through heartml.evidence.measures and heartml.evidence.stats) is imported by the functions that compute:
-# importing the registry package stays cheap for `heartml promote --list`.
+# numpy (through heartml.evidence.measures and heartml.evidence.stats) is imported by the
+# functions that compute: importing the registry package stays cheap for `heartml promote --list`.
 
 LINEAGE_TAGS = ("data_sha256", "data_sites", "split_seed", "split_test_size")
 

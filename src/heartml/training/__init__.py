@@ -1,1 +1,1 @@
-"""Training: the experiment, candidates, cross-validation, fitting, the card's numbers, MLflow logging."""
+"""Training: the experiment, candidates, cross-validation, the card's numbers, MLflow logging."""
