@@ -1,8 +1,8 @@
 """The numbers a candidate is judged by, computed from its predictions table alone.
 
 Pure: :mod:`heartml.evidence.predictions` sets (and, for subgroups and missing tests, a few
-facts about the rows) in, JSON-ready dictionaries out. Training logs them as metrics and on the model card;
-a test recomputes each of them from the logged table. Methods:
+facts about the rows) in, JSON-ready dictionaries out. Training logs them as metrics and on
+the model card; a test recomputes each of them from the logged table. Methods:
 
 - cross-validated ROC-AUC: the mean of the repeat × fold ROC-AUCs with Nadeau and Bengio's
   corrected resampled t interval (:func:`heartml.evidence.stats.repeated_cv_interval`);
