@@ -174,8 +174,8 @@ class BatchPrediction(BaseModel):
     model_version: int
 
 
-class VersionCard(BaseModel):
-    """A registered version as the API shows it (``heartml.registry.ModelCard``'s fields)."""
+class VersionSummary(BaseModel):
+    """A registered version as the API shows it (``heartml.registry.VersionSummary``'s fields)."""
 
     name: str
     version: int
@@ -185,7 +185,7 @@ class VersionCard(BaseModel):
     promoted_at: str | None
 
 
-class ModelInfo(VersionCard):
+class ModelInfo(VersionSummary):
     """What is served, where it came from, and how following the registry is going."""
 
     loaded_at: str

@@ -22,7 +22,7 @@ def model_info(holder: ModelHolder) -> dict[str, Any] | None:
         return None
     ref = served.ref
     return {
-        **ref.card_fields(),
+        **ref.summary_fields(),
         "loaded_at": served.loaded_at,
         "source": ref.source,
         "uri": ref.uri,
