@@ -312,7 +312,10 @@ def test_batch_errors_name_the_row(client: TestClient) -> None:
 
 def test_bodies_over_the_limit_are_413_declared_or_streamed(client: TestClient) -> None:
     big = b"{" + b" " * 5000 + b"}"
-    assert client.post("/predict", content=big).status_code == 413
+    declared = client.post("/predict", content=big)
+    assert declared.status_code == 413
+    # Refused before the body is read: the connection is not reused for the unread bytes.
+    assert declared.headers["connection"] == "close"
 
     def chunks() -> Iterator[bytes]:
         for _ in range(10):
@@ -320,6 +323,11 @@ def test_bodies_over_the_limit_are_413_declared_or_streamed(client: TestClient) 
 
     streamed = client.post("/predict", content=chunks())  # chunked: no Content-Length
     assert streamed.status_code == 413
+    # One answer however the size is found out: the same bytes and type.
+    assert (
+        declared.content == streamed.content == b'{"detail":"request body larger than 4096 bytes"}'
+    )
+    assert declared.headers["content-type"] == streamed.headers["content-type"]
     assert client.post("/predict", json=EXAMPLE_PATIENT).status_code == 200
 
 

@@ -1,4 +1,4 @@
-"""What a route needs, as ``Annotated`` dependencies, and the error bodies routes return."""
+"""What a route needs, as ``Annotated`` dependencies, and the one JSON response they return."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
 from heartml.serve.holder import ModelHolder
 from heartml.serve.metrics import ServeMetrics
@@ -65,22 +64,3 @@ class JSONBytes(Response):
 def json_response(content: Any, status_code: int = 200, **headers: str) -> Response:
     """A JSON response without FastAPI's re-validation of what we just built."""
     return JSONBytes(json_bytes(content), status_code, **headers)
-
-
-def problem(status_code: int, detail: str, **headers: str) -> Response:
-    """Every non-validation error: ``{"detail": "<one line>"}``."""
-    return json_response({"detail": detail}, status_code, **headers)
-
-
-def error_entries(errors: list[Any], prefix: tuple[str | int, ...] = ("body",)) -> list[Any]:
-    """Pydantic errors as ``{loc, msg, type}``: no echo of the input, one entry per field."""
-    return [
-        {"loc": [*prefix, *error["loc"]], "msg": error["msg"], "type": error["type"]}
-        for error in errors
-    ]
-
-
-def validation_problem(exc: ValidationError, prefix: tuple[str | int, ...] = ("body",)) -> Response:
-    """422 for a body that pydantic refused: one entry per bad field."""
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    return json_response({"detail": error_entries(errors, prefix)}, 422)

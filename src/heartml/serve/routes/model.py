@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from heartml.serve.deps import HolderDep, json_response, problem
+from heartml.serve.deps import HolderDep, json_response
+from heartml.serve.errors import NotReadyError
 from heartml.serve.evidence_schemas import LiveModelInfo
 from heartml.serve.holder import ModelHolder
 from heartml.serve.schemas import Problem
@@ -47,7 +48,7 @@ def model_info(holder: ModelHolder) -> dict[str, Any] | None:
 async def get_model(request: Request, holder: HolderDep) -> Response:
     info = model_info(holder)
     if info is None:
-        return problem(503, holder.not_ready_reason())
+        raise NotReadyError(holder.not_ready_reason())
     evidence = request.app.state.evidence
     return json_response(
         {**info, "shadow": evidence.shadow.describe(), "drift": evidence.describe()}

@@ -22,7 +22,8 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from heartml.serve.deps import JSONBytes, json_response, problem, validation_problem
+from heartml.serve.deps import JSONBytes, json_response
+from heartml.serve.errors import BodyTooLargeError, InvalidInputError, NotReadyError
 from heartml.serve.middleware import REQUEST_ID_KEY
 from heartml.serve.schemas import (
     LABELS,
@@ -113,11 +114,11 @@ async def predict(request: Request) -> Response:
     try:
         patient = PatientFeatures.model_validate_json(body)
     except ValidationError as exc:
-        return validation_problem(exc)
+        raise InvalidInputError.from_validation(exc) from None
     state = request.app.state
     served = state.holder.current  # read once: a swap during this request does not affect it
     if served is None:
-        return problem(503, state.holder.not_ready_reason())
+        raise NotReadyError(state.holder.not_ready_reason())
     # A null (optional field not given) becomes NaN: the model's own imputation fills it.
     row = np.array([tuple(patient.__dict__.values())], dtype=np.float64)
     [predicted], [probability] = classify(served, row, state.metrics)
@@ -151,18 +152,17 @@ async def predict_batch(request: Request) -> Response:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        entry = {"loc": ["body"], "msg": f"Invalid JSON: {exc}"[:200], "type": "json_invalid"}
-        return json_response({"detail": [entry]}, 422)
+        raise InvalidInputError.from_json_error(exc) from None
     instances = data.get("instances") if isinstance(data, dict) else None
     if isinstance(instances, list) and len(instances) > limit:
-        return problem(413, f"{len(instances)} instances; at most {limit} per request")
+        raise BodyTooLargeError(f"{len(instances)} instances; at most {limit} per request")
     try:
         batch = BatchRequest.model_validate(data)
     except ValidationError as exc:
-        return validation_problem(exc)
+        raise InvalidInputError.from_validation(exc) from None
     served = state.holder.current
     if served is None:
-        return problem(503, state.holder.not_ready_reason())
+        raise NotReadyError(state.holder.not_ready_reason())
     rows = np.array([tuple(p.__dict__.values()) for p in batch.instances], dtype=np.float64)
     classes, probabilities = classify(served, rows, state.metrics)
     state.evidence.record(request.scope[REQUEST_ID_KEY], served, rows, classes, probabilities)
