@@ -499,6 +499,65 @@ def free_port() -> int:
     return containers.free_port()
 
 
+class HeartmlServer:
+    """`heartml serve` as a real process on a free loopback port, over ``settings``' store.
+
+    Started when constructed (or entered), it is listening (``/health`` answers) when the
+    constructor returns; :meth:`wait_ready` waits for a model. Its output goes to ``log``,
+    and a server that exits or does not listen fails the test with that log's end.
+    ``args`` are more `heartml serve` options; ``env`` adds or overrides variables.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        log: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        command = [*HEARTML, "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.process: subprocess.Popen[bytes] = subprocess.Popen(
+            command,
+            env={**settings_env(settings), **(env or {})},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_http(f"{self.url}/health", timeout=90, process=self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            raise AssertionError(f"heartml serve did not listen: {exc}\n{self.tail()}") from exc
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def wait_ready(self, timeout: float = 90) -> dict[str, Any]:
+        """Wait until ``/ready`` answers 200; returns ``/model`` then."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{self.url}/ready", timeout=5).status_code != 200:
+            assert self.process.poll() is None, f"heartml serve exited:\n{self.tail()}"
+            assert time.monotonic() < deadline, f"not ready within {timeout} s:\n{self.tail()}"
+            time.sleep(0.2)
+        model: dict[str, Any] = httpx.get(f"{self.url}/model", timeout=5).json()
+        return model
+
+    def stop(self, timeout: float = 20) -> None:
+        stop_group(self.process, timeout)
+
+    def __enter__(self) -> HeartmlServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
 class MlflowServer:
     """A real `mlflow server` on a free port over a SQLite file, with the artifact proxy.
 

@@ -32,13 +32,11 @@ import pytest
 from conftest import (
     REPO,
     CliResult,
+    HeartmlServer,
     free_port,
     invoke_heartml,
     make_settings,
     one_line_error,
-    settings_env,
-    stop_group,
-    wait_for_http,
     wait_until,
 )
 from heartml.data.schema import EXAMPLE_PATIENT
@@ -230,13 +228,12 @@ def test_a_promoter_promotes_by_hand_and_the_api_follows(trained: Registry) -> N
     champion = start["champion"]
     other = next(m["name"] for m in start["models"] if m["name"] != champion["name"])
 
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
     log = trained.run_dir / "api.log"
     trained.logs.append(log)
-    server = start_api(trained, port, log)
+    server = start_api(trained, log)
+    api = server.url
     try:
-        wait_for_http(f"{api}/ready", timeout=90)
+        server.wait_ready(90)
         wait_for_model(api, champion["name"], champion["version"])
 
         # Without a reason the promoter is refused; with one, the promotion is theirs.
@@ -276,7 +273,7 @@ def test_a_promoter_promotes_by_hand_and_the_api_follows(trained: Registry) -> N
         assert model["name"] == champion["name"] and "HTTP 401" in model["registry_refusal"]
         assert predicted_by(api) == (champion["name"], str(champion["version"]))
     finally:
-        stop_group(server, timeout=30)
+        server.stop(timeout=30)
     assert "Traceback" not in log.read_text(errors="replace"), log.read_text()[-3000:]
 
 
@@ -326,17 +323,10 @@ def rest_post(registry: Registry, account: str, endpoint: str, body: dict[str, A
         return int(exc.code)
 
 
-def start_api(registry: Registry, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = settings_env(registry.settings)
-    env.update(registry.as_account(SERVING))
-    env.update({"HEARTML_RELOAD_INTERVAL_S": "0.5", "HEARTML_PORT": str(port)})
-    return subprocess.Popen(
-        [sys.executable, "-m", "heartml", "serve", "--port", str(port)],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+def start_api(registry: Registry, log: Path) -> HeartmlServer:
+    """The API as the serving account, following the registry every half second."""
+    env = {**registry.as_account(SERVING), "HEARTML_RELOAD_INTERVAL_S": "0.5"}
+    return HeartmlServer(registry.settings, log, env=env)
 
 
 def assert_no_secret_in_argv(secrets: dict[str, str]) -> None:
