@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Promote models in the MLflow registry: the seed's script, as a thin wrapper.
+"""Promote models in the MLflow registry: `heartml promote` as a stand-alone script.
 
     python scripts/promote-model.py --list
     python scripts/promote-model.py --auto

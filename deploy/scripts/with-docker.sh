@@ -7,8 +7,8 @@
 # installed if absent, and `docker-engine.sh up` starts a dockerd with no bridge;
 # the dockerd started here is stopped again by its PID when the command ends, fails or is
 # interrupted. An engine that was already there is left alone. Where no engine can be had
-# (packages not installable, not root), the command still runs, and the container tests skip
-# with the reason, which is also printed here (HEARTML_CONTAINER_SKIP).
+# (packages not installable, not root), the command still runs, and the container tests fail
+# with the reason, which is also printed here (HEARTML_DOCKER_UNAVAILABLE).
 set -euo pipefail
 
 HERE=$(dirname "$0")
@@ -28,8 +28,8 @@ if ! bash "$ENGINE" host >/dev/null 2>&1; then
     else
         reason=$(printf '%s\n' "$output" | tail -n 1)
         reason=${reason#error: }
-        export HEARTML_CONTAINER_SKIP="$reason"
-        echo "container tests will be skipped: $reason"
+        export HEARTML_DOCKER_UNAVAILABLE="$reason"
+        echo "no Docker engine for the container tests: $reason"
     fi
 fi
 

@@ -3,7 +3,7 @@
 `make image` (stage Build image) on the export of a trained store, `make image-test` (stage Test
 image) running it as the rendered prod pod spec says, image-test refusing an image whose labels
 do not name the export, and `make image-report`: the figures, with `docker stop` under load.
-Needs a Docker engine: `make test` starts one, and the tests skip with the reason without one.
+Needs a Docker engine: `make test` starts one, and the tests fail with the reason without one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The seed's flow through containers, on the authenticated registry.
+"""Train, promote and serve through containers, on the authenticated registry.
 
 The MLflow server image (`make image-mlflow`) runs `mlflow server` with its basic-auth app
 against the PostgreSQL of `make mlflow-server` (scripts/mlflow-server.sh with

@@ -3,7 +3,7 @@
 Registry states are built directly with MlflowClient (fast, exact) on a temporary SQLite store
 and, for the main flows, on a real `mlflow server` started on a free port. The command runs in
 this process (Typer's runner, the console script's exit codes); real processes are kept for
-what only they show: the seed's script, the console script's usage errors, simultaneous
+what only they show: scripts/promote-model.py, the console script's usage errors, simultaneous
 promotions, and a dead store.
 """
 

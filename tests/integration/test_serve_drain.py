@@ -8,14 +8,13 @@ under load, in its container, by tests/integration/test_container_api.py.
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import HEARTML, free_port, run_heartml, settings_env, stop_group, wait_for_http
+from conftest import HeartmlServer, run_heartml
 from heartml.data.schema import EXAMPLE_PATIENT
 from heartml.serve.server import GRACEFUL_SHUTDOWN_S
 from heartml.settings import Settings
@@ -38,26 +37,13 @@ def exported(trained_root: Path, tmp_path_factory: pytest.TempPathFactory, mirro
 def test_sigterm_to_the_supervisor_drains_then_exits_0(
     exported: Path, trained_settings: Settings, tmp_path: Path
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    env = {**settings_env(trained_settings), "HEARTML_SHUTDOWN_DELAY_S": str(DELAY_S)}
-    command = [*HEARTML, "serve", "--port", str(port), "--workers", "2"]
-    process = subprocess.Popen(
-        [*command, "--model-dir", str(exported)],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for_http(f"{url}/health", timeout=90, process=process)
+    env = {"HEARTML_SHUTDOWN_DELAY_S": str(DELAY_S)}
+    args = ("--workers", "2", "--model-dir", str(exported))
+    with HeartmlServer(trained_settings, log, *args, env=env) as server:
+        url, process = server.url, server.process
+        server.wait_ready(90)
         with httpx.Client(base_url=url, timeout=10) as client:
-            deadline = time.monotonic() + 90
-            while client.get("/ready").status_code != 200:
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.2)
-
             process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             # Well inside the drain, every request is answered.
@@ -75,5 +61,3 @@ def test_sigterm_to_the_supervisor_drains_then_exits_0(
         text = log.read_text()
         assert f"SIGTERM: draining for {DELAY_S:.1f} s" in text
         assert "Traceback" not in text
-    finally:
-        stop_group(process)

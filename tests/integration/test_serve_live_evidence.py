@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -30,13 +29,10 @@ import pytest
 import yaml
 
 from conftest import (
-    HEARTML,
     REPO,
+    HeartmlServer,
     free_port,
     make_settings,
-    settings_env,
-    stop_group,
-    wait_for_http,
     wait_until,
 )
 from heartml.settings import Settings
@@ -59,37 +55,27 @@ def uci_rows(trained_root: Path, mirror: Path, tmp_path_factory: pytest.TempPath
     return load_dataset(settings, ("cleveland", "va")).frame
 
 
-class Server:
-    """`heartml serve` on the trained store, with the evidence settings given."""
+def start_server(settings: Settings, root: Path, **env: str) -> HeartmlServer:
+    """`heartml serve` on the trained store, with the evidence settings given, ready."""
+    variables = {"HEARTML_RELOAD_INTERVAL_S": "0", **env}
+    port = free_port()
+    server = HeartmlServer(settings, root / f"serve-{port}.log", env=variables, port=port)
+    try:
+        server.wait_ready(60)
+    except AssertionError:
+        server.stop()
+        raise
+    return server
 
-    def __init__(self, settings: Settings, root: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = root / f"serve-{self.port}.log"
-        variables = {**settings_env(settings), "HEARTML_RELOAD_INTERVAL_S": "0", **env}
-        self.process = subprocess.Popen(
-            [*HEARTML, "serve", "--port", str(self.port)],
-            env=variables,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_for_http(f"{self.url}/health", timeout=90, process=self.process)
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{self.url}/ready").status_code != 200:
-            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.2)
 
-    def metrics(self) -> dict[str, float]:
-        samples = {}
-        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                samples[name] = float(value)
-        return samples
-
-    def stop(self) -> None:
-        stop_group(self.process)
+def scrape(server: HeartmlServer) -> dict[str, float]:
+    """Every sample of /metrics, by its name with labels."""
+    samples = {}
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
 
 
 def psi_of(samples: dict[str, float]) -> dict[str, float]:
@@ -163,7 +149,9 @@ def test_va_rows_drift_and_cleveland_rows_do_not(
     fill = {f.name: f.impute_value for f in profile.features}
 
     for site, expect_drift in (("va", True), ("cleveland", False)):
-        server = Server(settings, tmp_path, HEARTML_SHADOW="off", HEARTML_DRIFT_WINDOW=str(WINDOW))
+        server = start_server(
+            settings, tmp_path, HEARTML_SHADOW="off", HEARTML_DRIFT_WINDOW=str(WINDOW)
+        )
         try:
             optional = optional_fields(server.url)
             rows = patients(uci_rows[uci_rows["site"] == site], optional, fill)
@@ -177,11 +165,11 @@ def test_va_rows_drift_and_cleveland_rows_do_not(
                     assert response.status_code in (200, 422), response.text
                     answered += response.status_code == 200
                     if expect_drift and detected_after is None and answered % 10 == 0:
-                        psi = psi_of(server.metrics())
+                        psi = psi_of(scrape(server))
                         if psi and max(psi.values()) > threshold:
                             detected_after = answered
                             break
-            psi = psi_of(server.metrics())
+            psi = psi_of(scrape(server))
             if expect_drift:
                 assert detected_after is not None and detected_after <= WINDOW, psi
                 # The alert's expression, evaluated on the scraped samples, is true.
@@ -205,7 +193,7 @@ def test_shadow_disagreements_match_the_two_models_offline(
     from heartml.registry import configure_mlflow
 
     settings, champion, other = served_store
-    server = Server(settings, tmp_path, HEARTML_SHADOW=other)
+    server = start_server(settings, tmp_path, HEARTML_SHADOW=other)
     try:
         cleveland = uci_rows[uci_rows["site"] == "cleveland"].dropna(subset=list(FEATURE_NAMES))
         rows = patients(cleveland, set(), {})
@@ -223,7 +211,7 @@ def test_shadow_disagreements_match_the_two_models_offline(
             while (info := client.get("/model").json())["shadow"]["agreement"]["rows"] < len(rows):
                 assert time.monotonic() < deadline, info["shadow"]
                 time.sleep(0.1)
-        samples = server.metrics()
+        samples = scrape(server)
     finally:
         server.stop()
     shadow = info["shadow"]
@@ -250,7 +238,7 @@ def test_sigterm_under_load_loses_no_logged_record(
 
     settings, _, other = served_store
     log_dir = tmp_path / "predictions"
-    server = Server(
+    server = start_server(
         settings,
         tmp_path,
         HEARTML_SHADOW=other,

@@ -14,23 +14,17 @@ import json
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from conftest import (
-    HEARTML,
+    HeartmlServer,
     MlflowServer,
     free_port,
     make_settings,
     run_heartml,
-    settings_env,
-    stop_group,
     wait_until,
 )
 from heartml.data.schema import EXAMPLE_PATIENT
@@ -49,44 +43,8 @@ pytestmark = pytest.mark.slow
 LR = "heart-disease-logistic_regression"
 
 
-@contextmanager
-def heartml_serve(
-    settings: Settings, *args: str, env: dict[str, str] | None = None, log: Path
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    environment = {**settings_env(settings), "HEARTML_RELOAD_INTERVAL_S": "1", **(env or {})}
-    process = subprocess.Popen(
-        [*HEARTML, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-        env=environment,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                httpx.get(f"{url}/health", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "heartml serve did not listen"
-                time.sleep(0.2)
-        yield url, process
-    finally:
-        stop_group(process)
-
-
-def wait_ready(url: str, timeout: float, log: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = httpx.get(f"{url}/ready", timeout=5)
-        if response.status_code == 200:
-            model: dict[str, Any] = httpx.get(f"{url}/model", timeout=5).json()
-            return model
-        time.sleep(0.2)
-    raise AssertionError(f"not ready within {timeout} s:\n{log.read_text()[-3000:]}")
+# Checks every second: a promotion or a server's return shows within the tests' waits.
+FOLLOW = {"HEARTML_RELOAD_INTERVAL_S": "1"}
 
 
 def copy_champion(source: Settings, target: Settings, staging: Path) -> int:
@@ -144,7 +102,8 @@ def test_tracking_server_down_at_start_then_stopping_and_returning(
     token = "never-print-this-admin-token"
     env = {"HEARTML_REGISTRY_RETRIES": "0", "HEARTML_ADMIN_TOKEN": token}
     try:
-        with heartml_serve(remote, log=log, env=env) as (url, _):
+        with HeartmlServer(remote, log, env={**FOLLOW, **env}) as api:
+            url = api.url
             assert httpx.get(f"{url}/health").status_code == 200
             # Until the first check has failed, the reason is still "loading".
             wait_until(
@@ -158,7 +117,7 @@ def test_tracking_server_down_at_start_then_stopping_and_returning(
 
             server.start()
             version = copy_champion(trained_settings, remote, tmp_path)
-            model = wait_ready(url, 90, log)
+            model = api.wait_ready(90)
             assert (model["name"], model["version"]) == (LR, version)
             assert model["source"] == "registry"
             assert model["engine"] == "onnx"
@@ -258,10 +217,11 @@ def test_export_then_serve_the_directory_without_tracking_server(
     shared = tmp_path / "prometheus"  # the workers' metric files, one set per worker process
     shared.mkdir()
     slim = {"PYTHONPATH": str(refuse), "PROMETHEUS_MULTIPROC_DIR": str(shared)}
-    with heartml_serve(
-        offline, "--model-dir", str(export_dir), "--workers", "2", env=slim, log=log
-    ) as (url, _):
-        wait_ready(url, 90, log)
+    with HeartmlServer(
+        offline, log, "--model-dir", str(export_dir), "--workers", "2", env={**FOLLOW, **slim}
+    ) as api:
+        url = api.url
+        api.wait_ready(90)
         # /ready answered by one worker; the gauge is the minimum over the workers that
         # have started, so wait for both to have started too.
         wait_until(

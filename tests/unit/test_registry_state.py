@@ -70,7 +70,7 @@ def test_find_and_best_tagged() -> None:
 
 
 class RefusingStages:
-    """A registry whose stage transitions fail, as in the seed's known issue."""
+    """A registry whose stage transitions fail, as MLflow's sometimes do (a RepresenterError)."""
 
     def transition_model_version_stage(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("yaml.representer.RepresenterError: cannot represent an object")

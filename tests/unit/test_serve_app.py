@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 import pytest
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 from fastapi.testclient import TestClient
 
 from heartml.data.schema import (
@@ -22,6 +24,7 @@ from heartml.model.convert import engine_for_pipeline
 from heartml.model.engine import Engine
 from heartml.registry import AccessDeniedError
 from heartml.serve.app import create_app
+from heartml.serve.deps import HolderDep, ProvidedRoute, SettingsDep
 from heartml.serve.holder import ModelRef
 from heartml.settings import Settings
 from heartml.training.candidates import build_candidate
@@ -312,7 +315,10 @@ def test_batch_errors_name_the_row(client: TestClient) -> None:
 
 def test_bodies_over_the_limit_are_413_declared_or_streamed(client: TestClient) -> None:
     big = b"{" + b" " * 5000 + b"}"
-    assert client.post("/predict", content=big).status_code == 413
+    declared = client.post("/predict", content=big)
+    assert declared.status_code == 413
+    # Refused before the body is read: the connection is not reused for the unread bytes.
+    assert declared.headers["connection"] == "close"
 
     def chunks() -> Iterator[bytes]:
         for _ in range(10):
@@ -320,6 +326,11 @@ def test_bodies_over_the_limit_are_413_declared_or_streamed(client: TestClient) 
 
     streamed = client.post("/predict", content=chunks())  # chunked: no Content-Length
     assert streamed.status_code == 413
+    # One answer however the size is found out: the same bytes and type.
+    assert (
+        declared.content == streamed.content == b'{"detail":"request body larger than 4096 bytes"}'
+    )
+    assert declared.headers["content-type"] == streamed.headers["content-type"]
     assert client.post("/predict", json=EXAMPLE_PATIENT).status_code == 200
 
 
@@ -463,3 +474,39 @@ def test_answers_are_compact_json_in_a_fixed_field_order(client: TestClient) -> 
         "prediction", "probability", "label", "imputed", "model_name", "model_version",
     ]  # fmt: skip
     assert batch.content == json.dumps(batch.json(), separators=(",", ":")).encode()
+
+
+async def with_query_dependency(limit: int) -> int:
+    return limit
+
+
+def not_a_coroutine(request: Request) -> int:
+    return 1
+
+
+def test_a_provided_route_refuses_a_parameter_it_cannot_provide() -> None:
+    """/predict's route class resolves only request-level providers: anything else in an
+    endpoint's signature is refused when the route is declared, not ignored at request time."""
+    router = APIRouter(route_class=ProvidedRoute)
+
+    with pytest.raises(TypeError, match="takes no request parameters"):
+
+        @router.get("/query")
+        async def with_query(limit: int) -> Response:
+            return Response()
+
+    with pytest.raises(TypeError, match=r"^/nested: "):
+
+        @router.get("/nested")
+        async def with_nested(value: Annotated[int, Depends(with_query_dependency)]) -> Response:
+            return Response()
+
+    with pytest.raises(TypeError, match=r"^/sync: value is not a provider"):
+
+        @router.get("/sync")
+        async def with_sync(value: Annotated[int, Depends(not_a_coroutine)]) -> Response:
+            return Response()
+
+    @router.get("/fine")
+    async def with_providers(holder: HolderDep, settings: SettingsDep) -> Response:
+        return Response()

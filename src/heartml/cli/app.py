@@ -6,8 +6,8 @@ are imported by the stage that needs them, so `heartml promote --list` pays only
 reads.
 
 Exit codes are part of the contract: 2 means "refused by the gate", so a usage error (click's
-2) exits 1. The mapping lives in the command classes, so the console script, the seed's
-script and an in-process ``CliRunner`` all see the same codes.
+2) exits 1. The mapping lives in the command classes, so the console script,
+scripts/promote-model.py and an in-process ``CliRunner`` all see the same codes.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class HeartmlGroup(_HeartmlExitCodes, TyperGroup):
 
 
 class HeartmlCommand(_HeartmlExitCodes, TyperCommand):
-    """A command run on its own (the seed's script), with heartml's exit codes."""
+    """A command run on its own (scripts/promote-model.py), with heartml's exit codes."""
 
 
 app = typer.Typer(

@@ -1,5 +1,5 @@
 """`heartml promote` and `scripts/promote-model.py`: the registry's status, promotion, history,
-rollback, in the seed's layout and flags."""
+rollback; one layout and one set of flags for both."""
 
 from __future__ import annotations
 
@@ -188,8 +188,8 @@ DETAIL_TAGS = frozenset(
 
 
 def format_family(state: FamilyState) -> str:
-    """The seed's registry layout: 📦 model, 🏆/📌 version and stage, its aliases and tags
-    (scores first; lineage and the gate's details are in ``--json``)."""
+    """The registry as `promote --list` prints it: 📦 model, 🏆/📌 version and stage, its
+    aliases and tags (scores first; lineage and the gate's details are in ``--json``)."""
     from heartml.registry import EVENT_PREFIX, TAG_BEST
 
     lines = ["📋 Registered Models:", "=" * 80]

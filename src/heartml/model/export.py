@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from heartml.errors import one_line
-from heartml.registry import ModelCard, utc_now_iso
+from heartml.registry import VersionSummary, utc_now_iso
 
 if TYPE_CHECKING:
     from heartml.settings import Settings
@@ -34,8 +34,8 @@ class ExportError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class ExportInfo(ModelCard):
-    """The contents of ``model.json``: the champion's card and when it was exported."""
+class ExportInfo(VersionSummary):
+    """The contents of ``model.json``: the champion's summary and when it was exported."""
 
     exported_at: str
 
@@ -125,7 +125,7 @@ def export_champion(settings: Settings, directory: Path) -> ExportResult:
         if not (staged / "MLmodel").is_file():
             raise ExportError(f"{uri} has no MLmodel file")
         info = ExportInfo(
-            **champion.card.card_fields(), exported_at=utc_now_iso(timespec="milliseconds")
+            **champion.summary.summary_fields(), exported_at=utc_now_iso(timespec="milliseconds")
         )
         (staged / MODEL_INFO_FILE).write_text(
             json.dumps(info.as_dict(), indent=2) + "\n", encoding="utf-8"

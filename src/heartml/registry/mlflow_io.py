@@ -290,8 +290,8 @@ def set_version_tags(client: MlflowClient, version: VersionInfo, tags: dict[str,
 def transition(client: MlflowClient, version: VersionInfo, stage: str) -> str | None:
     """Move a version to a stage; a failure is returned as a warning, never raised.
 
-    Stages only mirror the alias, so a failed transition (the seed's known issue) cannot
-    change who is champion; rerunning the same command repairs it.
+    Stages only mirror the alias, so a failed transition (MLflow's stage API can fail with a
+    YAML RepresenterError) cannot change who is champion; rerunning the same command repairs it.
     """
     import warnings
 

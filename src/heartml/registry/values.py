@@ -50,7 +50,7 @@ def utc_now_iso(timespec: str = "microseconds") -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelCard:
+class VersionSummary:
     """A registered version and what travels with it: into ``model.json``, into ``/model``."""
 
     name: str
@@ -60,9 +60,9 @@ class ModelCard:
     model_type: str | None
     promoted_at: str | None
 
-    def card_fields(self) -> dict[str, Any]:
-        """The card's own fields (not a subclass's), in order."""
-        return {f.name: getattr(self, f.name) for f in fields(ModelCard)}
+    def summary_fields(self) -> dict[str, Any]:
+        """The summary's own fields (not a subclass's), in order."""
+        return {f.name: getattr(self, f.name) for f in fields(VersionSummary)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +102,8 @@ class VersionInfo:
         return f"models:/{self.name}/{self.version}"
 
     @property
-    def card(self) -> ModelCard:
-        return ModelCard(
+    def summary(self) -> VersionSummary:
+        return VersionSummary(
             self.name, self.version, self.run_id, self.roc_auc, self.model_type, self.promoted_at
         )
 

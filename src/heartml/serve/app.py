@@ -14,7 +14,8 @@ from fastapi.responses import Response
 from pydantic.json_schema import models_json_schema
 
 import heartml
-from heartml.serve.deps import error_entries, json_response
+from heartml.serve.deps import json_response
+from heartml.serve.errors import ApiError, InvalidInputError
 from heartml.serve.evidence import LiveEvidence
 from heartml.serve.holder import ModelHolder, ModelSource, source_for
 from heartml.serve.metrics import ServeMetrics
@@ -84,9 +85,15 @@ def create_app(
     ):
         app.include_router(router)
 
+    # Every error status is answered here, from its ApiError type (heartml.serve.errors).
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        return exc.response()
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
-        return json_response({"detail": error_entries(list(exc.errors()), ())}, 422)
+        # FastAPI's locations already start with "body", "query" or "header".
+        return InvalidInputError.from_errors(list(exc.errors()), ()).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

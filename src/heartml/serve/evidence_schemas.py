@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from heartml.serve.schemas import ModelInfo, VersionCard
+from heartml.serve.schemas import ModelInfo, VersionSummary
 
 
-class ChallengerInfo(VersionCard):
+class ChallengerInfo(VersionSummary):
     uri: str
     engine: str
     loaded_at: str

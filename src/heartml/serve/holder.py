@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from heartml.errors import one_line
-from heartml.registry import AccessDeniedError, ModelCard, utc_now_iso
+from heartml.registry import AccessDeniedError, VersionSummary, utc_now_iso
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,8 +43,8 @@ SourceKind = Literal["registry", "directory"]
 
 
 @dataclass(frozen=True, slots=True)
-class ModelRef(ModelCard):
-    """Which model a source names: its card, and where it is loaded from."""
+class ModelRef(VersionSummary):
+    """Which model a source names: its summary, and where it is loaded from."""
 
     source: SourceKind
     uri: str
@@ -117,7 +117,7 @@ class RegistrySource:
         champion = read_family(self.settings).champion
         if champion is None:
             return None
-        return ModelRef(**champion.card.card_fields(), source="registry", uri=champion.uri)
+        return ModelRef(**champion.summary.summary_fields(), source="registry", uri=champion.uri)
 
     def load(self, ref: ModelRef) -> LoadedModel:
         return self.load_model(ref)
@@ -159,7 +159,7 @@ class DirectorySource:
 
         info = read_export_info(self.directory)
         return ModelRef(
-            **info.card_fields(),
+            **info.summary_fields(),
             source="directory",
             uri=str(self.directory.resolve()),
             stamp=info.exported_at,

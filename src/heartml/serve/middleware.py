@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.exceptions import HTTPException
-
+from heartml.serve.errors import BodyTooLargeError
 from heartml.serve.metrics import KNOWN_ENDPOINTS
 from heartml.serve.predlog import request_id
 
@@ -75,7 +73,10 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    await self._refuse(send)
+                    # Answered before the app runs, and the connection closed: the body that
+                    # was announced is not read.
+                    refusal = BodyTooLargeError.over_bytes(self.max_bytes, connection="close")
+                    await refusal.response()(scope, receive, send)
                     return
                 break
 
@@ -87,29 +88,11 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    # Raised inside the route's body read: FastAPI answers it as a 413.
-                    raise HTTPException(413, self._detail())
+                    # Raised inside the route's body read: the app's handler answers it.
+                    raise BodyTooLargeError.over_bytes(self.max_bytes)
             return message
 
         await self.app(scope, limited, send)
-
-    def _detail(self) -> str:
-        return f"request body larger than {self.max_bytes} bytes"
-
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": self._detail()}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
 
 REQUEST_ID_KEY = "heartml.request_id"

@@ -174,8 +174,8 @@ class BatchPrediction(BaseModel):
     model_version: int
 
 
-class VersionCard(BaseModel):
-    """A registered version as the API shows it (``heartml.registry.ModelCard``'s fields)."""
+class VersionSummary(BaseModel):
+    """A registered version as the API shows it (``heartml.registry.VersionSummary``'s fields)."""
 
     name: str
     version: int
@@ -185,7 +185,7 @@ class VersionCard(BaseModel):
     promoted_at: str | None
 
 
-class ModelInfo(VersionCard):
+class ModelInfo(VersionSummary):
     """What is served, where it came from, and how following the registry is going."""
 
     loaded_at: str
@@ -248,6 +248,43 @@ class Problem(BaseModel):
     """Any other error: a one-line reason."""
 
     detail: str
+
+
+class FeatureDescription(BaseModel):
+    """One feature of a patient record, as ``GET /schema`` describes it."""
+
+    name: str
+    description: str
+    kind: str
+    type: Literal["integer", "number"]
+    # int before float: a bound written 0 stays 0 in the answer, not 0.0.
+    minimum: int | float
+    maximum: int | float
+    codes: list[int] | None
+    unit: str | None
+    optional: bool
+
+
+class TargetDescription(BaseModel):
+    """What the model predicts."""
+
+    name: str
+    description: str
+    positive_when: str
+    labels: dict[str, str]
+
+
+class SchemaInfo(BaseModel):
+    """``GET /schema``: the features, the target, the request limits and the request's JSON
+    Schema (from :mod:`heartml.data.schema`, the one schema module)."""
+
+    features: list[FeatureDescription]
+    optional: list[str]
+    imputation: str
+    target: TargetDescription
+    max_batch_size: int
+    max_body_bytes: int
+    request_schema: dict[str, Any]
 
 
 LABELS: tuple[str, str] = (NEGATIVE_LABEL, POSITIVE_LABEL)

@@ -215,7 +215,7 @@ class Shadow:
         ):
             self._swap(current, champion)  # same challenger; the champion may be new
             return
-        ref = ModelRef(**chosen.card.card_fields(), source="registry", uri=chosen.uri)
+        ref = ModelRef(**chosen.summary.summary_fields(), source="registry", uri=chosen.uri)
         try:
             loaded = self.loader(ref)
         except Exception as exc:
@@ -331,7 +331,7 @@ class Shadow:
             "challenger": None
             if challenger is None
             else {
-                **challenger.ref.card_fields(),
+                **challenger.ref.summary_fields(),
                 "uri": challenger.ref.uri,
                 "engine": challenger.engine.name,
                 "loaded_at": challenger.loaded_at,

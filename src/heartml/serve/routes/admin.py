@@ -9,7 +9,8 @@ from fastapi import APIRouter, Header
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from heartml.serve.deps import HolderDep, SettingsDep, json_response, problem
+from heartml.serve.deps import HolderDep, SettingsDep, json_response
+from heartml.serve.errors import DisabledError, UnauthorizedError
 from heartml.serve.routes.model import model_info
 from heartml.serve.schemas import Problem, ReloadResult
 
@@ -33,12 +34,12 @@ async def reload_model(
 ) -> Response:
     expected = settings.admin_token.get_secret_value() if settings.admin_token else ""
     if not expected:
-        return problem(404, "admin endpoints are disabled: HEARTML_ADMIN_TOKEN is not set")
+        raise DisabledError("admin endpoints are disabled: HEARTML_ADMIN_TOKEN is not set")
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), expected.encode()
     ):
-        return problem(401, "a valid bearer token is required", **{"WWW-Authenticate": "Bearer"})
+        raise UnauthorizedError("a valid bearer token is required")
     # The load runs in a worker thread: predictions keep being served meanwhile.
     outcome = await run_in_threadpool(holder.check)
     body = {"result": outcome.result, "message": outcome.message, "model": model_info(holder)}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 
-from heartml.serve.deps import MetricsDep
+from heartml.serve.deps import EvidenceDep, MetricsDep
 
 router = APIRouter(tags=["metrics"])
 
@@ -16,7 +16,7 @@ router = APIRouter(tags=["metrics"])
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
-async def get_metrics(request: Request, metrics: MetricsDep) -> Response:
-    request.app.state.evidence.refresh()  # the drift gauges, from the window as it is now
+async def get_metrics(metrics: MetricsDep, evidence: EvidenceDep) -> Response:
+    evidence.refresh()  # the drift gauges, from the window as it is now
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

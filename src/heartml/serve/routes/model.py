@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 
-from heartml.serve.deps import HolderDep, json_response, problem
+from heartml.serve.deps import EvidenceDep, HolderDep, json_response
+from heartml.serve.errors import NotReadyError
 from heartml.serve.evidence_schemas import LiveModelInfo
 from heartml.serve.holder import ModelHolder
 from heartml.serve.schemas import Problem
@@ -22,7 +23,7 @@ def model_info(holder: ModelHolder) -> dict[str, Any] | None:
         return None
     ref = served.ref
     return {
-        **ref.card_fields(),
+        **ref.summary_fields(),
         "loaded_at": served.loaded_at,
         "source": ref.source,
         "uri": ref.uri,
@@ -44,11 +45,10 @@ def model_info(holder: ModelHolder) -> dict[str, Any] | None:
     "shadowed challenger's agreement and input drift so far",
     responses={503: {"model": Problem, "description": "No model loaded yet"}},
 )
-async def get_model(request: Request, holder: HolderDep) -> Response:
+async def get_model(holder: HolderDep, evidence: EvidenceDep) -> Response:
     info = model_info(holder)
     if info is None:
-        return problem(503, holder.not_ready_reason())
-    evidence = request.app.state.evidence
+        raise NotReadyError(holder.not_ready_reason())
     return json_response(
         {**info, "shadow": evidence.shadow.describe(), "drift": evidence.describe()}
     )

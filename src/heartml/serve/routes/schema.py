@@ -8,12 +8,16 @@ from fastapi import APIRouter
 
 from heartml.data.schema import describe_schema
 from heartml.serve.deps import SettingsDep
-from heartml.serve.schemas import PatientFeatures
+from heartml.serve.schemas import PatientFeatures, SchemaInfo
 
 router = APIRouter(tags=["schema"])
 
 
-@router.get("/schema", summary="Fields, types, ranges and allowed codes of a patient record")
+@router.get(
+    "/schema",
+    response_model=SchemaInfo,
+    summary="Fields, types, ranges and allowed codes of a patient record",
+)
 async def get_schema(settings: SettingsDep) -> dict[str, Any]:
     return {
         **describe_schema(),
