@@ -71,6 +71,7 @@ JENKINS_STAGES = [
     "Validate data",
     "Train",
     "Promote best model",
+    "Adapt to sites",
     "Export model",
     "Build image",
     "Test image",

@@ -20,6 +20,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from heartml.cli.accounts import registry_app
+from heartml.cli.adapt import adapt
 from heartml.cli.common import EXIT_ERROR, EXIT_OK, setup_logging
 from heartml.cli.data import data_app
 from heartml.cli.monitor import monitor
@@ -87,6 +88,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.command()(train)
+app.command()(adapt)
 app.command(name="promote", help=PROMOTE_HELP, no_args_is_help=False)(promote)
 app.command()(report)
 app.command()(serve)

@@ -71,7 +71,7 @@ def data_validate(
     if as_json:
         typer.echo(json.dumps(_report_dict(report), indent=2))
     else:
-        _print_report(report)
+        print_report(report)
     if not report.ok:
         raise typer.Exit(EXIT_ERROR)
 
@@ -95,7 +95,7 @@ def _report_dict(report: ValidationReport) -> dict[str, object]:
     }
 
 
-def _print_report(report: ValidationReport) -> None:
+def print_report(report: ValidationReport) -> None:
     typer.echo(f"📋 {report.rows} rows checked against the UCI schema")
     if report.missing:
         typer.echo("   missing values ('?' or a cleaned zero; imputed in training):")

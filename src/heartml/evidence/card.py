@@ -202,6 +202,7 @@ def card_view(card: Mapping[str, Any], available: set[str]) -> dict[str, Any]:
         "holdout": evidence["holdout"],
         "internal": evidence.get("internal_validation"),
         "gate": card.get("gate"),
+        "site_adaptation": card.get("site_adaptation"),
         "lineage": card["lineage"],
         "optional_fields": card["optional_fields"],
         "outcome": TARGET.description.lower(),

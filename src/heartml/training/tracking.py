@@ -39,6 +39,7 @@ SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset(
         "sklearn.tree._tree.Tree",  # random_forest, gradient_boosting, extra_trees
         "sklearn.calibration._CalibratedClassifier",  # svm: Platt scaling
         "sklearn.calibration._SigmoidCalibration",
+        "heartml.model.recalibrated_classifier.RecalibratedClassifier",  # a site's adapted model
     }
 )
 

@@ -1,0 +1,156 @@
+"""`heartml adapt`: a registered version recalibrated for a site, validated there, registered.
+
+Exit codes: 0 every site adapted; 2 a site's sample supports no update (``auto`` registered
+nothing for it and says why; the other sites are adapted), as the gate's refusal, so a
+pipeline can go on; 1 bad input (a row outside the schema, no outcome column, a bad site name,
+a method the sample cannot support, a version that is itself adapted), with nothing
+registered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from heartml.cli.common import EXIT_ERROR, EXIT_REFUSED, fail, load_settings, user_errors
+
+if TYPE_CHECKING:
+    from heartml.adaptation.register import SiteOutcome
+
+METHODS = ("auto", "intercept", "logistic", "refit")
+
+
+def adapt(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="NAME/VERSION, NAME (its newest version not itself adapted) or 'champion'.",
+            show_default=False,
+        ),
+    ],
+    site: Annotated[
+        list[str],
+        typer.Option("--site", help="Site to adapt for ([a-z0-9_]); give it once per site."),
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="The site's labelled patients: CSV in UCI coding with the outcome column "
+            "'num' (default: the UCI site's own file). One site only.",
+        ),
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="auto (Vergouwe's closed test), intercept, logistic or refit.",
+        ),
+    ] = "auto",
+) -> None:
+    """Recalibrate a version for each site, validate it on the site's rows, register it."""
+    from heartml.data.sites import check_site
+
+    if method not in METHODS:
+        fail(f"unknown method '{method}': choose from {', '.join(METHODS)}")
+    with user_errors():
+        sites = [check_site(s) for s in site]
+    if len(set(sites)) != len(sites):
+        fail("a site is given twice")
+    if data is not None and len(sites) != 1:
+        fail("--data is one site's file: give exactly one --site with it")
+    settings = load_settings()
+    outcomes = _run(settings, model, sites, data, method)
+    _print_outcomes(outcomes)
+    for outcome in outcomes:
+        if outcome.refusal:
+            typer.echo(f"⚠️  {outcome.refusal}", err=True)
+    if any(o.refusal for o in outcomes):
+        raise typer.Exit(EXIT_REFUSED)
+
+
+def _run(
+    settings: Any, model: str, sites: list[str], data: Path | None, method: str
+) -> list[SiteOutcome]:
+    from heartml.adaptation.register import adapt_sites
+    from heartml.adaptation.sample import InvalidSampleError, read_site_sample
+    from heartml.cli.data import print_report
+    from heartml.training.experiment import load_experiment
+
+    with user_errors():
+        samples = []
+        for site in sites:
+            try:
+                samples.append(read_site_sample(settings, site, data))
+            except InvalidSampleError as exc:
+                print_report(exc.report)
+                raise typer.Exit(EXIT_ERROR) from exc
+        seed = load_experiment(settings.experiment_config).split.seed
+        return adapt_sites(settings, model, samples, method, seed)
+
+
+def _interval(found: dict[str, Any] | None, digits: int = 2) -> str:
+    if found is None or found.get("estimate") is None:
+        return "n/a"
+    low, high = found.get("low"), found.get("high")
+    if low is None or high is None:
+        return f"{found['estimate']:.{digits}f}"
+    return f"{found['estimate']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _print_outcomes(outcomes: list[SiteOutcome]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title="Site adaptation (after: validated by repeated cross-validation; 95 % intervals)"
+    )
+    for column in (
+        "site",
+        "method",
+        "rows used / refused",
+        "slope before → after",
+        "intercept before → after",
+        "mean pred. − obs. before → after",
+        "ROC-AUC before → after",
+        "registered",
+    ):
+        table.add_column(column, no_wrap=column == "registered")
+    for outcome in outcomes:
+        found = outcome.section
+        if found is None:
+            table.add_row(outcome.site, "not adapted", "", "", "", "", "", "nothing")
+            continue
+        before, after, rows = found["before"], found["after"], found["rows"]
+        refused = ", ".join(f"{k} {n}" for k, n in found["refused"]["by_field"].items())
+        table.add_row(
+            outcome.site,
+            found["method"],
+            f"{rows['answered']} / {rows['refused']}" + (f" ({refused})" if refused else ""),
+            f"{_interval(before['slope'])} → {_interval(after['slope'])}",
+            f"{_interval(before['intercept'])} → {_interval(after['intercept'])}",
+            f"{_interval(before['difference'], 3)} → {_interval(after['difference'], 3)}",
+            f"{_interval(before['roc_auc'], 3)} → {_interval(after['roc_auc'], 3)}",
+            outcome.version or "",
+        )
+    console = Console(width=200)
+    console.print(table)
+    for outcome in outcomes:
+        if outcome.section is not None:
+            console.print(
+                f"{outcome.site}: {outcome.section['method']}, {_short_why(outcome.section)}"
+            )
+
+
+def _short_why(found: dict[str, Any]) -> str:
+    test = found["closed_test"]
+    if test is None:
+        return "asked for"
+    shown = [f"{t['simpler']} vs {t['extensive']} p={t['p_value']:.2g}" for t in test["tests"]]
+    left = [entry["method"] for entry in test["left_out"]]
+    text = "closed test: " + ("; ".join(shown) or "nothing else estimable")
+    if left:
+        text += f"; too few rows for {', '.join(left)}"
+    return text
