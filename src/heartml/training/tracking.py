@@ -254,16 +254,19 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def log_session_summary(candidates: Sequence[CandidateRecord], session: SessionContext) -> None:
-    """On the parent run: every candidate's held-out ROC curve and the comparison table."""
+def log_session_summary(
+    candidates: Sequence[CandidateRecord], session: SessionContext, roc_curves: bytes
+) -> None:
+    """On the parent run: every candidate's held-out ROC curve (``roc_curves``, the PNG of
+    :func:`heartml.training.plots.draw_roc_curves`) and the comparison table."""
     import mlflow
 
-    from heartml.evidence.predictions import HOLDOUT
     from heartml.training.card import comparison_rows, comparison_table
-    from heartml.training.plots import plot_roc_curves
 
-    curves = {c.name: (c.sets[HOLDOUT].y, c.sets[HOLDOUT].probability) for c in candidates}
-    mlflow.log_figure(plot_roc_curves(curves), "plots/roc_curves.png")
+    with tempfile.TemporaryDirectory(prefix="heartml-summary-") as staging:
+        figure = Path(staging) / "roc_curves.png"
+        figure.write_bytes(roc_curves)
+        mlflow.log_artifact(str(figure), "plots")
     rows = comparison_rows(session)
     mlflow.log_dict({"rows": rows}, "comparison.json")
     mlflow.log_text(comparison_table(session) + "\n", "comparison.md")
