@@ -115,9 +115,10 @@ def log_candidate(
         experiment_id=session.experiment_id,
         run_name=candidate.name,
         nested=True,
-        tags=session.lineage,
+        # Given at once, as the metrics below: each separate call is a write to the store.
+        # serving_engine: how serving will run this model.
+        tags={**session.lineage, "candidate": candidate.name, "serving_engine": "onnx"},
     ) as run:
-        mlflow.set_tag("candidate", candidate.name)
         mlflow.log_params(
             {
                 **{f"model.{k}": v for k, v in sorted(candidate.params.items())},
@@ -130,10 +131,13 @@ def log_candidate(
                 "selection.primary_metric": config.selection.primary_metric,
             }
         )
-        mlflow.log_metrics(run_metrics(candidate.evidence, config))
-        # How serving will run this model, and how far its ONNX form is from the pipeline.
-        mlflow.set_tag("serving_engine", "onnx")
-        mlflow.log_metric("onnx_max_deviation", candidate.onnx.deviation)
+        mlflow.log_metrics(
+            {
+                **run_metrics(candidate.evidence, config),
+                # How far the ONNX form serving runs is from the pipeline.
+                "onnx_max_deviation": candidate.onnx.deviation,
+            }
+        )
         mlflow.log_text(write_predictions(candidate.sets), PREDICTIONS_ARTIFACT)
         mlflow.log_dict(
             {"kind": candidate.importance_kind, "values": candidate.importance},
