@@ -160,8 +160,9 @@ def log_candidate(
                 pyfunc_predict_fn="predict_proba",
                 # Explicit requirements: inferring them would re-import the model in a subprocess.
                 pip_requirements=pip_requirements(),
-                # The ONNX graph and its probe, inside the model directory (heartml.model.onnx_form),
-                # and the training rows' profile that serving measures drift against.
+                # The ONNX graph and its probe, inside the model directory
+                # (heartml.model.onnx_form), and the training rows' profile that serving
+                # measures drift against.
                 extra_files=[
                     *onnx_files(candidate.onnx, Path(staging)),
                     profile := write_profile(x_train.to_numpy(dtype="float64"), Path(staging)),
