@@ -21,6 +21,7 @@ from conftest import (
     settings_env,
 )
 from heartml.registry import read_family
+from heartml.registry.embedded import prepare_sqlite_store, template_path
 from heartml.registry.store import TESTED_REVISIONS, read_raw_family, read_schema
 from heartml.settings import Settings
 
@@ -146,6 +147,51 @@ def test_commands_started_together_on_a_fresh_store_all_succeed(
     assert len(state.versions) == 2
     assert len([v for v in state.versions if v.is_best]) == 1
     assert_one_champion(settings)
+
+
+def schema_and_rows(path: Path) -> tuple[set[tuple[str, ...]], dict[str, list[tuple[object, ...]]]]:
+    """Every table, index and trigger with its definition (MLflow writes a table's
+    constraints in no fixed order, so each definition's lines are sorted), and every row."""
+    db = sqlite3.connect(path)
+    try:
+        schema = {
+            (kind, name, *sorted(line.strip(" ,") for line in (sql or "").splitlines()))
+            for kind, name, sql in db.execute("SELECT type, name, sql FROM sqlite_master")
+        }
+        rows = {
+            entry[1]: sorted(db.execute(f'SELECT * FROM "{entry[1]}"'), key=repr)
+            for entry in schema
+            if entry[0] == "table"
+        }
+    finally:
+        db.close()
+    return schema, rows
+
+
+def test_a_new_store_is_a_copy_of_the_store_mlflow_makes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the Default experiment's artifacts go under the cwd
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    made = tmp_path / "made-by-mlflow.db"
+    MlflowClient(f"sqlite:///{made}", f"sqlite:///{made}").search_registered_models()
+    copies = [tmp_path / "first.db", tmp_path / "second.db"]
+    for copy in copies:
+        prepare_sqlite_store(f"sqlite:///{copy}")
+
+    assert template_path() == tmp_path / "cache" / "heartml" / template_path().name
+    template_schema, template_rows = schema_and_rows(template_path())
+    expected_schema, expected_rows = schema_and_rows(made)
+    assert template_schema == expected_schema
+    assert template_rows["experiments"] == []  # MLflow adds Default to each store
+    for copy in copies:
+        schema, rows = schema_and_rows(copy)
+        assert schema == expected_schema
+        # The same rows, Default's creation times aside.
+        (default,) = rows.pop("experiments")
+        (expected_default,) = expected_rows["experiments"]
+        assert default[:4] == expected_default[:4] and default[6:] == expected_default[6:]
+        assert rows == {k: v for k, v in expected_rows.items() if k != "experiments"}
 
 
 def half_migrated_store(path: Path) -> None:

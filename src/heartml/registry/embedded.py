@@ -9,6 +9,14 @@ database (``mlflow.db.lock``): the next process waits, then finds the store migr
 at a known revision is opened without the lock, so commands on a migrated store never wait for
 each other.
 
+Creating a store means running every one of MLflow's migrations, one SQLite transaction each:
+about a second of CPU and, on a busy disk, seconds of waiting for the writes to reach it. The
+first store a version of MLflow creates on a machine is kept, empty, as a template in the user's
+cache (``$XDG_CACHE_HOME/heartml``); a new store is a copy of it. It is made by the same MLflow
+calls, minus the row of the experiment ``Default``, which records the artifact location of the
+store it belongs to: MLflow adds that row to the copy as it adds it to a new store. Where no
+template can be kept (no writable cache), MLflow creates the store as before.
+
 A store already left half-migrated (alembic's temporary tables left behind, the revision not
 one heartml knows) is reported in one line naming its repair, ``heartml store repair``
 (:func:`repair_sqlite_store`): keep a copy, drop the leftover tables, let ``mlflow db upgrade``
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -109,6 +119,8 @@ def _open_under_lock(uri: str, path: Path) -> None:
         raise BrokenStoreError(half_migrated_message(path, schema))
     if schema.tested:
         return
+    if schema.empty:
+        _copy_template(path)
     try:
         # Building the client opens the tracking store, which creates or migrates every table
         # (tracking and registry) and checks the revision; the registry store opens next.
@@ -121,6 +133,52 @@ def _open_under_lock(uri: str, path: Path) -> None:
         if not after.empty and migrating:
             raise BrokenStoreError(failed_migration_message(path, after, exc)) from exc
         raise
+
+
+def template_path() -> Path:
+    """Where the empty store of the installed MLflow is kept (one per MLflow version)."""
+    from importlib.metadata import version
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "heartml" / f"mlflow-{version('mlflow')}-empty-store.db"
+
+
+def _copy_template(path: Path) -> None:
+    """Put a copy of the empty store at ``path`` (still empty; the caller holds its lock).
+
+    Any failure to keep or copy the template leaves ``path`` as it was, for MLflow to create.
+    """
+    template = template_path()
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with store_lock(template):
+            if read_schema(template).empty:
+                _build_template(template)
+        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, staging)
+        staging.replace(path)
+    except (OSError, sqlite3.Error) as exc:
+        logger.debug("no store template (%s): MLflow creates %s", exc, path)
+
+
+def _build_template(template: Path) -> None:
+    """An empty store made by MLflow, without the experiment ``Default``."""
+    from mlflow.tracking import MlflowClient
+
+    staging = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+    staging.unlink(missing_ok=True)
+    uri = f"sqlite:///{staging}"
+    MlflowClient(uri, uri).search_registered_models(max_results=1)
+    db = sqlite3.connect(staging, isolation_level=None)
+    try:
+        db.execute("DELETE FROM experiments")
+    finally:
+        db.close()
+    built = read_schema(staging)
+    if built.empty or built.leftovers:
+        staging.unlink()
+        raise OSError(f"MLflow left {staging} incomplete")
+    staging.replace(template)
 
 
 # --------------------------------------------------------------------------------------------

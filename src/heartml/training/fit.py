@@ -1,8 +1,9 @@
 """Fitting and validation, pure: data and the experiment in, fitted pipelines and predictions out.
 
-Nothing here logs, draws or touches MLflow; :mod:`heartml.training.train` wires these functions to the
-worker pool (:mod:`heartml.training.workers`) and to MLflow (:mod:`heartml.training.tracking`). The statistics
-computed from the predictions are :mod:`heartml.evidence.measures`.
+Nothing here logs, draws or touches MLflow; :mod:`heartml.training.train` wires these functions
+to the worker pool (:mod:`heartml.training.workers`) and to MLflow
+(:mod:`heartml.training.tracking`). The statistics computed from the predictions are
+:mod:`heartml.evidence.measures`.
 
 Every row carries a stable id, ``site:line`` (the line of the UCI file it was read from), so
 that predictions of two models, or of two training sessions, can be paired row by row.

@@ -34,6 +34,12 @@ def render_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def draw_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """:func:`plot_roc_curves` as PNG, for a worker to draw: the process that logs the session
+    then never imports matplotlib."""
+    return render_png(plot_roc_curves(curves))
+
+
 def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     """ROC curves, each of its own rows: label -> (outcomes, P(disease))."""
     from sklearn.metrics import roc_auc_score, roc_curve

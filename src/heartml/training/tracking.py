@@ -116,9 +116,10 @@ def log_candidate(
         experiment_id=session.experiment_id,
         run_name=candidate.name,
         nested=True,
-        tags=session.lineage,
+        # Given at once, as the metrics below: each separate call is a write to the store.
+        # serving_engine: how serving will run this model.
+        tags={**session.lineage, "candidate": candidate.name, "serving_engine": "onnx"},
     ) as run:
-        mlflow.set_tag("candidate", candidate.name)
         mlflow.log_params(
             {
                 **{f"model.{k}": v for k, v in sorted(candidate.params.items())},
@@ -131,10 +132,13 @@ def log_candidate(
                 "selection.primary_metric": config.selection.primary_metric,
             }
         )
-        mlflow.log_metrics(run_metrics(candidate.evidence, config))
-        # How serving will run this model, and how far its ONNX form is from the pipeline.
-        mlflow.set_tag("serving_engine", "onnx")
-        mlflow.log_metric("onnx_max_deviation", candidate.onnx.deviation)
+        mlflow.log_metrics(
+            {
+                **run_metrics(candidate.evidence, config),
+                # How far the ONNX form serving runs is from the pipeline.
+                "onnx_max_deviation": candidate.onnx.deviation,
+            }
+        )
         mlflow.log_text(write_predictions(candidate.sets), PREDICTIONS_ARTIFACT)
         mlflow.log_dict(
             {"kind": candidate.importance_kind, "values": candidate.importance},
@@ -157,8 +161,9 @@ def log_candidate(
                 pyfunc_predict_fn="predict_proba",
                 # Explicit requirements: inferring them would re-import the model in a subprocess.
                 pip_requirements=pip_requirements(),
-                # The ONNX graph and its probe, inside the model directory (heartml.model.onnx_form),
-                # and the training rows' profile that serving measures drift against.
+                # The ONNX graph and its probe, inside the model directory
+                # (heartml.model.onnx_form), and the training rows' profile that serving
+                # measures drift against.
                 extra_files=[
                     *onnx_files(candidate.onnx, Path(staging)),
                     profile := write_profile(x_train.to_numpy(dtype="float64"), Path(staging)),
@@ -255,16 +260,19 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def log_session_summary(candidates: Sequence[CandidateRecord], session: SessionContext) -> None:
-    """On the parent run: every candidate's held-out ROC curve and the comparison table."""
+def log_session_summary(
+    candidates: Sequence[CandidateRecord], session: SessionContext, roc_curves: bytes
+) -> None:
+    """On the parent run: every candidate's held-out ROC curve (``roc_curves``, the PNG of
+    :func:`heartml.training.plots.draw_roc_curves`) and the comparison table."""
     import mlflow
 
-    from heartml.evidence.predictions import HOLDOUT
     from heartml.training.card import comparison_rows, comparison_table
-    from heartml.training.plots import plot_roc_curves
 
-    curves = {c.name: (c.sets[HOLDOUT].y, c.sets[HOLDOUT].probability) for c in candidates}
-    mlflow.log_figure(plot_roc_curves(curves), "plots/roc_curves.png")
+    with tempfile.TemporaryDirectory(prefix="heartml-summary-") as staging:
+        figure = Path(staging) / "roc_curves.png"
+        figure.write_bytes(roc_curves)
+        mlflow.log_artifact(str(figure), "plots")
     rows = comparison_rows(session)
     mlflow.log_dict({"rows": rows}, "comparison.json")
     mlflow.log_text(comparison_table(session) + "\n", "comparison.md")

@@ -75,6 +75,7 @@ from heartml.training.interruption import (
     stop_on_signals,
 )
 from heartml.training.plots import (
+    draw_roc_curves,
     feature_importance,
     plot_calibration,
     plot_confusion_matrix,
@@ -457,6 +458,10 @@ def _run_session(
             "cross-validated %d candidates in %.1f s", len(finals), time.perf_counter() - started
         )
 
+        # The chosen candidate last: its internal validation runs meanwhile.
+        order = [f for f in finals if f.name != best_name] + [
+            f for f in finals if f.name == best_name
+        ]
         # The chosen procedure's internal validation, over every row, after the plots.
         plot_futures = {
             f.name: pool.submit(
@@ -482,6 +487,14 @@ def _run_session(
                 )
                 for r in range(cv.repeats)
             ]
+        # Every candidate's held-out ROC curve, for the session's run: needed last.
+        summary_future = pool.submit(
+            draw_roc_curves,
+            {
+                f.name: (tables[f.name][HOLDOUT].y, tables[f.name][HOLDOUT].probability)
+                for f in order
+            },
+        )
 
         import mlflow
 
@@ -510,10 +523,6 @@ def _run_session(
             mlflow.log_params(
                 {"candidates": ",".join(candidates), "rows": len(rows), "best": best_name}
             )
-            # The chosen candidate last: its internal validation runs meanwhile.
-            order = [f for f in finals if f.name != best_name] + [
-                f for f in finals if f.name == best_name
-            ]
             results: dict[str, CandidateResult] = {}
             records: dict[str, CandidateRecord] = {}
             for final in order:
@@ -559,7 +568,9 @@ def _run_session(
                 report(f"registered {result.model_name} v{result.model_version}")
                 results[final.name] = result
                 records[final.name] = record
-            log_session_summary(list(records.values()), session)
+            log_session_summary(
+                list(records.values()), session, collect_results([summary_future])[0]
+            )
             ordered = tuple(results[name] for name in candidates)
             best = results[best_name]
 
