@@ -70,6 +70,7 @@ def main() -> int:
     from heartml.registry import RegistryError, configure_mlflow, read_family
     from heartml.settings import Settings
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per model
     settings = Settings()
     configure_mlflow(settings)
     try:
