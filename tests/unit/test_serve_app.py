@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -25,7 +25,7 @@ from heartml.model.engine import Engine
 from heartml.registry import AccessDeniedError
 from heartml.serve.app import create_app
 from heartml.serve.deps import HolderDep, ProvidedRoute, SettingsDep
-from heartml.serve.holder import ModelRef
+from heartml.serve.holder import LoadedModel, ModelRef
 from heartml.settings import Settings
 from heartml.training.candidates import build_candidate
 
@@ -37,7 +37,7 @@ class StaticSource:
 
     kind: Literal["registry", "directory"] = "registry"
 
-    def __init__(self, engines: dict[int, Engine]) -> None:
+    def __init__(self, engines: Mapping[int, Engine | LoadedModel]) -> None:
         self.engines = engines
         self.version: int | None = min(engines)
         self.resolve_error: Exception | None = None
@@ -62,7 +62,7 @@ class StaticSource:
             uri=f"models:/heart-disease-test/{self.version}",
         )
 
-    def load(self, ref: ModelRef) -> Engine:
+    def load(self, ref: ModelRef) -> Engine | LoadedModel:
         if self.load_error is not None:
             raise self.load_error
         return self.engines[ref.version]

@@ -19,9 +19,11 @@ from pydantic import BaseModel
 from test_serve_app import TOKEN, StaticSource, fit_pipeline, unit_settings
 
 from heartml.data.schema import EXAMPLE_PATIENT, synthetic_rows
-from heartml.model.convert import engine_for_pipeline
-from heartml.model.engine import Engine
+from heartml.model.convert import convert_pipeline
+from heartml.model.explainer_files import build_explainer
+from heartml.model.onnx_form import OnnxEngine
 from heartml.serve.app import create_app
+from heartml.serve.holder import LoadedModel
 
 # Routes whose answer is not a JSON document, and why.
 NOT_JSON = {"/metrics": "the Prometheus text format (checked by test_serve_app's metrics tests)"}
@@ -34,9 +36,10 @@ class Apps:
     """The same app in each state an answer needs."""
 
     source: StaticSource
-    ready: TestClient  # the champion loaded
+    ready: TestClient  # the champion loaded, with its explainer
     loading: TestClient  # nothing loaded yet
     closed: TestClient  # no admin token configured
+    unexplained: TestClient  # a champion registered without explainer files
 
     def failed_reload(self) -> Response:
         """A champion that changed but cannot be loaded: /admin/reload answers 502."""
@@ -50,19 +53,36 @@ class Apps:
 
 
 @pytest.fixture(scope="module")
-def engines() -> dict[int, Engine]:
-    return {v: engine_for_pipeline(fit_pipeline(v), synthetic_rows(50)) for v in (1, 2)}
+def models() -> dict[int, LoadedModel]:
+    """Each version's engine and explainer, built as registration builds them."""
+    loaded = {}
+    for version in (1, 2):
+        pipeline = fit_pipeline(version)
+        graph = convert_pipeline(pipeline, synthetic_rows(50)).graph
+        engine = OnnxEngine(graph)
+        # fit_pipeline's training rows
+        stored = build_explainer(pipeline, graph, synthetic_rows(150, seed=version), seed=42)
+        loaded[version] = LoadedModel(engine, explainer=stored.explainer(engine))
+    return loaded
 
 
 @pytest.fixture
-def apps(engines: dict[int, Engine]) -> Iterator[Apps]:
-    source = StaticSource(engines)
+def apps(models: dict[int, LoadedModel]) -> Iterator[Apps]:
+    source = StaticSource(models)
     ready = create_app(unit_settings(), source=source, follow=False)
     ready.state.holder.check()
     loading = create_app(unit_settings(), source=source, follow=False)
     closed = create_app(unit_settings(admin_token=None), source=source, follow=False)
-    with TestClient(ready) as r, TestClient(loading) as lo, TestClient(closed) as c:
-        yield Apps(source, r, lo, c)
+    engines = {v: m.engine for v, m in models.items()}
+    bare = create_app(unit_settings(), source=StaticSource(engines), follow=False)
+    bare.state.holder.check()
+    with (
+        TestClient(ready) as r,
+        TestClient(loading) as lo,
+        TestClient(closed) as c,
+        TestClient(bare) as u,
+    ):
+        yield Apps(source, r, lo, c, u)
 
 
 PATIENTS = {"instances": [EXAMPLE_PATIENT, EXAMPLE_PATIENT]}
@@ -73,12 +93,14 @@ TOO_BIG = b"{" + b" " * 5000 + b"}"  # unit_settings: max_body_bytes 4096
 ANSWERS: dict[str, dict[int, Callable[[Apps], Response]]] = {
     "POST /predict": {
         200: lambda a: a.ready.post("/predict", json=EXAMPLE_PATIENT),
+        409: lambda a: a.unexplained.post("/predict?explain=true", json=EXAMPLE_PATIENT),
         413: lambda a: a.ready.post("/predict", content=TOO_BIG),
         422: lambda a: a.ready.post("/predict", json={**EXAMPLE_PATIENT, "cp": 0}),
         503: lambda a: a.loading.post("/predict", json=EXAMPLE_PATIENT),
     },
     "POST /predict/batch": {
         200: lambda a: a.ready.post("/predict/batch", json=PATIENTS),
+        409: lambda a: a.unexplained.post("/predict/batch?explain=true", json=PATIENTS),
         413: lambda a: a.ready.post("/predict/batch", json=TOO_MANY),
         422: lambda a: a.ready.post("/predict/batch", content=b"{not json"),
         503: lambda a: a.loading.post("/predict/batch", json=PATIENTS),
@@ -140,3 +162,54 @@ def test_every_answer_of_every_route_matches_its_declared_schema(apps: Apps) -> 
                 checked.add(f"{route} {status}")
     expected = {f"{route} {status}" for route, answers in ANSWERS.items() for status in answers}
     assert checked == expected, f"requests for answers no route declares: {expected - checked}"
+
+
+# The other answers a route gives, validated the same way: "METHOD /path" -> (status, request).
+MORE_ANSWERS: dict[str, list[tuple[int, Callable[[Apps], Response]]]] = {
+    "POST /predict": [
+        (200, lambda a: a.ready.post("/predict?explain=true", json=EXAMPLE_PATIENT)),
+        (200, lambda a: a.ready.post("/predict?explain=false", json=EXAMPLE_PATIENT)),
+        (422, lambda a: a.ready.post("/predict?explain=maybe", json=EXAMPLE_PATIENT)),
+    ],
+    "POST /predict/batch": [
+        (200, lambda a: a.ready.post("/predict/batch?explain=true", json=PATIENTS)),
+        (
+            200,
+            lambda a: a.ready.post(
+                "/predict/batch?explain=1",
+                json={"instances": [{**EXAMPLE_PATIENT, "thal": None, "ca": None}]},
+            ),
+        ),
+    ],
+}
+
+
+def test_explained_answers_match_their_declared_schema(apps: Apps) -> None:
+    routes = {
+        f"{m} {c.path}": c
+        for c in iter_route_contexts(apps.ready.app.routes)  # type: ignore[attr-defined]
+        if isinstance(c.original_route, APIRoute)
+        for m in c.methods or ()
+    }
+    for route, answers in MORE_ANSWERS.items():
+        declared = declared_answers(routes[route])
+        for status, request in answers:
+            response = request(apps)
+            assert response.status_code == status, (route, response.text)
+            body = response.json()
+            parsed = declared[status].model_validate(body)
+            assert parsed.model_dump(mode="json", exclude_unset=True) == body, (route, status)
+            explained = response.request.url.params.get("explain") in ("true", "1")
+            if explained:
+                for answer in body.get("predictions", [body]):
+                    assert answer["explanation"]["method"] == "exact linear"
+                    assert set(answer["explanation"]["contributions"]) == set(EXAMPLE_PATIENT)
+            elif status == 200:
+                assert "explanation" not in body
+
+
+def test_a_version_without_explainer_files_is_named_in_the_refusal(apps: Apps) -> None:
+    answer = apps.unexplained.post("/predict?explain=true", json=EXAMPLE_PATIENT)
+    assert answer.status_code == 409
+    assert "heart-disease-test/1" in answer.json()["detail"]
+    assert apps.unexplained.post("/predict", json=EXAMPLE_PATIENT).status_code == 200

@@ -29,7 +29,8 @@ class Feature:
     """One column: its meaning, kind, plausible range and, for coded columns, its codes.
 
     ``optional``: a clinician may not have it (a test not done); the API accepts null and the
-    model imputes it as it did in training (see :data:`OPTIONAL_FEATURES`).
+    model imputes it as it did in training (see :data:`OPTIONAL_FEATURES`). ``labels``: what
+    each code means, in the order of ``codes`` (the words of an explanation's reasons).
     """
 
     name: str
@@ -41,6 +42,7 @@ class Feature:
     integer: bool = True
     unit: str = ""
     optional: bool = False
+    labels: tuple[str, ...] = ()
 
     @property
     def is_coded(self) -> bool:
@@ -49,7 +51,15 @@ class Feature:
 
 FEATURES: tuple[Feature, ...] = (
     Feature("age", "Age", Kind.NUMERIC, 18, 100, unit="years"),
-    Feature("sex", "Sex: 1 male, 0 female", Kind.BINARY, 0, 1, codes=(0, 1)),
+    Feature(
+        "sex",
+        "Sex: 1 male, 0 female",
+        Kind.BINARY,
+        0,
+        1,
+        codes=(0, 1),
+        labels=("female", "male"),
+    ),
     Feature(
         "cp",
         "Chest pain: 1 typical angina, 2 atypical angina, 3 non-anginal, 4 asymptomatic",
@@ -57,6 +67,7 @@ FEATURES: tuple[Feature, ...] = (
         1,
         4,
         codes=(1, 2, 3, 4),
+        labels=("typical angina", "atypical angina", "non-anginal pain", "asymptomatic"),
     ),
     Feature("trestbps", "Resting blood pressure", Kind.NUMERIC, 60, 250, unit="mm Hg"),
     Feature("chol", "Serum cholesterol", Kind.NUMERIC, 80, 700, unit="mg/dl", optional=True),
@@ -68,6 +79,7 @@ FEATURES: tuple[Feature, ...] = (
         1,
         codes=(0, 1),
         optional=True,
+        labels=("fasting blood sugar ≤ 120 mg/dl", "fasting blood sugar > 120 mg/dl"),
     ),
     Feature(
         "restecg",
@@ -76,9 +88,18 @@ FEATURES: tuple[Feature, ...] = (
         0,
         2,
         codes=(0, 1, 2),
+        labels=("normal", "ST-T wave abnormality", "left ventricular hypertrophy"),
     ),
     Feature("thalach", "Maximum heart rate achieved", Kind.NUMERIC, 50, 250, unit="bpm"),
-    Feature("exang", "Exercise-induced angina: 1 yes, 0 no", Kind.BINARY, 0, 1, codes=(0, 1)),
+    Feature(
+        "exang",
+        "Exercise-induced angina: 1 yes, 0 no",
+        Kind.BINARY,
+        0,
+        1,
+        codes=(0, 1),
+        labels=("no exercise-induced angina", "exercise-induced angina"),
+    ),
     Feature(
         "oldpeak",
         "ST depression induced by exercise relative to rest",
@@ -96,6 +117,7 @@ FEATURES: tuple[Feature, ...] = (
         3,
         codes=(1, 2, 3),
         optional=True,
+        labels=("upsloping", "flat", "downsloping"),
     ),
     # ca is an ordered count: it stays numeric so that "more vessels, more risk" is learnable
     # by a linear model, while its codes are still checked.
@@ -107,6 +129,12 @@ FEATURES: tuple[Feature, ...] = (
         3,
         codes=(0, 1, 2, 3),
         optional=True,
+        labels=(
+            "no vessel coloured",
+            "1 vessel coloured",
+            "2 vessels coloured",
+            "3 vessels coloured",
+        ),
     ),
     Feature(
         "thal",
@@ -116,6 +144,7 @@ FEATURES: tuple[Feature, ...] = (
         7,
         codes=(3, 6, 7),
         optional=True,
+        labels=("normal", "fixed defect", "reversible defect"),
     ),
 )
 
@@ -181,6 +210,7 @@ def describe_schema() -> dict[str, object]:
                 "minimum": f.minimum,
                 "maximum": f.maximum,
                 "codes": list(f.codes) or None,
+                "labels": dict(zip(map(str, f.codes), f.labels, strict=True)) or None,
                 "unit": f.unit or None,
                 "optional": f.optional,
             }

@@ -90,6 +90,19 @@ class InvalidInputError(ApiError):
         return cls([{"loc": ["body"], "msg": f"Invalid JSON: {exc}"[:200], "type": "json_invalid"}])
 
 
+class ExplanationUnavailableError(ApiError):
+    """409: ``explain=true`` for a served version registered without its explainer files."""
+
+    status = 409
+
+    @classmethod
+    def for_version(cls, ref: str) -> ExplanationUnavailableError:
+        return cls(
+            f"{ref} was registered without explainer files: explanations are unavailable for "
+            "this version (ask without explain=true, or serve a version trained since)"
+        )
+
+
 class NotReadyError(ApiError):
     """503: no model is loaded yet; the detail says why."""
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from heartml.data.profile import ReferenceProfile
     from heartml.model.engine import Engine
+    from heartml.model.explain import Explainer
     from heartml.serve.metrics import ServeMetrics
     from heartml.settings import Settings
 
@@ -61,10 +62,12 @@ class ModelRef(VersionSummary):
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    """A model's engine and, when training stored one, its reference profile (for drift)."""
+    """A model's engine and, when training stored them, its reference profile (for drift) and
+    its explainer (for ``explain=true``)."""
 
     engine: Engine
     profile: ReferenceProfile | None = None
+    explainer: Explainer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,7 @@ class ServedModel:
     engine: Engine
     loaded_at: str
     profile: ReferenceProfile | None = None
+    explainer: Explainer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +174,13 @@ class DirectorySource:
 
 
 def load_model_dir(model_dir: Path) -> LoadedModel:
-    """The engine of an MLflow model directory and the reference profile stored with it."""
+    """The engine of an MLflow model directory and the profile and explainer stored with it."""
     from heartml.data.profile import read_profile
     from heartml.model.engine import load_engine
+    from heartml.model.explain import load_explainer
 
-    return LoadedModel(load_engine(model_dir), read_profile(model_dir))
+    engine = load_engine(model_dir)
+    return LoadedModel(engine, read_profile(model_dir), load_explainer(model_dir, engine))
 
 
 def source_for(settings: Settings) -> ModelSource:
@@ -312,6 +318,7 @@ class ModelHolder:
             engine=engine,
             loaded_at=utc_now_iso(timespec="milliseconds"),
             profile=loaded.profile,
+            explainer=loaded.explainer,
         )
         freeze_heap()
         logger.info(message)

@@ -151,6 +151,39 @@ class BatchRequest(BaseModel):
     )
 
 
+class Explanation(BaseModel):
+    """Why the model gave this risk (``explain=true``): each field's share of the log-odds.
+
+    ``base + sum(contributions) == log_odds`` (to 1e-9 for the linear model, 1e-6 otherwise);
+    the probability is ``1 / (1 + exp(-log_odds))``. A positive contribution raised this
+    patient's risk above the reference, a negative one lowered it.
+    """
+
+    method: str = Field(
+        description="How the contributions were computed: 'exact linear' (a logistic "
+        "regression: β·(z − z̄) on the logit, against the mean training row) or 'Shapley "
+        "estimate, N permutations, B background rows' (every other model: interventional "
+        "Shapley values on the log-odds, against B training rows stored with the model)"
+    )
+    base: float = Field(
+        description="The log-odds of the reference: the linear model's at the mean training "
+        "row, or the mean log-odds over the background rows"
+    )
+    log_odds: float = Field(description="The model's log-odds for this patient")
+    contributions: dict[str, float] = Field(
+        description="Every UCI field's contribution to the log-odds (one-hot columns summed "
+        "back to their field)"
+    )
+    imputed: list[str] = Field(
+        description="Fields the patient lacked: their contribution is that of the value the "
+        "model imputed"
+    )
+    top: list[str] = Field(
+        description="The three largest contributions by size, in words: "
+        "'thal = 7, reversible defect: +0.92'"
+    )
+
+
 class RiskPrediction(BaseModel):
     """The model's answer for one patient."""
 
@@ -163,6 +196,9 @@ class RiskPrediction(BaseModel):
     )
     model_name: str
     model_version: int
+    explanation: Explanation | None = Field(
+        default=None, description="Only with explain=true: why the model gave this risk"
+    )
 
 
 class BatchPrediction(BaseModel):
@@ -261,6 +297,9 @@ class FeatureDescription(BaseModel):
     minimum: int | float
     maximum: int | float
     codes: list[int] | None
+    labels: dict[str, str] | None = Field(
+        default=None, description="What each code means (code -> words)"
+    )
     unit: str | None
     optional: bool
 
@@ -285,9 +324,20 @@ class SchemaInfo(BaseModel):
     max_batch_size: int
     max_body_bytes: int
     request_schema: dict[str, Any]
+    explanation: dict[str, str] = Field(
+        description="What explain=true on /predict and /predict/batch adds to each answer"
+    )
 
 
 LABELS: tuple[str, str] = (NEGATIVE_LABEL, POSITIVE_LABEL)
+
+# ``GET /schema``'s account of explanations: the Explanation model's fields, and how to ask.
+EXPLANATION_FIELDS: dict[str, str] = {
+    "request": "explain=true in the query of POST /predict or /predict/batch (default false: "
+    "the answer is unchanged and costs nothing more); a served version registered without "
+    "explainer files answers 409",
+    **{name: field.description or "" for name, field in Explanation.model_fields.items()},
+}
 
 
 def imputed_fields(patient: BaseModel) -> list[str]:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
     from matplotlib.figure import Figure
 
 
@@ -106,49 +105,25 @@ def plot_calibration(
 
 
 def feature_importance(
-    model: Any, features: pd.DataFrame, y_true: np.ndarray, seed: int, repeats: int = 5
+    model: Any, graph: bytes, training: np.ndarray, held_out: np.ndarray, seed: int
 ) -> tuple[str, dict[str, float]]:
-    """What drives the model: coefficients, impurity importances, or permutation importance.
+    """What drives the model: each field's mean |contribution| to the log-odds over the held-out
+    rows, computed by the explainer the API answers with (:mod:`heartml.model.explain`, built
+    from the registered ``graph`` as registration builds it), so the card agrees with the API.
 
-    Permutation importance is computed per original feature on the preprocessed matrix
-    (all one-hot columns of a feature shuffled together), so only the final estimator runs
-    for each permutation. Returns the kind of importance and feature name -> value.
+    ``training`` and ``held_out``: float64 rows in schema order. Returns the kind (naming the
+    method) and field -> value.
     """
     import numpy as np
-    from sklearn.metrics import roc_auc_score
 
-    preprocess, estimator = model[:-1], model.steps[-1][1]
-    names = list(preprocess.get_feature_names_out())
-    if hasattr(estimator, "coef_"):
-        return "coefficient", dict(zip(names, map(float, estimator.coef_[0]), strict=True))
-    if hasattr(estimator, "feature_importances_"):
-        values = map(float, estimator.feature_importances_)
-        return "impurity importance", dict(zip(names, values, strict=True))
-
-    matrix = np.asarray(preprocess.transform(features), dtype=float)
-    baseline = roc_auc_score(y_true, estimator.predict_proba(matrix)[:, 1])
-    rng = np.random.default_rng(seed)
-    importance: dict[str, float] = {}
-    for feature in features.columns:
-        columns = [i for i, n in enumerate(names) if n.split("__", 1)[1].startswith(feature)]
-        columns = [i for i in columns if _source_feature(names[i]) == feature]
-        drops = []
-        for _ in range(repeats):
-            shuffled = matrix.copy()
-            shuffled[:, columns] = matrix[rng.permutation(len(matrix))][:, columns]
-            drops.append(baseline - roc_auc_score(y_true, estimator.predict_proba(shuffled)[:, 1]))
-        importance[feature] = float(np.mean(drops))
-    return "permutation importance (ROC-AUC drop)", importance
-
-
-def _source_feature(output_name: str) -> str:
-    """'categorical__cp_4.0' -> 'cp'; 'numeric__age' -> 'age'."""
     from heartml.data.schema import FEATURE_NAMES
+    from heartml.model.explainer_files import build_explainer
+    from heartml.model.onnx_form import OnnxEngine
 
-    column = output_name.split("__", 1)[1]
-    if column in FEATURE_NAMES:
-        return column
-    return column.rsplit("_", 1)[0]
+    explainer = build_explainer(model, graph, training, seed).explainer(OnnxEngine(graph))
+    size = np.abs(explainer.explain(held_out).contributions).mean(axis=0)
+    kind = f"mean |contribution| to the log-odds, held-out rows ({explainer.method})"
+    return kind, dict(zip(FEATURE_NAMES, map(float, size), strict=True))
 
 
 def plot_importance(kind: str, importance: dict[str, float]) -> Figure:
@@ -156,6 +131,7 @@ def plot_importance(kind: str, importance: dict[str, float]) -> Figure:
     fig = _figure(6.0, max(3.0, 0.25 * len(ordered) + 1), left=0.38)
     ax = fig.add_subplot()
     ax.barh([name for name, _ in ordered], [value for _, value in ordered])
-    ax.set(title=kind.capitalize(), xlabel=kind)
+    method = kind[kind.find("(") + 1 : -1] if kind.endswith(")") else kind
+    ax.set(title=f"What drives the model: {method}", xlabel=kind.split(" (", maxsplit=1)[0])
     ax.tick_params(axis="y", labelsize="small")
     return fig

@@ -109,6 +109,7 @@ def log_candidate(
     from mlflow.models import infer_signature
 
     from heartml.data.profile import write_profile
+    from heartml.model.explainer_files import build_explainer
 
     config = session.config
     model_name = f"{settings.model_prefix}{candidate.name}"
@@ -167,6 +168,13 @@ def log_candidate(
                 extra_files=[
                     *onnx_files(candidate.onnx, Path(staging)),
                     profile := write_profile(x_train.to_numpy(dtype="float64"), Path(staging)),
+                    # What explain=true answers with (heartml.model.explain).
+                    *build_explainer(
+                        candidate.model,
+                        candidate.onnx.graph,
+                        x_train.to_numpy(dtype="float64"),
+                        config.split.seed,
+                    ).save(Path(staging)),
                 ],
                 # MLflow loads the saved model through pyfunc and scores the input example before
                 # registering it: every registered version is known to load the way serving loads.

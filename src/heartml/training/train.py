@@ -187,7 +187,11 @@ def fit_final(
     result is unpickled by the main thread, once the store is open.
     """
     model = fit_pipeline(name, params, split.train, config.split.seed)
-    kind, importance = feature_importance(model, split.x_test, split.y_test, config.split.seed)
+    training = split.x_train.to_numpy(dtype="float64")
+    onnx = convert_pipeline(model, probe_rows, TrainingRows(training, split.y_train))
+    kind, importance = feature_importance(
+        model, onnx.graph, training, split.x_test.to_numpy(dtype="float64"), config.split.seed
+    )
     fitted = FinalFit(
         name=name,
         params=params,
@@ -196,11 +200,7 @@ def fit_final(
         sites={site: predict(model, rows.features) for site, rows in others.items()},
         importance_kind=kind,
         importance=importance,
-        onnx=convert_pipeline(
-            model,
-            probe_rows,
-            TrainingRows(split.x_train.to_numpy(dtype="float64"), split.y_train),
-        ),
+        onnx=onnx,
     )
     return pickle.dumps(fitted)
 

@@ -29,7 +29,12 @@ from heartml.serve.deps import (
     SettingsDep,
     json_response,
 )
-from heartml.serve.errors import BodyTooLargeError, InvalidInputError, NotReadyError
+from heartml.serve.errors import (
+    BodyTooLargeError,
+    ExplanationUnavailableError,
+    InvalidInputError,
+    NotReadyError,
+)
 from heartml.serve.middleware import REQUEST_ID_KEY
 from heartml.serve.schemas import (
     LABELS,
@@ -77,13 +82,52 @@ def classify(
 
 _CLIENT_GONE = JSONBytes(b"", 499)
 
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
+
+
+def wants_explanation(request: Request) -> bool:
+    """The ``explain`` query parameter (read here: a ProvidedRoute declares none)."""
+    raw = request.query_params.get("explain")
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise InvalidInputError(
+        [{"loc": ["query", "explain"], "msg": "Input should be true or false", "type": "bool"}]
+    )
+
+
+def explain_rows(served: ServedModel, rows: np.ndarray) -> list[dict[str, Any]]:
+    """Each row's explanation (:class:`heartml.serve.schemas.Explanation`), or 409."""
+    if served.explainer is None:
+        raise ExplanationUnavailableError.for_version(served.ref.ref)
+    explained = served.explainer.explain(rows)
+    return [explained.row(i) for i in range(len(explained))]
+
 
 def _body(schema: str) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{schema}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}},
+        "parameters": [
+            {
+                "name": "explain",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "boolean", "default": False},
+                "description": "Add each answer's explanation: every field's contribution to "
+                "the log-odds, the base value, and the top three reasons in words",
+            }
+        ],
+    }
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": Problem,
+        "description": "explain=true for a version registered without explainer files",
+    },
     413: {"model": Problem, "description": "Body or batch larger than the configured limit"},
     422: {"model": ValidationErrorBody, "description": "Invalid input: one entry per bad field"},
     503: {"model": Problem, "description": "No model loaded yet"},
@@ -105,6 +149,7 @@ async def predict(
     body = await read_body(request)
     if body is None:
         return _CLIENT_GONE
+    explain = wants_explanation(request)
     try:
         patient = PatientFeatures.model_validate_json(body)
     except ValidationError as exc:
@@ -114,18 +159,20 @@ async def predict(
         raise NotReadyError(holder.not_ready_reason())
     # A null (optional field not given) becomes NaN: the model's own imputation fills it.
     row = np.array([tuple(patient.__dict__.values())], dtype=np.float64)
+    explanation = explain_rows(served, row)[0] if explain else None
     [predicted], [probability] = classify(served, row, metrics)
     evidence.record(request.scope[REQUEST_ID_KEY], served, row, [predicted], [probability])
-    return json_response(
-        {
-            "prediction": predicted,
-            "label": LABELS[predicted],
-            "probability": probability,
-            "imputed": imputed_fields(patient),
-            "model_name": served.ref.name,
-            "model_version": served.ref.version,
-        }
-    )
+    answer = {
+        "prediction": predicted,
+        "label": LABELS[predicted],
+        "probability": probability,
+        "imputed": imputed_fields(patient),
+        "model_name": served.ref.name,
+        "model_version": served.ref.version,
+    }
+    if explanation is not None:
+        answer["explanation"] = explanation
+    return json_response(answer)
 
 
 @router.post(
@@ -147,6 +194,7 @@ async def predict_batch(
     if body is None:
         return _CLIENT_GONE
     limit = settings.max_batch_size
+    explain = wants_explanation(request)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -162,6 +210,7 @@ async def predict_batch(
     if served is None:
         raise NotReadyError(holder.not_ready_reason())
     rows = np.array([tuple(p.__dict__.values()) for p in batch.instances], dtype=np.float64)
+    explanations = explain_rows(served, rows) if explain else None
     classes, probabilities = classify(served, rows, metrics)
     evidence.record(request.scope[REQUEST_ID_KEY], served, rows, classes, probabilities)
     name, version = served.ref.name, served.ref.version
@@ -176,6 +225,9 @@ async def predict_batch(
         }
         for c, p, patient in zip(classes, probabilities, batch.instances, strict=True)
     ]
+    if explanations is not None:
+        for prediction, explanation in zip(predictions, explanations, strict=True):
+            prediction["explanation"] = explanation
     return json_response(
         {
             "predictions": predictions,

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from heartml.data.schema import describe_schema
 from heartml.serve.deps import SettingsDep
-from heartml.serve.schemas import PatientFeatures, SchemaInfo
+from heartml.serve.schemas import EXPLANATION_FIELDS, PatientFeatures, SchemaInfo
 
 router = APIRouter(tags=["schema"])
 
@@ -24,4 +24,5 @@ async def get_schema(settings: SettingsDep) -> dict[str, Any]:
         "max_batch_size": settings.max_batch_size,
         "max_body_bytes": settings.max_body_bytes,
         "request_schema": PatientFeatures.model_json_schema(),
+        "explanation": EXPLANATION_FIELDS,
     }

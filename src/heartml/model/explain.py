@@ -1,0 +1,434 @@
+"""Why the model gave this risk: each field's contribution to the log-odds, for rows of patients.
+
+For every row the answer is a base value and one contribution per UCI field such that
+``base + sum(contributions) == log-odds`` of the model's answer (the efficiency property):
+
+* **Logistic regression: exact.** On the logit, against the training reference: with ``z`` the
+  preprocessed row (float64, the served graph's own preprocessing), ``β`` the coefficients and
+  ``z̄`` the mean preprocessed training row, field ``f`` contributes ``Σ_{j∈f} β_j (z_j − z̄_j)``
+  (its one-hot columns summed back) and the base is ``β₀ + Σ β_j z̄_j``: the sum is ``β₀ + β·z``,
+  scikit-learn's ``decision_function``, to rounding (≤ 1e-12 measured).
+* **Every other model: a Shapley estimate.** Interventional Shapley values of ``v(S) = mean_b
+  logit f(x_S, b_{not S})`` over a small background sample ``b`` stored with the model, estimated
+  by antithetic permutation sampling: each sampled order of the 13 fields and its reverse, each
+  field credited with the change in ``v`` when it joins. Every order's credits add up to
+  ``v(all) − v(none) = logit f(x) − base``, so efficiency holds exactly while each contribution is
+  an estimate. The orders are drawn from a generator seeded by the row's bytes: the same row
+  always gets the same numbers. All coalitions of a row go through the model in one call.
+
+A field the patient lacked (NaN) enters as the model imputes it, and is marked ``imputed``.
+
+A recalibrated version (``logit p' = a + b·logit p``, :mod:`heartml.model.recalibrated`) is
+explained by the same arithmetic: contributions scale by ``b``, the base becomes ``a + b·base``
+(for the Shapley estimate this holds by itself, the served graph being the recalibrated one).
+
+The files, written at registration by :mod:`heartml.model.explainer_files` into the MLflow model
+directory beside the ONNX form: ``explainer.npz`` (the kind, the imputed values, and β, z̄ and the
+column → field map, or the background rows) and, for the linear kind, ``preprocess.onnx`` (the
+served graph cut at its float64 preprocessed matrix). This module needs numpy and ONNX Runtime
+only: serving imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from heartml.data.schema import FEATURE_NAMES, FEATURES
+from heartml.evidence.stats import logit
+from heartml.model.onnx_form import INPUT_NAME, Rows
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
+EXPLAINER_FILE = "explainer.npz"
+PREPROCESS_FILE = "preprocess.onnx"
+PREPROCESSED_NAME = "preprocessed"  # the output of preprocess.onnx
+
+Kind = Literal["linear", "shapley"]
+
+# The Shapley estimate's cost and precision (README, Explanations): the number of field orders
+# sampled per row (antithetic pairs, so even), and the background rows stored with the model.
+PERMUTATIONS = 4
+BACKGROUND_ROWS = 16
+
+# At most this many model rows per ONNX Runtime call when a batch is explained: a batch's
+# coalitions are cut at row boundaries so that memory stays bounded (a row is never split).
+CHUNK_MODEL_ROWS = 1 << 16
+
+FIELDS = len(FEATURE_NAMES)
+
+
+class ProbabilityEngine(Protocol):
+    def predict_proba(self, rows: Rows) -> NDArray[np.floating[Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Explanations:
+    """The explanations of n rows: arrays in row order, fields in schema order."""
+
+    method: str
+    base: float
+    log_odds: NDArray[np.float64]  # (n,)
+    contributions: NDArray[np.float64]  # (n, 13)
+    values: NDArray[np.float64]  # (n, 13): the value each field entered the model with
+    imputed: NDArray[np.bool_]  # (n, 13): the patient lacked it; ``values`` holds the imputed
+
+    def __len__(self) -> int:
+        return len(self.log_odds)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as the API answers it (:class:`heartml.serve.schemas.Explanation`)."""
+        contributions = self.contributions[i].tolist()
+        values = self.values[i].tolist()
+        imputed = self.imputed[i].tolist()
+        return {
+            "method": self.method,
+            "base": self.base,
+            "log_odds": float(self.log_odds[i]),
+            "contributions": dict(zip(FEATURE_NAMES, contributions, strict=True)),
+            "imputed": [n for n, gone in zip(FEATURE_NAMES, imputed, strict=True) if gone],
+            "top": top_reasons(contributions, values, imputed),
+        }
+
+
+def top_reasons(
+    contributions: list[float], values: list[float], imputed: list[bool], count: int = 3
+) -> list[str]:
+    """The ``count`` largest contributions in words, largest |contribution| first:
+    ``"thal = 7, reversible defect: +0.92"``, ``"chol = 241 mg/dl (imputed): +0.01"``."""
+    order = sorted(range(FIELDS), key=lambda j: (-abs(contributions[j]), j))[:count]
+    return [_reason(j, values[j], imputed[j], contributions[j]) for j in order]
+
+
+def _reason(j: int, value: float, imputed: bool, contribution: float) -> str:
+    feature = FEATURES[j]
+    shown = f"{value:g}"
+    if feature.labels and int(value) in feature.codes and value == int(value):
+        shown += ", " + feature.labels[feature.codes.index(int(value))]
+    elif feature.unit:
+        shown += f" {feature.unit}"
+    note = " (imputed)" if imputed else ""
+    return f"{feature.name} = {shown}{note}: {contribution:+.2f}"
+
+
+@dataclass(frozen=True, slots=True)
+class Recalibration:
+    """``logit p' = intercept + slope · logit p``: no update is (0, 1)."""
+
+    intercept: float = 0.0
+    slope: float = 1.0
+
+    def then(self, later: Recalibration) -> Recalibration:
+        """This update followed by ``later``."""
+        return Recalibration(
+            later.intercept + later.slope * self.intercept, later.slope * self.slope
+        )
+
+    @property
+    def is_identity(self) -> bool:
+        return self.intercept == 0.0 and self.slope == 1.0
+
+
+class Explainer(Protocol):
+    kind: Kind
+
+    @property
+    def method(self) -> str: ...
+
+    def explain(self, rows: Rows) -> Explanations:
+        """The explanations of float64 rows in schema order (NaN: missing)."""
+        ...
+
+
+def _filled(rows: Rows, fill: NDArray[np.float64]) -> tuple[Rows, NDArray[np.bool_]]:
+    missing = np.isnan(rows)
+    return np.where(missing, fill, rows), missing
+
+
+class LinearExplainer:
+    """Exact contributions of a logistic regression (module doc)."""
+
+    kind: Kind = "linear"
+
+    def __init__(
+        self,
+        preprocess: bytes,
+        coef: NDArray[np.float64],
+        intercept: float,
+        reference: NDArray[np.float64],
+        field_of_column: NDArray[np.int64],
+        fill: NDArray[np.float64],
+        recalibration: Recalibration = Recalibration(),
+    ) -> None:
+        self._session = _session(preprocess)
+        self.coef = np.asarray(coef, dtype=np.float64)
+        self.intercept = float(intercept)
+        self.reference = np.asarray(reference, dtype=np.float64)
+        self.fill = np.asarray(fill, dtype=np.float64)
+        self.recalibration = recalibration
+        # (columns, fields) 0/1: sums each field's columns (its one-hot ones) in one product.
+        self._to_fields = np.zeros((len(self.coef), FIELDS))
+        self._to_fields[np.arange(len(self.coef)), np.asarray(field_of_column)] = 1.0
+        self._base = self.intercept + float(self.coef @ self.reference)
+
+    @property
+    def method(self) -> str:
+        if self.recalibration.is_identity:
+            return "exact linear"
+        r = self.recalibration
+        return f"exact linear, recalibrated (logit p' = {r.intercept:.4g} + {r.slope:.4g}·logit p)"
+
+    def preprocess(self, rows: Rows) -> NDArray[np.float64]:
+        result: NDArray[np.float64] = self._session.run(None, {INPUT_NAME: rows})[0]
+        return result
+
+    def explain(self, rows: Rows) -> Explanations:
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        z = self.preprocess(rows)
+        contributions = ((z - self.reference) * self.coef) @ self._to_fields
+        log_odds = self.intercept + z @ self.coef
+        r = self.recalibration
+        values, missing = _filled(rows, self.fill)
+        return Explanations(
+            method=self.method,
+            base=r.intercept + r.slope * self._base,
+            log_odds=r.intercept + r.slope * log_odds,
+            contributions=r.slope * contributions,
+            values=values,
+            imputed=missing,
+        )
+
+
+class ShapleyExplainer:
+    """A Shapley estimate through the served engine, against a stored background (module doc)."""
+
+    kind: Kind = "shapley"
+
+    def __init__(
+        self,
+        engine: ProbabilityEngine,
+        background: NDArray[np.float64],
+        fill: NDArray[np.float64],
+        permutations: int = PERMUTATIONS,
+    ) -> None:
+        if permutations < 2 or permutations % 2:
+            raise ValueError(f"permutations must be even and at least 2, not {permutations}")
+        self.engine = engine
+        self.background = np.ascontiguousarray(background, dtype=np.float64)
+        self.fill = np.asarray(fill, dtype=np.float64)
+        self.permutations = permutations
+        # v(no field): the background's mean log-odds, the same for every row.
+        self.base = float(np.mean(self._log_odds(self.background)))
+
+    @property
+    def method(self) -> str:
+        return (
+            f"Shapley estimate, {self.permutations} permutations, "
+            f"{len(self.background)} background rows"
+        )
+
+    def _log_odds(self, rows: Rows) -> NDArray[np.float64]:
+        return logit(np.asarray(self.engine.predict_proba(rows))[:, 1])
+
+    def orders(self, row: NDArray[np.float64]) -> NDArray[np.int64]:
+        """The field orders of one row: seeded by its bytes, each followed by its reverse."""
+        seed = int.from_bytes(hashlib.sha256(row.tobytes()).digest()[:8], "little")
+        rng = np.random.default_rng(seed)
+        half = np.array([rng.permutation(FIELDS) for _ in range(self.permutations // 2)])
+        return np.stack([half, half[:, ::-1]], axis=1).reshape(self.permutations, FIELDS)
+
+    def explain(self, rows: Rows) -> Explanations:
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        per_row = self.permutations * (FIELDS - 1) * len(self.background) + 1
+        step = max(1, CHUNK_MODEL_ROWS // per_row)
+        parts = [self._explain(rows[i : i + step]) for i in range(0, len(rows), step)]
+        contributions = np.vstack([p[0] for p in parts]) if parts else np.empty((0, FIELDS))
+        log_odds = np.concatenate([p[1] for p in parts]) if parts else np.empty(0)
+        values, missing = _filled(rows, self.fill)
+        return Explanations(
+            method=self.method,
+            base=self.base,
+            log_odds=log_odds,
+            contributions=contributions,
+            values=values,
+            imputed=missing,
+        )
+
+    def _explain(self, rows: Rows) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        n, p, b = len(rows), self.permutations, len(self.background)
+        orders = np.stack([self.orders(row) for row in rows])  # (n, p, 13)
+        # position[i, k, f]: where field f comes in order k of row i.
+        position = np.argsort(orders, axis=2)
+        # joined[i, k, s, f]: field f is in the coalition after s + 1 steps of the order
+        # (s = 0 .. 11; the empty coalition is the base, the full one the row itself).
+        steps = np.arange(FIELDS - 1)[None, None, :, None]
+        joined = position[:, :, None, :] <= steps  # (n, p, 12, 13)
+        coalitions = np.where(
+            joined[:, :, :, None, :],
+            rows[:, None, None, None, :],
+            self.background[None, None, None, :, :],
+        )  # (n, p, 12, b, 13)
+        # One call for every coalition of these rows, the rows themselves after them.
+        stacked = np.concatenate([coalitions.reshape(-1, FIELDS), rows])
+        scores = self._log_odds(stacked)
+        own = scores[n * p * (FIELDS - 1) * b :]
+        value = scores[: n * p * (FIELDS - 1) * b].reshape(n, p, FIELDS - 1, b).mean(axis=3)
+        chain = np.concatenate(
+            [np.full((n, p, 1), self.base), value, own[:, None, None].repeat(p, axis=1)], axis=2
+        )  # v along each order: none, 1 field, ..., all 13
+        gains = np.diff(chain, axis=2)  # (n, p, 13): the gain of the field at each step
+        credited = np.take_along_axis(gains, position, axis=2)  # back to field order
+        return credited.mean(axis=1), own
+
+
+def _session(graph: bytes) -> InferenceSession:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # One thread, as the served engine (heartml.model.onnx_form.OnnxEngine says why).
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+# --- the stored form -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExplainer:
+    """The contents of ``explainer.npz`` (and, linear, ``preprocess.onnx``'s bytes)."""
+
+    kind: Kind
+    fill: NDArray[np.float64]
+    coef: NDArray[np.float64] | None = None
+    intercept: float = 0.0
+    reference: NDArray[np.float64] | None = None
+    field_of_column: NDArray[np.int64] | None = None
+    preprocess: bytes | None = None
+    background: NDArray[np.float64] | None = None
+    permutations: int = PERMUTATIONS
+    recalibration: Recalibration = Recalibration()
+
+    def save(self, directory: Path) -> list[str]:
+        """Write the files into ``directory``; their paths, for ``extra_files``."""
+        arrays: dict[str, Any] = {
+            "kind": np.array(self.kind),
+            "fill": self.fill,
+            "recalibration": np.array(
+                [self.recalibration.intercept, self.recalibration.slope], dtype=np.float64
+            ),
+        }
+        paths = [directory / EXPLAINER_FILE]
+        if self.kind == "linear":
+            if self.coef is None or self.reference is None or self.field_of_column is None:
+                raise ValueError("a linear explainer needs coef, reference and field_of_column")
+            if self.preprocess is None:
+                raise ValueError("a linear explainer needs its preprocessing graph")
+            arrays |= {
+                "coef": self.coef,
+                "intercept": np.array(self.intercept),
+                "reference": self.reference,
+                "field_of_column": self.field_of_column,
+            }
+            (directory / PREPROCESS_FILE).write_bytes(self.preprocess)
+            paths.append(directory / PREPROCESS_FILE)
+        else:
+            if self.background is None:
+                raise ValueError("a Shapley explainer needs its background rows")
+            arrays |= {"background": self.background, "permutations": np.array(self.permutations)}
+        with (directory / EXPLAINER_FILE).open("wb") as out:
+            np.savez(out, **arrays)
+        return [str(p) for p in paths]
+
+    @classmethod
+    def load(cls, explainer: Path, preprocess: Path | None) -> StoredExplainer:
+        with np.load(explainer, allow_pickle=False) as stored:
+            kind = str(stored["kind"])
+            fill = np.asarray(stored["fill"], dtype=np.float64)
+            a, b = (float(v) for v in stored["recalibration"])
+            if kind == "linear":
+                if preprocess is None:
+                    raise ValueError(f"{explainer} is linear but {PREPROCESS_FILE} is missing")
+                return cls(
+                    kind="linear",
+                    fill=fill,
+                    coef=np.asarray(stored["coef"], dtype=np.float64),
+                    intercept=float(stored["intercept"]),
+                    reference=np.asarray(stored["reference"], dtype=np.float64),
+                    field_of_column=np.asarray(stored["field_of_column"], dtype=np.int64),
+                    preprocess=preprocess.read_bytes(),
+                    recalibration=Recalibration(a, b),
+                )
+            if kind == "shapley":
+                return cls(
+                    kind="shapley",
+                    fill=fill,
+                    background=np.asarray(stored["background"], dtype=np.float64),
+                    permutations=int(stored["permutations"]),
+                    recalibration=Recalibration(a, b),
+                )
+        raise ValueError(f"{explainer}: unknown explainer kind {kind!r}")
+
+    def recalibrated(self, intercept: float, slope: float) -> StoredExplainer:
+        """The explainer of this model recalibrated by ``logit p' = intercept + slope·logit p``.
+
+        Linear: the update is stored and applied to base and contributions. Shapley: nothing
+        changes, since it explains whatever the served graph answers, which is then the
+        recalibrated graph (:func:`heartml.model.recalibrated.recalibrated_graph`).
+        """
+        if self.kind != "linear":
+            return self
+        from dataclasses import replace
+
+        return replace(self, recalibration=self.recalibration.then(Recalibration(intercept, slope)))
+
+    def explainer(self, engine: ProbabilityEngine) -> Explainer:
+        """The runtime: ``engine`` is the served model's (the Shapley estimate runs through it)."""
+        if self.kind == "linear":
+            assert self.preprocess is not None and self.coef is not None
+            assert self.reference is not None and self.field_of_column is not None
+            return LinearExplainer(
+                self.preprocess,
+                self.coef,
+                self.intercept,
+                self.reference,
+                self.field_of_column,
+                self.fill,
+                self.recalibration,
+            )
+        assert self.background is not None
+        return ShapleyExplainer(engine, self.background, self.fill, self.permutations)
+
+
+def find_explainer_files(model_dir: Path) -> tuple[Path, Path | None] | None:
+    """``explainer.npz`` and ``preprocess.onnx`` (when present) as the model directory's
+    ``MLmodel`` lists them, or None when it lists no explainer."""
+    import yaml
+
+    meta: Any = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8"))
+    flavor = (meta or {}).get("flavors", {}).get("sklearn", {})
+    listed = {
+        Path(entry["path"]).name: model_dir / entry["path"]
+        for entry in flavor.get("extra_files") or []
+    }
+    explainer = listed.get(EXPLAINER_FILE)
+    if explainer is None or not explainer.is_file():
+        return None
+    preprocess = listed.get(PREPROCESS_FILE)
+    return explainer, preprocess if preprocess is not None and preprocess.is_file() else None
+
+
+def load_explainer(model_dir: Path, engine: ProbabilityEngine) -> Explainer | None:
+    """The explainer stored in an MLflow model directory, or None when it has none (a version
+    registered before explanations were stored)."""
+    found = find_explainer_files(model_dir)
+    if found is None:
+        return None
+    return StoredExplainer.load(*found).explainer(engine)

@@ -1,0 +1,147 @@
+"""Build, at registration, what :mod:`heartml.model.explain` needs to explain a model's answers.
+
+Training side (scikit-learn and onnx are imported here; serving never imports this module):
+
+* a logistic regression gets its coefficients and intercept (``coef_``, ``intercept_``), the mean
+  of its training rows as its preprocessing gives them (the reference ``z̄``), the field each
+  preprocessed column comes from, and ``preprocess.onnx``: the nodes of the registered graph
+  that compute the float64 matrix its preprocessing produces (the input of
+  the cast to float32, :mod:`heartml.model.convert`), so serving computes ``z`` as the served
+  graph does;
+* any other model gets a background sample: :data:`~heartml.model.explain.BACKGROUND_ROWS`
+  training rows with every field present, drawn without replacement by
+  ``numpy.random.default_rng(seed)`` (the experiment's split seed), in training order.
+
+Both record the value each field is imputed with (the fitted imputers' ``statistics_``), for the
+reasons an answer gives about a field the patient lacked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from heartml.data.schema import FEATURE_NAMES
+from heartml.model.explain import (
+    BACKGROUND_ROWS,
+    PERMUTATIONS,
+    PREPROCESSED_NAME,
+    StoredExplainer,
+)
+from heartml.model.onnx_form import INPUT_NAME
+
+
+def build_explainer(
+    model: Any, graph: bytes, training: NDArray[np.float64], seed: int
+) -> StoredExplainer:
+    """The explainer files of a fitted pipeline (or a ``RecalibratedClassifier`` around one)
+    whose registered ONNX graph is ``graph``; ``training``: its training rows in schema order."""
+    if type(model).__name__ == "RecalibratedClassifier":
+        base = build_explainer(model.base, graph, training, seed)
+        return base.recalibrated(float(model.intercept), float(model.slope))
+    from sklearn.linear_model import LogisticRegression
+
+    preprocess, estimator = model[:-1], model.steps[-1][1]
+    fill = imputed_values(preprocess.steps[0][1])
+    if isinstance(estimator, LogisticRegression) and len(estimator.classes_) == 2:
+        import pandas as pd
+
+        z = np.asarray(
+            preprocess.transform(pd.DataFrame(training, columns=list(FEATURE_NAMES))),
+            dtype=np.float64,
+        )
+        return StoredExplainer(
+            kind="linear",
+            fill=fill,
+            coef=np.asarray(estimator.coef_[0], dtype=np.float64),
+            intercept=float(estimator.intercept_[0]),
+            reference=z.mean(axis=0),
+            field_of_column=field_of_columns(list(preprocess.get_feature_names_out())),
+            preprocess=preprocessing_graph(graph),
+        )
+    return StoredExplainer(
+        kind="shapley",
+        fill=fill,
+        background=background_rows(training, seed),
+        permutations=PERMUTATIONS,
+    )
+
+
+def background_rows(
+    training: NDArray[np.float64], seed: int, count: int = BACKGROUND_ROWS
+) -> NDArray[np.float64]:
+    """``count`` complete training rows drawn by a seeded generator, in training order."""
+    complete = np.flatnonzero(~np.isnan(training).any(axis=1))
+    if len(complete) < count:
+        raise ValueError(f"{len(complete)} complete training rows; the background needs {count}")
+    chosen = np.sort(np.random.default_rng(seed).choice(complete, size=count, replace=False))
+    return np.ascontiguousarray(training[chosen], dtype=np.float64)
+
+
+def imputed_values(preprocess: Any) -> NDArray[np.float64]:
+    """The value each field is imputed with, in schema order, from a fitted ColumnTransformer
+    whose transformers are a SimpleImputer or a Pipeline that starts with one."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+
+    fill = np.full(len(FEATURE_NAMES), np.nan)
+    for _, fitted, columns in preprocess.transformers_:
+        if fitted == "drop":
+            continue
+        imputer = fitted.steps[0][1] if isinstance(fitted, Pipeline) else fitted
+        if not isinstance(imputer, SimpleImputer):
+            raise ValueError(f"expected a SimpleImputer first, found {type(imputer).__name__}")
+        for column, value in zip(columns, imputer.statistics_, strict=True):
+            fill[FEATURE_NAMES.index(column)] = float(value)
+    if np.isnan(fill).any():
+        missing = [n for n, v in zip(FEATURE_NAMES, fill, strict=True) if np.isnan(v)]
+        raise ValueError(f"no imputed value for {', '.join(missing)}")
+    return fill
+
+
+def field_of_columns(names: list[str]) -> NDArray[np.int64]:
+    """The field of each preprocessed column: 'categorical__cp_4.0' -> cp, 'numeric__age' -> age."""
+    fields = []
+    for name in names:
+        column = name.split("__", 1)[1]
+        field = column if column in FEATURE_NAMES else column.rsplit("_", 1)[0]
+        fields.append(FEATURE_NAMES.index(field))
+    return np.array(fields, dtype=np.int64)
+
+
+def preprocessing_graph(graph: bytes) -> bytes:
+    """``graph`` cut at its float64 preprocessed matrix: the input of its one cast to float32."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load_from_string(graph)
+    casts = [
+        node.input[0]
+        for node in model.graph.node
+        if node.op_type == "Cast"
+        and any(a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
+    ]
+    if len(casts) != 1:
+        raise ValueError(f"expected one cast to float32 in the graph, found {len(casts)}")
+    # The nodes the preprocessed matrix depends on, found backwards from it (onnx.utils'
+    # Extractor wants inferred shapes, which ai.onnx.ml's operators do not all give).
+    needed, kept = {casts[0]}, []
+    for node in reversed(model.graph.node):
+        if needed & set(node.output):
+            kept.append(node)
+            needed |= set(node.input)
+    body = model.graph
+    inputs = [i for i in body.input if i.name == INPUT_NAME]
+    initializers = [t for t in body.initializer if t.name in needed]
+    nodes = [*reversed(kept), onnx.helper.make_node("Identity", [casts[0]], [PREPROCESSED_NAME])]
+    output = onnx.helper.make_tensor_value_info(PREPROCESSED_NAME, TensorProto.DOUBLE, [None, None])
+    cut = onnx.helper.make_model(
+        onnx.helper.make_graph(nodes, "preprocess", inputs, [output], initializers),
+        opset_imports=list(model.opset_import),
+        ir_version=model.ir_version,
+    )
+    onnx.checker.check_model(cut)
+    serialised: bytes = cut.SerializeToString()
+    return serialised
