@@ -651,3 +651,110 @@ def mlflow_server(
     to a model prefix of its own."""
     with MlflowServer(tmp_path_factory.mktemp("mlflow-server"), empty_store) as server:
         yield server
+
+
+# --- adapted versions ---------------------------------------------------------------------------
+# Until `heartml adapt` is on main, the site tests register adapted versions with this helper:
+# the contract's tags and a `site:<site>` predictions set, through the real MLflow client on the
+# real store. Once it is, `register_adapted_version` becomes a call to
+# `heartml.adaptation` (or `heartml adapt NAME/VERSION --site SITE`) and nothing else changes.
+
+
+def register_adapted_version(
+    settings: Settings,
+    name: str,
+    base_version: int,
+    site: str,
+    *,
+    update: tuple[float, float] | None = None,
+    method: str = "logistic",
+) -> int:
+    """A new version of NAME adapted for ``site``: the base version's model directory with
+    ``logit p' = intercept + slope * logit p`` appended to its ONNX graph (probe updated, so
+    serving runs the graph), the site's rows as its reference profile, and a predictions.csv
+    whose ``site:<site>`` set is the base version's passed through the same update. ``update``
+    is ``(intercept, slope)``; None: ``method`` fitted on the base version's rows of the site
+    (in-sample: a stand-in for the adaptation's cross-validated predictions). Returns the
+    version number."""
+    import tempfile
+
+    import mlflow.artifacts
+    import numpy as np
+
+    from heartml.data.profile import PROFILE_FILE, write_profile
+    from heartml.data.validate import load_dataset
+    from heartml.evidence.predictions import (
+        PREDICTIONS_ARTIFACT,
+        SITE_PREFIX,
+        prediction_set,
+        read_predictions,
+        write_predictions,
+    )
+    from heartml.evidence.recalibration import Method, Recalibration, fit_recalibration
+    from heartml.model.onnx_form import ONNX_FILE, PROBE_FILE, Probe
+    from heartml.model.recalibrated import recalibrated_graph
+    from heartml.registry import configure_mlflow
+    from heartml.training.features import split_features_target
+
+    configure_mlflow(settings)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    base = client.get_model_version(name, str(base_version))
+    assert base.run_id, f"{name}/{base_version} has no training run to adapt"
+    with tempfile.TemporaryDirectory(prefix="heartml-adapted-") as staging:
+        root = Path(staging)
+        table = Path(client.download_artifacts(base.run_id, PREDICTIONS_ARTIFACT, str(root)))
+        sets = read_predictions(table.read_text(encoding="utf-8"))
+        base_rows = sets[SITE_PREFIX + site].by_row()
+        recalibration = (
+            fit_recalibration(base_rows.y, base_rows.probability, Method(method))
+            if update is None
+            else Recalibration(Method(method), *update)
+        )
+        intercept, slope = recalibration.intercept, recalibration.slope
+        adapted_rows = prediction_set(
+            base_rows.row_ids.tolist(),
+            base_rows.y.tolist(),
+            recalibration.apply(base_rows.probability),
+        )
+        model_dir = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{base_version}", dst_path=str(root / "model")
+            )
+        )
+        extra = model_dir / "extra_files"
+        graph = extra / ONNX_FILE
+        graph.write_bytes(recalibrated_graph(graph.read_bytes(), intercept, slope))
+        probe = Probe.load(extra / PROBE_FILE)
+        positive = recalibration.apply(probe.expected[:, 1])
+        Probe(probe.rows, np.column_stack([1.0 - positive, positive])).save(extra / PROBE_FILE)
+        frame, _ = split_features_target(load_dataset(settings, [site]).frame)
+        (extra / PROFILE_FILE).unlink(missing_ok=True)
+        write_profile(frame.to_numpy(dtype=np.float64), extra)
+
+        # Its own experiment, artifacts beside this store: a trained store's artifacts are
+        # shared by every test and stay unchanged.
+        store_dir = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent
+        experiment = client.get_experiment_by_name("adapted") or client.get_experiment(
+            client.create_experiment("adapted", (store_dir / "adapted-artifacts").as_uri())
+        )
+        run_id = client.create_run(experiment.experiment_id).info.run_id
+        client.log_text(
+            run_id, write_predictions({SITE_PREFIX + site: adapted_rows}), PREDICTIONS_ARTIFACT
+        )
+        client.log_artifacts(run_id, str(model_dir), "model")
+        client.set_terminated(run_id)
+    from heartml.evidence.stats import roc_auc
+
+    tags = {
+        "site": site,
+        "adapted_from": f"{name}/{base_version}",
+        "adaptation_method": method,
+        "model_type": base.tags.get("model_type", ""),
+        "roc_auc": f"{roc_auc(adapted_rows.y, adapted_rows.probability):.4f}",
+    }
+    version = client.create_model_version(
+        name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags
+    )
+    return int(version.version)

@@ -131,6 +131,13 @@ class Settings(BaseSettings):
         default=None, description="Serve an exported model from here instead of the registry."
     )
     reload_interval_s: float = Field(default=30.0, ge=0.0)
+    site: str | None = Field(
+        default=None,
+        description="The site this deployment serves when a request names none (query "
+        "parameter `site` or header X-Heartml-Site): its champion (alias champion-SITE) "
+        "answers, else the global champion. Unset (or empty): requests without a site are "
+        "answered by the global champion.",
+    )
     admin_token: SecretStr | None = None
     max_batch_size: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)

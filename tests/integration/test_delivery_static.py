@@ -28,6 +28,7 @@ CONTRACT_METRICS = {
     "heartml_model_loaded",
     "heartml_model_reloads_total",
     "heartml_registry_checks_total",
+    "heartml_site_model_info",
     # live evidence (heartml.serve.livemetrics)
     "heartml_feature_psi",
     "heartml_feature_missing_ratio",
@@ -48,6 +49,7 @@ CONFIGMAP_KEYS = {
     "HEARTML_WORKERS",
     "HEARTML_MODEL_DIR",
     "HEARTML_RELOAD_INTERVAL_S",
+    "HEARTML_SITE",
     "HEARTML_MAX_BATCH_SIZE",
     "HEARTML_MAX_BODY_BYTES",
     "HEARTML_CORS_ORIGINS",

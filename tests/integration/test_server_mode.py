@@ -299,6 +299,9 @@ def test_the_serving_account_reads_and_changes_nothing(trained: Registry) -> Non
     one_line_error(rollback, f"account '{SERVING}' may not roll back to {other}/1")
     forced = trained.heartml(SERVING, "promote", other, "1", "--force")
     one_line_error(forced, "--force", "--reason")
+    # A site's champion is under the same grants: READ may not make one.
+    site = trained.heartml(SERVING, "promote", "--site", "va", other, "1", "--reason", "a test")
+    one_line_error(site, f"account '{SERVING}' may not promote {other}/1", "nothing was changed")
     after = trained.heartml(SERVING, "promote", "--list", "--json")
     assert after.stdout == before.stdout  # byte-identical
 

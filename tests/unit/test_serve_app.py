@@ -42,9 +42,26 @@ class StaticSource:
         self.version: int | None = min(engines)
         self.resolve_error: Exception | None = None
         self.load_error: Exception | None = None
+        self.sites: dict[str, int] = {}  # site: the version adapted for it and its champion
 
     def describe(self) -> str:
         return "the test registry"
+
+    def resolve_sites(self) -> dict[str, ModelRef]:
+        return {
+            site: ModelRef(
+                name="heart-disease-test",
+                version=version,
+                run_id=f"run{version}",
+                roc_auc=0.7,
+                model_type="logistic_regression",
+                promoted_at="2026-01-02T00:00:00Z",
+                source="registry",
+                uri=f"models:/heart-disease-test/{version}",
+                adapted_for=site,
+            )
+            for site, version in self.sites.items()
+        }
 
     def resolve(self) -> ModelRef | None:
         if self.resolve_error is not None:
@@ -235,8 +252,8 @@ def test_metrics_use_the_agreed_names(client: TestClient) -> None:
         'heartml_http_requests_total{endpoint="/predict",method="POST",status="200"}',
         'heartml_http_requests_total{endpoint="/predict",method="POST",status="422"}',
         'heartml_http_request_duration_seconds_bucket{endpoint="/predict",le="0.01"}',
-        'heartml_predictions_total{prediction="0"}',
-        'heartml_predictions_total{prediction="1"}',
+        'heartml_predictions_total{prediction="0",site="none"}',
+        'heartml_predictions_total{prediction="1",site="none"}',
         'heartml_model_info{name="heart-disease-test",source="registry",version="1"} 1.0',
         "heartml_model_version 1.0",
         "heartml_model_loaded 1.0",
@@ -464,14 +481,18 @@ def test_answers_are_compact_json_in_a_fixed_field_order(client: TestClient) -> 
     one = client.post("/predict", json=EXAMPLE_PATIENT)
     assert list(one.json()) == [
         "prediction", "label", "probability", "imputed", "model_name", "model_version",
+        "site", "site_adapted",
     ]  # fmt: skip
     assert one.content == json.dumps(one.json(), separators=(",", ":")).encode()
     assert one.headers["content-type"] == "application/json"
     batch = client.post("/predict/batch", json={"instances": [EXAMPLE_PATIENT]})
-    assert list(batch.json()) == ["predictions", "count", "model_name", "model_version"]
+    assert list(batch.json()) == [
+        "predictions", "count", "model_name", "model_version", "site", "site_adapted",
+    ]  # fmt: skip
     entry = batch.json()["predictions"][0]
     assert list(entry) == [
         "prediction", "probability", "label", "imputed", "model_name", "model_version",
+        "site", "site_adapted",
     ]  # fmt: skip
     assert batch.content == json.dumps(batch.json(), separators=(",", ":")).encode()
 
@@ -510,3 +531,78 @@ def test_a_provided_route_refuses_a_parameter_it_cannot_provide() -> None:
     @router.get("/fine")
     async def with_providers(holder: HolderDep, settings: SettingsDep) -> Response:
         return Response()
+
+
+# --- sites ---------------------------------------------------------------------------------
+
+
+def test_a_request_s_site_picks_its_champion_in_one_look_up(source: StaticSource) -> None:
+    source.sites = {"va": 2}
+    app = create_app(unit_settings(), source=source, follow=False)
+    app.state.holder.check()
+    with TestClient(app) as client:
+
+        def answer(path: str = "/predict", **kwargs: Any) -> dict[str, Any]:
+            response = client.post(path, json=EXAMPLE_PATIENT, **kwargs)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        def who(body: dict[str, Any]) -> tuple[int, str | None, bool]:
+            return body["model_version"], body["site"], body["site_adapted"]
+
+        assert who(answer()) == (1, None, False)
+        assert who(answer(params={"site": "va"})) == (2, "va", True)
+        assert who(answer(headers={"X-Heartml-Site": "va"})) == (2, "va", True)
+        # The query parameter wins over the header.
+        both = answer(params={"site": "hungarian"}, headers={"X-Heartml-Site": "va"})
+        assert who(both) == (1, "hungarian", False)  # no champion there: the global one
+        assert who(answer(params={"site": "st_marys"})) == (1, "st_marys", False)
+        batch = client.post(
+            "/predict/batch", params={"site": "va"}, json={"instances": [EXAMPLE_PATIENT] * 2}
+        ).json()
+        assert who(batch) == (2, "va", True)
+        assert [who(p) for p in batch["predictions"]] == [(2, "va", True)] * 2
+
+        for where in ({"params": {"site": "VA"}}, {"headers": {"X-Heartml-Site": "va-1"}}):
+            response = client.post("/predict", json=EXAMPLE_PATIENT, **where)
+            assert response.status_code == 422, response.text
+            [entry] = response.json()["detail"]
+            assert entry["type"] == "site_invalid" and "invalid site name" in entry["msg"]
+            assert entry["loc"] in (["query", "site"], ["header", "X-Heartml-Site"])
+
+        metrics = client.get("/metrics").text
+        assert 'heartml_predictions_total{prediction="1",site="va"}' in metrics or (
+            'heartml_predictions_total{prediction="0",site="va"}' in metrics
+        )
+        assert 'site="other"' in metrics and 'site="none"' in metrics
+        assert 'site="st_marys"' not in metrics
+        assert (
+            'heartml_site_model_info{adapted="true",name="heart-disease-test",site="va",'
+            'version="2"} 1.0'
+        ) in metrics
+
+        info = client.get("/model").json()
+        assert info["version"] == 1
+        assert info["sites"]["va"]["version"] == 2 and info["sites"]["va"]["adapted"] is True
+
+        # The alias goes: the site's requests go to the global champion at the next look.
+        source.sites = {}
+        app.state.holder.check()
+        assert who(answer(params={"site": "va"})) == (1, "va", False)
+        assert client.get("/model").json()["sites"] == {}
+        assert 'heartml_site_model_info{adapted="true"' not in client.get("/metrics").text
+
+
+def test_the_deployment_s_default_site_answers_requests_that_name_none(
+    source: StaticSource,
+) -> None:
+    source.sites = {"hungarian": 2}
+    app = create_app(unit_settings(site="hungarian"), source=source, follow=False)
+    app.state.holder.check()
+    with TestClient(app) as client:
+        body = client.post("/predict", json=EXAMPLE_PATIENT).json()
+        assert (body["model_version"], body["site"], body["site_adapted"]) == (2, "hungarian", True)
+        other = client.post("/predict", params={"site": "va"}, json=EXAMPLE_PATIENT).json()
+        assert (other["model_version"], other["site"]) == (1, "va")
+    assert Settings(site="").site is None  # an empty HEARTML_SITE is unset

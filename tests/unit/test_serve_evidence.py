@@ -51,6 +51,9 @@ class OneModel:
     def resolve(self) -> ModelRef:
         return ref(1)
 
+    def resolve_sites(self) -> dict[str, ModelRef]:
+        return {}
+
     def load(self, _: ModelRef) -> LoadedModel:
         return LoadedModel(self.engine, build_profile(PROFILE_ROWS))
 

@@ -13,6 +13,7 @@ from heartml.cli.common import EXIT_REFUSED, fail, format_score, load_settings, 
 
 if TYPE_CHECKING:
     from heartml.registry import FamilyState, HistoryEntry, PromotionResult
+    from heartml.settings import Settings
 
 
 PROMOTE_HELP = """Promote a model version to Production (alias 'champion') across the family.
@@ -23,6 +24,15 @@ PROMOTE_HELP = """Promote a model version to Production (alias 'champion') acros
   promote NAME [VERSION]         promote NAME's latest version, or VERSION
   promote --history              every promotion and gate refusal, newest first
   promote --rollback             make the previous champion the champion again
+
+\b
+A site's champion (alias 'champion-SITE', served to requests naming the site; the
+global champion and the stages are left alone):
+  promote --site SITE NAME [VERSION]   a person's choice for SITE (not gated)
+  promote --auto --site SITE           the latest version adapted for SITE, through the
+                                       site gate (calibration and ROC-AUC on SITE's rows)
+  promote --rollback --site SITE       the site's previous champion again
+  promote --history --site SITE        that site's promotions only
 
 \b
 On a registry with authentication the promotion is recorded under the account the server
@@ -63,6 +73,14 @@ def promote(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            "--site",
+            help="The site whose champion (alias champion-SITE) to change, or whose history "
+            "to show.",
+        ),
+    ] = None,
     min_roc_auc: Annotated[
         float | None, typer.Option("--min-roc-auc", help="Gate minimum (env HEARTML_MIN_ROC_AUC).")
     ] = None,
@@ -80,11 +98,17 @@ def promote(
     modes = [bool(name), auto, list_, history, rollback]
     if sum(modes) != 1:
         fail("choose exactly one of NAME [VERSION], --auto, --list, --history, --rollback")
+    if site is not None and list_:
+        fail("--list shows every site's champion: it takes no --site")
     settings = load_settings(
         min_roc_auc=min_roc_auc, promotion_margin=margin, options={"promotion_margin": "--margin"}
     )
 
     with user_errors():
+        if site is not None:
+            from heartml.data.sites import check_site
+
+            check_site(site)
         if list_:
             state = registry.read_family(settings)
             if as_json:
@@ -94,12 +118,27 @@ def promote(
             return
         if history:
             entries = registry.promotion_history(settings)
+            if site is not None:
+                entries = [e for e in entries if e.site == site]
             if as_json:
                 typer.echo(json.dumps([e.as_dict() for e in entries], indent=2))
             else:
                 typer.echo(format_history(entries), nl=False)
             return
-        if auto:
+        if site is not None:
+            result = _promote_site(
+                settings,
+                site,
+                name,
+                version,
+                auto,
+                rollback,
+                as_json,
+                reason=reason,
+                force=force,
+                dry_run=dry_run,
+            )
+        elif auto:
             before = registry.read_family(settings)
             if not as_json:
                 _banner("📊 MLflow Model Registry - Before Promotion")
@@ -135,6 +174,38 @@ def promote(
 promote.__doc__ = PROMOTE_HELP
 
 
+def _promote_site(
+    settings: Settings,
+    site: str,
+    name: str | None,
+    version: int | None,
+    auto: bool,
+    rollback: bool,
+    as_json: bool,
+    *,
+    reason: str | None,
+    force: bool,
+    dry_run: bool,
+) -> PromotionResult:
+    from heartml import registry
+
+    if auto:
+        if not as_json:
+            latest = registry.read_family(settings).latest_adapted(site)
+            typer.echo(f" Latest version adapted for site '{site}': {latest.ref}")
+        return registry.promote_site_best(
+            settings, site, reason=reason, force=force, dry_run=dry_run
+        )
+    if rollback:
+        return registry.rollback_site(settings, site, reason=reason, dry_run=dry_run)
+    assert name is not None
+    if not as_json:
+        typer.echo(f" Looking for model: {name} (for site '{site}')")
+    return registry.promote_version(
+        settings, name, version, site=site, reason=reason, force=force, dry_run=dry_run
+    )
+
+
 def _banner(title: str) -> None:
     typer.echo("")
     typer.echo("=" * 40)
@@ -152,7 +223,12 @@ def _report_promotion(result: PromotionResult, as_json: bool) -> None:
     target = result.target
     typer.echo(f"✅ Found version {target.version}")
     typer.echo(f"   Current stage: {target.stage}")
-    if result.outcome is PromotionOutcome.PROMOTED:
+    if result.outcome is PromotionOutcome.PROMOTED and result.site is not None:
+        typer.echo("")
+        typer.echo(f"🏥 Successfully {result.message}")
+        if result.previous is not None:
+            typer.echo(f"   Previous site champion: {result.previous.ref}")
+    elif result.outcome is PromotionOutcome.PROMOTED:
         typer.echo("")
         typer.echo(f"🚀 Promoting version {target.version} to Production...")
         typer.echo(f"✅ Successfully promoted {target.name} v{target.version} to Production!")
@@ -210,7 +286,20 @@ def format_family(state: FamilyState) -> str:
                 if k not in first and k not in DETAIL_TAGS and not k.startswith(EVENT_PREFIX)
             )
             lines += [f"      Tag: {key} = {v.tags[key]}" for key in (*first, *rest)]
+    sites = state.site_champions()
+    if sites:
+        lines += ["", "🏥 Site champions (alias champion-SITE; other sites: the champion above):"]
+        for site, v in sites.items():
+            how = (
+                f"adapted, {v.tags.get('adaptation_method', '?')}"
+                if v.adapted_for == site
+                else "not adapted"
+            )
+            lines.append(f"   🏆 {site}: {v.name} v{v.version} ({how})")
     notes = state.disagreements()
+    if site_notes := state.site_disagreements():
+        lines += ["", "⚠️  A site's champion alias is held twice:"]
+        lines += [f"   - {note}" for note in site_notes]
     if notes:
         lines += ["", "⚠️  The champion alias and the Production stage disagree:"]
         lines += [f"   - {note}" for note in notes]
@@ -230,8 +319,18 @@ def family_json(state: FamilyState) -> dict[str, object]:
         "champion": None
         if champion is None
         else {"name": champion.name, "version": champion.version, "roc_auc": champion.roc_auc},
+        "site_champions": {
+            site: {
+                "name": v.name,
+                "version": v.version,
+                "adapted": v.adapted_for == site,
+                "adaptation_method": v.tags.get("adaptation_method"),
+                "promoted_at": v.site_promoted_at(site),
+            }
+            for site, v in state.site_champions().items()
+        },
         "consistent": state.consistent,
-        "disagreements": state.disagreements(),
+        "disagreements": state.disagreements() + state.site_disagreements(),
         "models": [
             {
                 "name": m.name,
@@ -261,8 +360,10 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
     if not entries:
         lines.append("   (no promotions yet)")
     for entry in entries:
+        where = f"  [site {entry.site}]" if entry.site else ""
         lines.append(
             f"{entry.at}  {entry.name} v{entry.version}  (ROC-AUC {format_score(entry.roc_auc)})"
+            + where
         )
         if entry.promoted:
             lines.append(f"      replaced: {entry.previous or '-'}")
@@ -285,6 +386,7 @@ def format_gate(gate: dict[str, Any] | None) -> str:
         parts.append(
             f"ROC-AUC difference {delta[0]:+.4f} [{delta[1]:+.4f}, {delta[2]:+.4f}] vs "
             f"{gate.get('champion')} ({gate.get('comparison')})"
+            + (f" on site '{gate['site']}'" if gate.get("site") else "")
         )
     elif gate.get("champion") is None:
         parts.append("no champion to compare with")

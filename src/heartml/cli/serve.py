@@ -38,6 +38,10 @@ def serve(
 
     settings = load_settings(host=host, port=port, workers=workers, model_dir=model_dir)
     with user_errors():
+        if settings.site is not None:
+            from heartml.data.sites import check_site
+
+            check_site(settings.site)  # HEARTML_SITE: refused in one line, before starting
         try:
             run_server(settings)
         except ServeError as exc:

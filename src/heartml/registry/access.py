@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from heartml.registry.values import TAG_PREVIOUS, RegistryError
 
 if TYPE_CHECKING:
-    from heartml.registry.plans import PromotionPlan, ReconcilePlan
+    from heartml.registry.plans import PromotionPlan, ReconcilePlan, SiteReconcilePlan
 
 READ = "READ"
 EDIT = "EDIT"
@@ -95,7 +95,8 @@ def promotion_needs(plan: PromotionPlan) -> dict[str, str]:
     go to Archived (``EDIT``).
     """
     target = plan.target
-    clears_previous = plan.previous is None and TAG_PREVIOUS in target.tags
+    # A site promotion writes its own claim tags and deletes none.
+    clears_previous = plan.site is None and plan.previous is None and TAG_PREVIOUS in target.tags
     writes = [(target.name, MANAGE if clears_previous else EDIT)]
     writes += [(holder.name, MANAGE) for holder in plan.release_alias]
     writes += [(ref.rpartition("/")[0], EDIT) for ref in plan.archive]
@@ -110,6 +111,11 @@ def reconcile_needs(plan: ReconcilePlan) -> dict[str, str]:
         writes.append((plan.champion.name, EDIT))
     writes += [(loser.name, EDIT) for loser in plan.archive]
     return needs_of(writes)
+
+
+def site_reconcile_needs(plan: SiteReconcilePlan) -> dict[str, str]:
+    """What a site's reconcile writes: the site's alias taken from other models (``MANAGE``)."""
+    return needs_of((holder.name, MANAGE) for holder in plan.release_alias)
 
 
 def missing_access(needs: Mapping[str, str], held: Mapping[str, str]) -> list[str]:

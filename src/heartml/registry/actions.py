@@ -19,6 +19,7 @@ from heartml.registry.access import (
     reason_problem,
     reconcile_needs,
     recorded_reason,
+    site_reconcile_needs,
 )
 from heartml.registry.accounts import (
     claimed_name,
@@ -31,11 +32,13 @@ from heartml.registry.mlflow_io import (
     apply_best_tag,
     apply_claim,
     apply_reconcile,
+    apply_site_reconcile,
     call_store,
     download_model_card,
     get_client,
     read_family,
     read_gate_evidence,
+    read_site_gate_evidence,
     record_gate,
     transition,
 )
@@ -49,7 +52,12 @@ from heartml.registry.plans import (
     plan_promotion,
     plan_reconcile,
     plan_rollback,
+    plan_site_claim,
+    plan_site_promotion,
+    plan_site_reconcile,
+    plan_site_rollback,
     refusal_event,
+    site_gate_subjects,
 )
 from heartml.registry.values import (
     PRODUCTION,
@@ -148,11 +156,26 @@ def reconcile_family(
     return state, sorted(set(archived)), warnings
 
 
+def reconcile_site(settings: Settings, client: MlflowClient, site: str) -> FamilyState:
+    """Leave ``champion-<site>`` on the site's latest claim alone, as :func:`reconcile_family`
+    does for the global champion (read, act, read again: a concurrent site promotion may
+    move the alias between the read and the write)."""
+    state = read_family(settings, client)
+    for _ in range(RECONCILE_PASSES):
+        plan = plan_site_reconcile(state, site)
+        if plan is None:
+            break
+        apply_site_reconcile(settings, client, plan)
+        state = read_family(settings, client)
+    return state
+
+
 def promote_version(
     settings: Settings,
     name: str,
     version: int | None = None,
     *,
+    site: str | None = None,
     reason: str | None = None,
     kind: ChangeKind = ChangeKind.BY_NAME,
     why: str | None = None,
@@ -175,16 +198,29 @@ def promote_version(
     says so, and is refused before anything is written unless the account holds every
     permission the plan's writes need (and ``extra_needs``, what the caller writes after).
     ``why`` says what kind of promotion it is; the person's ``reason`` follows it.
+
+    With ``site`` it makes NAME/VERSION the champion of that site instead (the alias
+    ``champion-<site>``, judged on the site's rows when gated); the global champion, its alias
+    and the stages are left as they are.
     """
     state = state or read_family(settings)
     client: MlflowClient | None = None
-    evidence = None
-    if gated and (subjects := gate_subjects(state, name, version)) is not None:
-        client = call_store(settings, lambda: get_client(settings))
-        evidence = read_gate_evidence(settings, client, *subjects)
-    plan = plan_promotion(
-        state, settings, name, version, gated=gated, force=force, evidence=evidence
-    )
+    if site is not None:
+        site_evidence = None
+        if gated and (found := site_gate_subjects(state, site, name, version)) is not None:
+            client = call_store(settings, lambda: get_client(settings))
+            site_evidence = read_site_gate_evidence(settings, client, found)
+        plan = plan_site_promotion(
+            state, settings, site, name, version, gated=gated, force=force, evidence=site_evidence
+        )
+    else:
+        evidence = None
+        if gated and (subjects := gate_subjects(state, name, version)) is not None:
+            client = call_store(settings, lambda: get_client(settings))
+            evidence = read_gate_evidence(settings, client, *subjects)
+        plan = plan_promotion(
+            state, settings, name, version, gated=gated, force=force, evidence=evidence
+        )
     account = current_account(settings)
     at = utc_now_iso()
     if plan.gate is not None and not dry_run:
@@ -207,6 +243,14 @@ def promote_version(
     if (answer := plan.unapplied_result(dry_run=dry_run)) is not None:
         return answer
 
+    if plan.decision is Decision.REPAIR and site is not None:
+        site_repair = plan_site_reconcile(state, site)
+        needs = site_reconcile_needs(site_repair) if site_repair is not None else {}
+        require_access(settings, account, needs, f"repair site '{site}' around {plan.target.ref}")
+        client = client or call_store(settings, lambda: get_client(settings))
+        reconcile_site(settings, client, site)
+        return plan.repaired_result((), ())
+
     if plan.decision is Decision.REPAIR:
         repair = plan_reconcile(state)
         needs = reconcile_needs(repair) if repair is not None else {}
@@ -224,12 +268,15 @@ def promote_version(
     require_access(settings, account, needs, f"{verb} {plan.target.ref}")
 
     what = why or WHY.get(kind, "manual promotion")
+    if site is not None and why is None:
+        what += f" for site '{site}'"
     if force and gated:
         # The gate still judged (its verdict is on record); --force only decides what follows.
         refused = plan.gate is not None and not plan.gate.passed
         what += " (gate refused, overridden with --force)" if refused else " (with --force)"
     client = client or call_store(settings, lambda: get_client(settings))
-    claim = plan_claim(
+    make_claim = plan_claim if site is None else plan_site_claim
+    claim = make_claim(
         plan,
         reason=recorded_reason(what, reason),
         by=account.name,
@@ -237,6 +284,9 @@ def promote_version(
         authenticated=account.authenticated,
     )
     apply_claim(settings, client, plan, claim)
+    if site is not None:
+        # No stage: a site's champion is its alias alone.
+        return plan.applied_result(reconcile_site(settings, client, site), (), ())
     warnings: list[str] = []
     if (warning := transition(client, plan.target, PRODUCTION)) is not None:
         warnings.append(warning)
@@ -264,6 +314,51 @@ def promote_best(
         kind=ChangeKind.AUTO,
         gated=True,
         force=force,
+        dry_run=dry_run,
+        state=state,
+    )
+
+
+def promote_site_best(
+    settings: Settings,
+    site: str,
+    *,
+    reason: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> PromotionResult:
+    """The latest version adapted for ``site``, promoted its champion through the site gate."""
+    state = read_family(settings)
+    latest = state.latest_adapted(site)
+    return promote_version(
+        settings,
+        latest.name,
+        latest.version,
+        site=site,
+        reason=reason,
+        kind=ChangeKind.AUTO,
+        why=f"auto-promotion of the latest version adapted for site '{site}'",
+        gated=True,
+        force=force,
+        dry_run=dry_run,
+        state=state,
+    )
+
+
+def rollback_site(
+    settings: Settings, site: str, *, reason: str | None = None, dry_run: bool = False
+) -> PromotionResult:
+    """Make the site champion's predecessor the site's champion again (not gated)."""
+    state = read_family(settings)
+    restore = plan_site_rollback(state, site)
+    return promote_version(
+        settings,
+        restore.name,
+        restore.version,
+        site=site,
+        reason=reason,
+        kind=ChangeKind.ROLLBACK,
+        why=restore.reason,
         dry_run=dry_run,
         state=state,
     )

@@ -15,6 +15,13 @@ first rule that failed:
 - ``calibration``: the slope and intercept of its out-of-fold predictions are in the band;
 - ``non_inferior``: the lower end of the 95 % interval of its ROC-AUC minus the champion's is at
   least minus the margin (non-inferiority; the margin's default is argued in the README).
+
+A version adapted for a site is judged for that site by :func:`judge_site_challenger`, on the
+site's own rows (the ``site:<site>`` set of each version's predictions): its calibration there
+in the band, and its ROC-AUC non-inferior, paired row by row, to the site's current champion
+or, when the site has none, to the global champion on the same rows. No minimum ROC-AUC: the
+selection score is a Cleveland figure, and a site's own discrimination is what it is (the
+comparison with the model it would replace is the rule).
 """
 
 from __future__ import annotations
@@ -283,6 +290,7 @@ class GateVerdict:
     comparison: Comparison | None = None
     thresholds: Thresholds | None = None
     forced: bool = False
+    site: str | None = None  # judged for this site's champion, on its rows
 
     @property
     def passed(self) -> bool:
@@ -320,15 +328,24 @@ class GateVerdict:
             "passed": self.passed,
             "verdict": self.verdict,
             "forced": self.forced,
-            "rule": "the challenger's roc_auc reaches min_roc_auc; its out-of-fold calibration "
-            "slope and intercept are within the band; the lower end of the 95 % interval of "
-            "its ROC-AUC minus the champion's, on rows neither was trained on, is at least "
-            "-margin",
+            **({"site": self.site} if self.site else {}),
+            "rule": SITE_RULE if self.site else GLOBAL_RULE,
             "thresholds": None if self.thresholds is None else self.thresholds.as_dict(),
             "comparison": None if self.comparison is None else self.comparison.as_dict(),
             "checks": [check.as_dict() for check in self.checks],
         }
 
+
+GLOBAL_RULE = (
+    "the challenger's roc_auc reaches min_roc_auc; its out-of-fold calibration slope and "
+    "intercept are within the band; the lower end of the 95 % interval of its ROC-AUC minus "
+    "the champion's, on rows neither was trained on, is at least -margin"
+)
+SITE_RULE = (
+    "on the site's validation rows: the challenger's calibration slope and intercept are "
+    "within the band; the lower end of the 95 % interval of its ROC-AUC minus that of the "
+    "site's champion (else the global champion), paired on the same rows, is at least -margin"
+)
 
 Rule = Callable[[GateInput], GateCheck]
 
@@ -445,6 +462,173 @@ def judge_challenger(given: GateInput, *, forced: bool = False) -> GateVerdict:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# The gate for a site's champion
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SiteEvidence:
+    """One version's predictions on a site's rows (its ``site:<site>`` set, one per row), or
+    why it has none."""
+
+    version: VersionInfo
+    rows: PredictionSet | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteGateInput:
+    """What the site gate judges: the adapted challenger, the version it is compared with
+    (the site's champion, else the global champion; None: the family has neither), and the
+    thresholds."""
+
+    site: str
+    challenger: SiteEvidence
+    comparator: SiteEvidence | None
+    comparator_role: str  # "site champion" or "global champion", for the sentences
+    thresholds: Thresholds
+
+
+def judge_site_challenger(given: SiteGateInput, *, forced: bool = False) -> GateVerdict:
+    """The site's rules, every one applied once the challenger has rows of the site."""
+    first = _has_site_rows(given)
+    checks = [first]
+    comparison = None
+    if first.passed:
+        comparison = _compare_on_site(given)
+        checks += [_site_calibrated(given), _site_non_inferior(given, comparison)]
+    return GateVerdict(
+        given.challenger.version,
+        None if given.comparator is None else given.comparator.version,
+        tuple(checks),
+        comparison,
+        given.thresholds,
+        forced,
+        given.site,
+    )
+
+
+def _has_site_rows(given: SiteGateInput) -> GateCheck:
+    from heartml.evidence.measures import MIN_ROWS_PER_OUTCOME, has_both_outcomes
+
+    ref, rows = given.challenger.version.ref, given.challenger.rows
+    if rows is None:
+        return GateCheck(
+            "has_evidence",
+            False,
+            f"{ref} has no stored predictions on site '{given.site}' to judge it by "
+            f"({given.challenger.problem}); adapt it again, or promote it by name with --site "
+            "(a person's decision, not gated)",
+        )
+    if not has_both_outcomes(rows.y, MIN_ROWS_PER_OUTCOME):
+        positives = int(rows.y.sum())
+        return GateCheck(
+            "has_evidence",
+            False,
+            f"{ref} has {len(rows)} validated rows of site '{given.site}' ({positives} with "
+            f"disease, {len(rows) - positives} without): judging calibration and discrimination "
+            f"needs at least {MIN_ROWS_PER_OUTCOME} of each",
+        )
+    return GateCheck(
+        "has_evidence", True, f"{ref} has {len(rows)} validated rows of site '{given.site}'"
+    )
+
+
+def _site_calibrated(given: SiteGateInput) -> GateCheck:
+    from heartml.evidence.stats import calibration
+
+    rows = given.challenger.rows
+    assert rows is not None
+    found = calibration(rows.y, rows.probability)
+    band = given.thresholds.band
+    slope = found.slope if found.slope == found.slope else None  # NaN: no finite fit
+    intercept = found.intercept if found.intercept == found.intercept else None
+    numbers = {"calibration_slope": slope, "calibration_intercept": intercept}
+    ref = given.challenger.version.ref
+    problems = band.problems(slope, intercept)
+    where = f"on {found.rows} validated rows of site '{given.site}'"
+    if problems:
+        return GateCheck("calibration", False, f"{ref} {' and '.join(problems)} {where}", numbers)
+    return GateCheck(
+        "calibration",
+        True,
+        f"{ref} calibration slope {found.slope:.2f}, intercept {found.intercept:+.2f} {where}, "
+        f"within slope [{band.slope_min:g}, {band.slope_max:g}], intercept "
+        f"±{band.intercept_max:g}",
+        numbers,
+    )
+
+
+def _compare_on_site(given: SiteGateInput) -> Comparison:
+    """Pair the challenger with the comparator on the site rows both predicted."""
+    from heartml.evidence.measures import MIN_ROWS_PER_OUTCOME, has_both_outcomes
+    from heartml.evidence.stats import paired_auc_difference
+
+    mine = given.challenger.rows
+    assert mine is not None
+    site, role = given.site, given.comparator_role
+    if given.comparator is None:
+        return Comparison("none", f"no {role} to compare with on site '{site}'")
+    other = given.comparator.version.ref
+    theirs = given.comparator.rows
+    if theirs is None:
+        return Comparison(
+            "none",
+            f"{role} {other} has no predictions on site '{site}' ({given.comparator.problem}): "
+            "nothing to pair with",
+        )
+    theirs_ids = set(theirs.row_ids.tolist())
+    shared = [r for r in mine.row_ids.tolist() if r in theirs_ids]
+    a, b = mine.restricted_to(shared), theirs.restricted_to(shared)
+    disagree = int((a.y != b.y).sum())
+    if disagree or not has_both_outcomes(a.y, MIN_ROWS_PER_OUTCOME):
+        why = (
+            f"{disagree} of the {len(shared)} shared rows have different outcomes"
+            if disagree
+            else f"only {len(shared)} rows are shared, without {MIN_ROWS_PER_OUTCOME} of each "
+            "outcome"
+        )
+        return Comparison("none", f"cannot pair with {role} {other} on site '{site}': {why}")
+    paired = paired_auc_difference(a.y, a.probability, b.probability)
+    return Comparison(
+        "paired",
+        f"paired on the {len(shared)} rows of site '{site}' both versions predicted, against "
+        f"the {role} {other}",
+        rows=len(shared),
+        challenger_roc_auc=paired.a,
+        champion_roc_auc=paired.b,
+        delta=paired.difference,
+    )
+
+
+def _site_non_inferior(given: SiteGateInput, comparison: Comparison) -> GateCheck:
+    ref, delta, margin = given.challenger.version.ref, comparison.delta, given.thresholds.margin
+    if delta is None:
+        # Nothing to compare with passes (a family without any champion); a comparator that
+        # cannot be paired does not: non-inferiority was not shown.
+        return GateCheck("non_inferior", given.comparator is None, comparison.description)
+    numbers = {
+        "challenger_roc_auc": comparison.challenger_roc_auc,
+        "champion_roc_auc": comparison.champion_roc_auc,
+        "delta": delta.estimate,
+        "delta_low": delta.low,
+        "delta_high": delta.high,
+        "margin": margin,
+        "rows": float(comparison.rows),
+    }
+    passed = delta.low >= -margin
+    assert given.comparator is not None
+    detail = (
+        f"{ref} ROC-AUC {comparison.challenger_roc_auc:.4f} vs {given.comparator_role} "
+        f"{given.comparator.version.ref} {comparison.champion_roc_auc:.4f}: difference "
+        f"{delta.estimate:+.4f}, 95 % CI [{delta.low:+.4f}, {delta.high:+.4f}], "
+        f"{'within' if passed else 'beyond'} the non-inferiority margin -{margin:.4f} "
+        f"({comparison.description})"
+    )
+    return GateCheck("non_inferior", passed, detail, numbers)
+
+
 def gate_record(verdict: GateVerdict, *, at: str, by: str) -> dict[str, Any]:
     """The JSON artifact a gated decision leaves on the challenger's run (and its card)."""
     return {"at": at, "by": by, **verdict.as_dict()}
@@ -459,6 +643,7 @@ def gate_tags(verdict: GateVerdict, *, at: str) -> dict[str, str]:
     """The tags a gated decision sets on the challenger's version: the verdict, what it was
     compared with and the difference with its interval, its calibration, and the record."""
     tags = {
+        **({"gate_site": verdict.site} if verdict.site else {}),
         "gate_verdict": verdict.verdict,
         "gate_champion": verdict.champion.ref if verdict.champion else "none",
         "gate_evidence": evidence_path(at),
@@ -488,6 +673,7 @@ def gate_summary(verdict: GateVerdict, *, at: str) -> dict[str, Any]:
     calibration = next((c.numbers for c in verdict.checks if c.rule == "calibration"), {})
     return {
         "verdict": verdict.verdict,
+        **({"site": verdict.site} if verdict.site else {}),
         "champion": None if verdict.champion is None else verdict.champion.ref,
         "comparison": None if comparison is None else f"{comparison.kind}, {comparison.rows} rows",
         "delta_roc_auc": None if delta is None else [delta.estimate, delta.low, delta.high],

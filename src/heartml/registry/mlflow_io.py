@@ -35,8 +35,17 @@ from heartml.registry.values import (
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from heartml.registry.gate import GateEvidence, ModelEvidence
-    from heartml.registry.plans import BestTagPlan, Claim, PromotionPlan, ReconcilePlan
+    from heartml.evidence.predictions import PredictionSet
+    from heartml.registry.gate import GateEvidence, ModelEvidence, SiteEvidence
+    from heartml.registry.plans import (
+        BestTagPlan,
+        Claim,
+        PromotionPlan,
+        ReconcilePlan,
+        SiteGateEvidence,
+        SiteReconcilePlan,
+        SiteSubjects,
+    )
     from heartml.registry.store import RawFamily
     from heartml.settings import Settings
 
@@ -338,6 +347,17 @@ def apply_reconcile(
     return archived, warnings
 
 
+def apply_site_reconcile(settings: Settings, client: MlflowClient, plan: SiteReconcilePlan) -> None:
+    """Take the site's alias from every holder but its champion (other models only: within
+    one model an alias names one version)."""
+
+    def _act() -> None:
+        for other in plan.release_alias:
+            client.delete_registered_model_alias(other.name, plan.alias)
+
+    call_store(settings, _act, f"leave the alias '{plan.alias}' to {plan.champion.ref} alone")
+
+
 def apply_claim(
     settings: Settings, client: MlflowClient, plan: PromotionPlan, claim: Claim
 ) -> None:
@@ -371,40 +391,80 @@ def apply_best_tag(client: MlflowClient, plan: BestTagPlan) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def read_model_evidence(client: MlflowClient, version: VersionInfo) -> ModelEvidence:
-    """A version's held-out and out-of-fold predictions, from the ``predictions.csv`` its
-    training run logged; a version without one (registered before heartml kept them, or by
-    hand) comes back with the reason, never an exception: the gate decides what that means."""
+def read_prediction_sets(
+    client: MlflowClient, version: VersionInfo
+) -> dict[str, PredictionSet] | str:
+    """Every set of the ``predictions.csv`` a version's run logged, or why there is none (a
+    version registered before heartml kept them, or by hand): never an exception but for an
+    unreachable store or a refusal, so that the gate decides what a missing set means."""
     import tempfile
 
     from heartml.evidence.predictions import (
-        CV,
-        HOLDOUT,
         PREDICTIONS_ARTIFACT,
         PredictionsError,
         read_predictions,
     )
-    from heartml.registry.gate import ModelEvidence
 
     if not version.run_id:
-        return ModelEvidence(version, problem="it was registered without a training run")
+        return "it was registered without a training run"
     with tempfile.TemporaryDirectory(prefix="heartml-gate-") as staging:
         try:
             path = client.download_artifacts(version.run_id, PREDICTIONS_ARTIFACT, staging)
-            sets = read_predictions(Path(path).read_text(encoding="utf-8"))
+            return read_predictions(Path(path).read_text(encoding="utf-8"))
         except PredictionsError as exc:
-            return ModelEvidence(
-                version, problem=f"its {PREDICTIONS_ARTIFACT} is unreadable: {exc}"
-            )
+            return f"its {PREDICTIONS_ARTIFACT} is unreadable: {exc}"
         except Exception as exc:
             if is_unreachable(exc) or refused_status(exc) is not None:
                 raise
-            return ModelEvidence(
-                version, problem=f"run {version.run_id} has no readable {PREDICTIONS_ARTIFACT}"
-            )
+            return f"run {version.run_id} has no readable {PREDICTIONS_ARTIFACT}"
+
+
+def read_model_evidence(client: MlflowClient, version: VersionInfo) -> ModelEvidence:
+    """A version's held-out and out-of-fold predictions (one per row), or why it has none."""
+    from heartml.evidence.predictions import CV, HOLDOUT, PREDICTIONS_ARTIFACT
+    from heartml.registry.gate import ModelEvidence
+
+    sets = read_prediction_sets(client, version)
+    if isinstance(sets, str):
+        return ModelEvidence(version, problem=sets)
     if HOLDOUT not in sets or CV not in sets:
         return ModelEvidence(version, problem=f"its {PREDICTIONS_ARTIFACT} lacks {HOLDOUT} or {CV}")
     return ModelEvidence(version, holdout=sets[HOLDOUT].by_row(), out_of_fold=sets[CV].by_row())
+
+
+def read_site_evidence(client: MlflowClient, version: VersionInfo, site: str) -> SiteEvidence:
+    """A version's predictions on ``site``'s rows (its ``site:<site>`` set, one per row)."""
+    from heartml.evidence.predictions import PREDICTIONS_ARTIFACT, SITE_PREFIX
+    from heartml.registry.gate import SiteEvidence
+
+    sets = read_prediction_sets(client, version)
+    if isinstance(sets, str):
+        return SiteEvidence(version, problem=sets)
+    found = sets.get(SITE_PREFIX + site)
+    if found is None:
+        return SiteEvidence(
+            version, problem=f"its {PREDICTIONS_ARTIFACT} has no {SITE_PREFIX}{site} set"
+        )
+    return SiteEvidence(version, rows=found.by_row())
+
+
+def read_site_gate_evidence(
+    settings: Settings, client: MlflowClient, subjects: SiteSubjects
+) -> SiteGateEvidence:
+    """The site rows of both versions a gated site promotion judges."""
+    from heartml.registry.plans import SiteGateEvidence
+
+    site = subjects.site
+    return call_store(
+        settings,
+        lambda: SiteGateEvidence(
+            subjects,
+            read_site_evidence(client, subjects.challenger, site),
+            None
+            if subjects.comparator is None
+            else read_site_evidence(client, subjects.comparator, site),
+        ),
+    )
 
 
 def read_gate_evidence(

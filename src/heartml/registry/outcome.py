@@ -32,6 +32,7 @@ class PromotionResult:
     archived: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     gate: GateVerdict | None = None  # the gate's verdict, when the promotion was gated
+    site: str | None = None  # the site whose champion it concerns; None: the global champion
 
     @property
     def refused(self) -> bool:
@@ -48,4 +49,5 @@ class PromotionResult:
             "archived": list(self.archived),
             "warnings": list(self.warnings),
             "gate": None if self.gate is None else self.gate.as_dict(),
+            **({"site": self.site} if self.site else {}),
         }

@@ -12,6 +12,11 @@ claim is the one with the latest ``promoted_at`` tag (then name, then version), 
 process applies identically. Whatever interleaving two promotions take, the one that reads last
 sees both claims and removes the loser, and no process ever removes the winner: the family
 converges to exactly one champion, which is the only version in Production.
+
+A site's champion (alias ``champion-<site>``) follows the same plan, claim and reconcile with
+the site's own claim tags (``site_promoted_at.<site>``) and no stage: :func:`plan_site_promotion`,
+:func:`plan_site_reconcile`, :func:`plan_site_claim`, :func:`plan_site_rollback`. The global
+champion's alias, its stage and its claim tags are never part of a site plan.
 """
 
 from __future__ import annotations
@@ -27,14 +32,21 @@ from heartml.registry.gate import (
     GateInput,
     GateVerdict,
     ModelEvidence,
+    SiteEvidence,
+    SiteGateInput,
+    Thresholds,
     gate_summary,
     judge_challenger,
+    judge_site_challenger,
 )
 from heartml.registry.outcome import PromotionOutcome, PromotionResult
 from heartml.registry.values import (
     ARCHIVED,
     EVENT_PREFIX,
+    NO_PREVIOUS,
     PRODUCTION,
+    SITE_PREVIOUS,
+    SITE_PROMOTED_AT,
     TAG_PREVIOUS,
     TAG_PROMOTED_AT,
     TAG_PROMOTED_BY,
@@ -42,6 +54,7 @@ from heartml.registry.values import (
     FamilyState,
     HistoryEntry,
     NotFoundError,
+    RegistryError,
     VersionInfo,
 )
 
@@ -110,20 +123,32 @@ class PromotionPlan:
     release_alias: tuple[VersionInfo, ...] = ()  # holders in other models, before the claim
     archive: tuple[str, ...] = ()  # what loses the alias or the stage to the target
     disagreements: tuple[str, ...] = ()  # what a repair fixes
+    site: str | None = None  # the site whose champion it changes; None: the global champion
+
+    def _result(self, *args: Any, **kwargs: Any) -> PromotionResult:
+        return PromotionResult(*args, **{**kwargs, "site": self.site})
+
+    @property
+    def becomes(self) -> str:
+        """What the target becomes, in the command's sentences."""
+        if self.site is None:
+            return f"{PRODUCTION} (alias '{self.alias}')"
+        return f"champion of site '{self.site}' (alias '{self.alias}')"
 
     def unapplied_result(self, *, dry_run: bool) -> PromotionResult | None:
         """The answer when nothing is written (no-op, refusal, dry run); None otherwise."""
         target, previous = self.target, self.previous
         if self.decision is Decision.NOTHING:
-            return PromotionResult(
+            what = "champion" if self.site is None else f"the champion of site '{self.site}'"
+            return self._result(
                 PromotionOutcome.ALREADY_CHAMPION,
                 target,
                 previous,
-                f"{target.ref} is already champion",
+                f"{target.ref} is already {what}",
             )
         if self.decision is Decision.REFUSE:
             assert self.gate is not None
-            return PromotionResult(
+            return self._result(
                 PromotionOutcome.REFUSED,
                 target,
                 previous,
@@ -134,15 +159,15 @@ class PromotionPlan:
             return None
         if self.decision is Decision.REPAIR:
             notes = "; ".join(self.disagreements)
-            return PromotionResult(
+            return self._result(
                 PromotionOutcome.DRY_RUN, target, previous, f"would repair the family: {notes}"
             )
         archive_note = f"; would archive {', '.join(self.archive)}" if self.archive else ""
-        return PromotionResult(
+        return self._result(
             PromotionOutcome.DRY_RUN,
             target,
             previous,
-            f"would promote {target.ref} to {PRODUCTION} (alias '{self.alias}')" + archive_note,
+            f"would promote {target.ref} to {self.becomes}" + archive_note,
             self.archive,
             gate=self.gate,
         )
@@ -150,7 +175,7 @@ class PromotionPlan:
     def repaired_result(
         self, archived: tuple[str, ...], warnings: tuple[str, ...]
     ) -> PromotionResult:
-        return PromotionResult(
+        return self._result(
             PromotionOutcome.REPAIRED,
             self.target,
             self.previous,
@@ -163,9 +188,10 @@ class PromotionPlan:
         self, final: FamilyState, archived: tuple[str, ...], warnings: tuple[str, ...]
     ) -> PromotionResult:
         """Promoted — unless a concurrent promotion's newer claim won the reconcile."""
-        target, winner = self.target, final.champion
+        target = self.target
+        winner = final.champion if self.site is None else final.site_champion(self.site)
         if winner is not None and winner.ref != target.ref:
-            return PromotionResult(
+            return self._result(
                 PromotionOutcome.SUPERSEDED,
                 target,
                 self.previous,
@@ -175,11 +201,11 @@ class PromotionPlan:
                 warnings,
                 self.gate,
             )
-        return PromotionResult(
+        return self._result(
             PromotionOutcome.PROMOTED,
             target,
             self.previous,
-            f"promoted {target.ref} to {PRODUCTION}",
+            f"promoted {target.ref} to {self.becomes}",
             archived,
             warnings,
             self.gate,
@@ -218,6 +244,11 @@ def plan_promotion(
     record. Promoting by name and rolling back are a person's decision and are not gated.
     """
     target = state.find(name, version)
+    if (site := target.adapted_for) is not None:
+        raise RegistryError(
+            f"{target.ref} is adapted for site '{site}': it may be that site's champion "
+            f"(heartml promote --site {site} {target.name} {target.version}), not the family's"
+        )
     current = state.champion
     alias = settings.champion_alias
     if current is not None and current.ref == target.ref:
@@ -251,6 +282,139 @@ def plan_promotion(
             sorted({v.ref for v in (*state.alias_holders, *state.in_production)} - {target.ref})
         ),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# A site's champion
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSubjects:
+    """What a gated site promotion judges: the challenger, and what it is compared with (the
+    site's champion, else the global champion, else nothing)."""
+
+    site: str
+    challenger: VersionInfo
+    comparator: VersionInfo | None
+    comparator_role: str
+
+
+def site_target(state: FamilyState, site: str, name: str, version: int | None) -> VersionInfo:
+    """NAME/VERSION as a candidate for ``site``: adapted for it, or not adapted at all (a
+    person may choose a trained model for a site); adapted for another site, refused."""
+    target = state.find(name, version)
+    adapted = target.adapted_for
+    if adapted is not None and adapted != site:
+        raise RegistryError(
+            f"{target.ref} is adapted for site '{adapted}', not '{site}': it may not be the "
+            f"champion of '{site}'"
+        )
+    return target
+
+
+def site_gate_subjects(
+    state: FamilyState, site: str, name: str, version: int | None = None
+) -> SiteSubjects | None:
+    """The versions a gated promotion for ``site`` judges, or None when the target is the
+    site's champion already (nothing to judge)."""
+    target = site_target(state, site, name, version)
+    current = state.site_champion(site)
+    if current is not None and current.ref == target.ref:
+        return None
+    if current is not None:
+        return SiteSubjects(site, target, current, "site champion")
+    return SiteSubjects(site, target, state.champion, "global champion")
+
+
+@dataclass(frozen=True, slots=True)
+class SiteGateEvidence:
+    """The site rows of the challenger and of its comparator, as read from the store."""
+
+    subjects: SiteSubjects
+    challenger: SiteEvidence
+    comparator: SiteEvidence | None
+
+
+def plan_site_promotion(
+    state: FamilyState,
+    settings: Settings,
+    site: str,
+    name: str,
+    version: int | None = None,
+    *,
+    gated: bool = False,
+    force: bool = False,
+    evidence: SiteGateEvidence | None = None,
+) -> PromotionPlan:
+    """Decide what making NAME/VERSION the champion of ``site`` takes (the alias
+    ``champion-<site>`` only: no stage, nothing of the global champion's)."""
+    target = site_target(state, site, name, version)
+    alias = state.site_alias(site)
+    current = state.site_champion(site)
+    if current is not None and current.ref == target.ref:
+        others = tuple(v.ref for v in state.site_holders(site) if v.ref != target.ref)
+        if not others:
+            return PromotionPlan(Decision.NOTHING, target, current, alias, site=site)
+        notes = tuple(f"{ref} also holds '{alias}'" for ref in others)
+        return PromotionPlan(
+            Decision.REPAIR, target, current, alias, disagreements=notes, site=site
+        )
+    verdict = None
+    if gated:
+        if evidence is None or evidence.challenger.version.ref != target.ref:
+            subjects = site_gate_subjects(state, site, name, version)
+            assert subjects is not None
+            evidence = SiteGateEvidence(
+                subjects,
+                SiteEvidence(target, problem="its evidence was not read"),
+                None
+                if subjects.comparator is None
+                else SiteEvidence(subjects.comparator, problem="not read"),
+            )
+        verdict = judge_site_challenger(
+            SiteGateInput(
+                site,
+                evidence.challenger,
+                evidence.comparator,
+                evidence.subjects.comparator_role,
+                Thresholds.from_settings(settings),
+            ),
+            forced=force,
+        )
+    if verdict is not None and not verdict.passed and not force:
+        return PromotionPlan(Decision.REFUSE, target, current, alias, gate=verdict, site=site)
+    return PromotionPlan(
+        Decision.PROMOTE,
+        target,
+        current,
+        alias,
+        gate=verdict,
+        # Within one model, setting the alias moves it; other models' holders release it.
+        release_alias=tuple(v for v in state.site_holders(site) if v.name != target.name),
+        site=site,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SiteReconcilePlan:
+    """The holders of ``champion-<site>`` that lose it to the site's winning claim."""
+
+    site: str
+    alias: str
+    champion: VersionInfo
+    release_alias: tuple[VersionInfo, ...]
+
+
+def plan_site_reconcile(state: FamilyState, site: str) -> SiteReconcilePlan | None:
+    """Every holder of the site's alias but the latest claim releases it; None when one (or
+    no) version holds it."""
+    champion = state.site_champion(site)
+    holders = state.site_holders(site)
+    if champion is None or len(holders) <= 1:
+        return None
+    release = tuple(v for v in holders if v.ref != champion.ref)
+    return SiteReconcilePlan(site, state.site_alias(site), champion, release)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +459,34 @@ def plan_claim(
     return Claim(tags=tags, clear_previous=previous is None)
 
 
+def plan_site_claim(
+    plan: PromotionPlan, *, reason: str, by: str, at: str, authenticated: bool = False
+) -> Claim:
+    """The claim of a site promotion: the site's own claim tags (when, what it replaces) and
+    the event ``--history`` reads, with the site in it. Nothing is deleted (a first promotion
+    writes ``none`` as its predecessor), so a site promotion needs no delete permission on the
+    target's model."""
+    assert plan.site is not None
+    previous = plan.previous.ref if plan.previous else None
+    event: dict[str, Any] = {
+        "at": at,
+        "by": by,
+        "authenticated": authenticated,
+        "previous": previous,
+        "reason": reason,
+        "roc_auc": plan.target.roc_auc,
+        "site": plan.site,
+    }
+    if plan.gate is not None:
+        event["gate"] = gate_summary(plan.gate, at=at)
+    tags = {
+        SITE_PROMOTED_AT + plan.site: at,
+        SITE_PREVIOUS + plan.site: previous or NO_PREVIOUS,
+        event_tag(at): json.dumps(event, sort_keys=True),
+    }
+    return Claim(tags=tags, clear_previous=False)
+
+
 # --------------------------------------------------------------------------------------------
 # Rollback, best_model, history
 # --------------------------------------------------------------------------------------------
@@ -319,6 +511,21 @@ def plan_rollback(state: FamilyState) -> RollbackPlan:
     if not name or not version.isdigit():
         raise NotFoundError(f"champion {current.ref} has no previous champion to roll back to")
     return RollbackPlan(name, int(version), f"rollback from {current.ref}")
+
+
+def plan_site_rollback(state: FamilyState, site: str) -> RollbackPlan:
+    """The site champion's predecessor for ``site``, or NotFoundError."""
+    current = state.site_champion(site)
+    if current is None:
+        raise NotFoundError(f"site '{site}' has no champion to roll back from")
+    previous = current.tags.get(SITE_PREVIOUS + site, "")
+    name, _, version = previous.rpartition("/")
+    if not name or not version.isdigit():
+        raise NotFoundError(
+            f"the champion of site '{site}', {current.ref}, has no previous site champion to "
+            "roll back to"
+        )
+    return RollbackPlan(name, int(version), f"rollback of site '{site}' from {current.ref}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +568,8 @@ def refusal_event(
         "promoted": False,
         "gate": gate_summary(plan.gate, at=at),
     }
+    if plan.site is not None:
+        event["site"] = plan.site
     return {event_tag(at): json.dumps(event, sort_keys=True)}
 
 
@@ -388,6 +597,7 @@ def history_of(state: FamilyState) -> list[HistoryEntry]:
                     authenticated=event.get("authenticated"),
                     gate=event.get("gate"),
                     promoted=bool(event.get("promoted", True)),
+                    site=event.get("site"),
                 )
             )
     return sorted(entries, key=lambda e: (e.at, e.name, e.version), reverse=True)

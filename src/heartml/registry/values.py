@@ -2,8 +2,11 @@
 
 The family is every registered model whose name starts with ``Settings.model_prefix``. Its
 *champion* is the one version holding the alias ``Settings.champion_alias``; the stage
-``Production`` follows the alias. Nothing here talks to MLflow: :mod:`heartml.registry.mlflow_io`
-reads these values from the store, :mod:`heartml.registry.plans` decides on them.
+``Production`` follows the alias. A *site champion* is the one version holding the alias
+``<champion alias>-<site>`` (``champion-va``): aliases only, since a version has one stage and
+the global champion's stage must not move. Nothing here talks to MLflow:
+:mod:`heartml.registry.mlflow_io` reads these values from the store, :mod:`heartml.registry.plans`
+decides on them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,20 @@ TAG_PROMOTED_BY = "promoted_by"
 TAG_PREVIOUS = "previous_champion"
 TAG_REASON = "promotion_reason"
 EVENT_PREFIX = "promotion_event."
+# What `heartml adapt` writes on an adapted version (the site contract).
+TAG_SITE = "site"
+TAG_ADAPTED_FROM = "adapted_from"
+TAG_ADAPTATION_METHOD = "adaptation_method"
+# A site promotion's claim, one pair per site: a version may serve several sites (a base model
+# a person chose for two of them), and each site's claims are ordered on their own.
+SITE_PROMOTED_AT = "site_promoted_at."
+SITE_PREVIOUS = "site_previous_champion."
+NO_PREVIOUS = "none"
+
+
+def site_alias(alias: str, site: str) -> str:
+    """The alias of ``site``'s champion: ``champion-va`` for the alias ``champion``."""
+    return f"{alias}-{site}"
 
 
 class RegistryError(UserError):
@@ -116,6 +133,20 @@ class VersionInfo:
         """Order of champion claims: the latest promotion wins; name and version break ties."""
         return self.promoted_at or "", self.name, self.version
 
+    @property
+    def adapted_for(self) -> str | None:
+        """The site this version was adapted for (``heartml adapt``), None for a trained one."""
+        if TAG_ADAPTED_FROM not in self.tags:
+            return None
+        return self.tags.get(TAG_SITE) or None
+
+    def site_promoted_at(self, site: str) -> str | None:
+        return self.tags.get(SITE_PROMOTED_AT + site)
+
+    def site_claim_key(self, site: str) -> tuple[str, str, int]:
+        """Order of ``site``'s champion claims, as :attr:`claim_key` for the global one."""
+        return self.site_promoted_at(site) or "", self.name, self.version
+
 
 @dataclass(frozen=True, slots=True)
 class RegisteredModel:
@@ -184,6 +215,64 @@ class FamilyState:
                 )
         return notes
 
+    # --- site champions: the alias alone decides (no stage) ------------------------------
+
+    def site_alias(self, site: str) -> str:
+        return site_alias(self.alias, site)
+
+    def site_holders(self, site: str) -> tuple[VersionInfo, ...]:
+        alias = self.site_alias(site)
+        return tuple(v for v in self.versions if alias in v.aliases)
+
+    def site_champion(self, site: str) -> VersionInfo | None:
+        """The latest claim among the holders of ``champion-<site>``; None: the site has none
+        (it is served by the global champion)."""
+        holders = self.site_holders(site)
+        return max(holders, key=lambda v: v.site_claim_key(site)) if holders else None
+
+    def sites(self) -> tuple[str, ...]:
+        """Every well-formed site some version holds the champion alias of, sorted."""
+        from heartml.data.sites import SiteNameError, check_site
+
+        prefix = f"{self.alias}-"
+        found: set[str] = set()
+        for v in self.versions:
+            for alias in v.aliases:
+                if alias.startswith(prefix):
+                    try:
+                        found.add(check_site(alias.removeprefix(prefix)))
+                    except SiteNameError:
+                        continue  # an alias set by hand that names no site: not ours
+        return tuple(sorted(found))
+
+    def site_champions(self) -> dict[str, VersionInfo]:
+        """Each site's champion, by site."""
+        champions = {site: self.site_champion(site) for site in self.sites()}
+        return {site: v for site, v in champions.items() if v is not None}
+
+    def site_disagreements(self) -> list[str]:
+        """Sites whose alias more than one version holds (an interrupted site promotion)."""
+        notes = []
+        for site in self.sites():
+            champion = self.site_champion(site)
+            for other in self.site_holders(site):
+                if champion is not None and other is not champion:
+                    notes.append(
+                        f"{other.ref} also holds '{self.site_alias(site)}' (set by hand, or an "
+                        "interrupted site promotion)"
+                    )
+        return notes
+
+    def latest_adapted(self, site: str) -> VersionInfo:
+        """The newest version adapted for ``site``: what ``promote --auto --site`` judges."""
+        adapted = [v for v in self.versions if v.adapted_for == site]
+        if not adapted:
+            raise NotFoundError(
+                f"no version is adapted for site '{site}' (run `heartml adapt NAME --site "
+                f"{site}` first)"
+            )
+        return max(adapted, key=lambda v: (v.created_ms, v.name, v.version))
+
     def find(self, name: str, version: int | None = None) -> VersionInfo:
         model = next((m for m in self.models if m.name == name), None)
         if model is None:
@@ -218,6 +307,7 @@ class HistoryEntry:
     authenticated: bool | None = None  # None: recorded before heartml noted it
     gate: dict[str, Any] | None = None  # the verdict it rested on (None: not gated)
     promoted: bool = True  # False: an attempt the gate refused (the champion did not change)
+    site: str | None = None  # the site whose champion it changed; None: the global champion
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from pydantic.json_schema import models_json_schema
 
 import heartml
+from heartml.data.sites import check_site
 from heartml.serve.deps import json_response
 from heartml.serve.errors import ApiError, InvalidInputError
 from heartml.serve.evidence import LiveEvidence
@@ -31,6 +32,11 @@ DESCRIPTION = """Heart-disease risk from the 13 UCI features, served by the regi
 
 The model follows promotions: the champion (alias, else the Production stage) is checked every
 `HEARTML_RELOAD_INTERVAL_S` seconds and swapped in without dropping requests.
+
+A request may name its site (query parameter `site`, or header `X-Heartml-Site`; the
+deployment's default is `HEARTML_SITE`): the site's champion (alias `champion-<site>`, followed
+like the global one) answers when it has one, else the global champion. Every answer names
+the model that gave it and whether it was adapted for the site (`site_adapted`).
 """
 
 
@@ -44,6 +50,8 @@ def create_app(
 
     ``follow=False`` skips the background loader (tests drive ``app.state.holder.check()``).
     """
+    if settings.site is not None:
+        check_site(settings.site)  # `heartml serve` says it in one line before this
     metrics = ServeMetrics()
     evidence = LiveEvidence(settings, metrics.registry)
     holder = ModelHolder(
@@ -51,6 +59,7 @@ def create_app(
         metrics,
         settings.reload_interval_s,
         on_check=evidence.follow,
+        on_sites=evidence.follow_sites,
     )
 
     @asynccontextmanager

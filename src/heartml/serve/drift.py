@@ -32,7 +32,9 @@ MIN_ROWS = 200
 class DriftWindow:
     """The last ``size`` rows answered, and their drift from the reference profile."""
 
-    def __init__(self, size: int, metrics: LiveMetrics) -> None:
+    def __init__(self, size: int, metrics: LiveMetrics | None) -> None:
+        # metrics None: a site's window, reported on /model only (the gauges are the global
+        # champion's window).
         self.size = size
         self.metrics = metrics
         self._rows = np.full((size, len(FEATURE_NAMES)), np.nan)
@@ -84,9 +86,10 @@ class DriftWindow:
             window = self._rows[: self._count].copy()
             profile = self._profile
         metrics = self.metrics
-        metrics.window_rows.set(len(window))
-        for name, ratio in zip(FEATURE_NAMES, missing_ratios(window), strict=True):
-            metrics.missing_ratio.labels(name).set(float(ratio))
+        if metrics is not None:
+            metrics.window_rows.set(len(window))
+            for name, ratio in zip(FEATURE_NAMES, missing_ratios(window), strict=True):
+                metrics.missing_ratio.labels(name).set(float(ratio))
         if profile is None or len(window) < min(MIN_ROWS, self.size):
             self.psi = {}
             return
@@ -94,4 +97,5 @@ class DriftWindow:
         for name, value in zip(FEATURE_NAMES, feature_stability(profile, window), strict=True):
             if not math.isnan(value):
                 self.psi[name] = value
-                metrics.psi.labels(name).set(value)
+                if metrics is not None:
+                    metrics.psi.labels(name).set(value)

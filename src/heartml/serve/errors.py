@@ -85,6 +85,11 @@ class InvalidInputError(ApiError):
         return cls.from_errors(errors)
 
     @classmethod
+    def bad_site(cls, location: tuple[str, str], message: str) -> InvalidInputError:
+        """A malformed site name in the query or a header (``check_site``'s message)."""
+        return cls([{"loc": list(location), "msg": message, "type": "site_invalid"}])
+
+    @classmethod
     def from_json_error(cls, exc: Exception) -> InvalidInputError:
         """A body that is not JSON: the parser's message, cut to a line."""
         return cls([{"loc": ["body"], "msg": f"Invalid JSON: {exc}"[:200], "type": "json_invalid"}])

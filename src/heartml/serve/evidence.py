@@ -11,6 +11,10 @@ a queue; the challenger's scoring and the log's writing happen in their own thre
 
 ``follow`` runs after each look the model holder takes at the registry: the drift reference
 becomes the served model's training profile and the shadow chooses its challenger again.
+
+Rows answered by a site's champion go to that site's own drift window, compared with that
+champion's reference profile (built from the site's rows when it was adapted), and to the log;
+they are not shadowed: the challenger shadows the global champion's answers only.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from heartml.serve.predlog import Answered, PredictionLog
 from heartml.serve.shadow import Shadow
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import numpy as np
     from numpy.typing import NDArray
     from prometheus_client import CollectorRegistry
@@ -63,6 +69,10 @@ class LiveEvidence:
             forward=None if self.log is None else self.log.offer_many,
         )
         self._served: tuple[str, int] | None = None
+        self._window = settings.drift_window
+        # One window per site with a champion, replaced whole (a request reads it once).
+        self.site_drift: Mapping[str, DriftWindow] = {}
+        self._site_served: dict[str, tuple[str, int]] = {}
         self._stopping = threading.Event()
         self._refresher: threading.Thread | None = None
 
@@ -77,8 +87,14 @@ class LiveEvidence:
         probabilities: list[float],
     ) -> None:
         """Hand an answered request over (rows as received, NaN = missing). Never blocks."""
-        self.drift.add(rows)
-        shadowing = self.shadow.current is not None
+        if served.site is not None:
+            window = self.site_drift.get(served.site)
+            if window is not None:
+                window.add(rows)
+            shadowing = False  # the shadow compares with the global champion's answers
+        else:
+            self.drift.add(rows)
+            shadowing = self.shadow.current is not None
         if not shadowing and self.log is None:
             return
         profile = served.profile
@@ -117,6 +133,37 @@ class LiveEvidence:
                 except OSError as exc:
                     logger.warning("could not write the reference profile to the log: %s", exc)
         self.shadow.follow(served)
+
+    def follow_sites(self, sites: Mapping[str, ServedModel]) -> None:
+        """Each site champion's window compares with its own profile; a new champion for a
+        site starts a new window (its reference changed), a site without one has none."""
+        windows: dict[str, DriftWindow] = {}
+        served: dict[str, tuple[str, int]] = {}
+        for site, model in sites.items():
+            key = (model.ref.name, model.ref.version)
+            served[site] = key
+            window = self.site_drift.get(site)
+            if window is None or self._site_served.get(site) != key:
+                window = DriftWindow(self._window, None)
+                window.use_profile(model.profile)
+            windows[site] = window
+        self._site_served = served
+        self.site_drift = windows
+
+    def describe_site(self, site: str) -> dict[str, Any] | None:
+        """What ``/model`` shows under ``sites[site].drift``; None without a window."""
+        window = self.site_drift.get(site)
+        if window is None:
+            return None
+        window.update()
+        profile = window.profile
+        return {
+            "window": window.size,
+            "rows": window.rows,
+            "psi_from_rows": min(MIN_ROWS, window.size),
+            "reference_rows": None if profile is None else profile.rows,
+            "psi": dict(window.psi),
+        }
 
     # --- life cycle ------------------------------------------------------------------------
 

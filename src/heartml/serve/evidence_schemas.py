@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from heartml.serve.schemas import ModelInfo, VersionSummary
@@ -43,8 +45,32 @@ class DriftInfo(BaseModel):
     psi: dict[str, float]
 
 
+class SiteModelInfo(VersionSummary):
+    """A site's champion being served (``promoted_at``: when it became the site's champion)."""
+
+    adapted: bool = Field(description="It was adapted for this site (`heartml adapt`)")
+    adapted_for: str | None = Field(description="The site it was adapted for, if any")
+    loaded_at: str
+    engine: Literal["onnx", "sklearn"]
+    drift: DriftInfo | None = Field(
+        description="The site's requests compared with this champion's reference profile "
+        "(the site's rows, for an adapted version)"
+    )
+
+
 class LiveModelInfo(ModelInfo):
     """The served model, and the live evidence gathered beside it."""
 
     shadow: ShadowInfo
     drift: DriftInfo
+    default_site: str | None = Field(
+        default=None, description="HEARTML_SITE: the site of requests that name none"
+    )
+    site_check: str | None = Field(
+        default=None, description="Outcome of the last look at the site champions"
+    )
+    sites: dict[str, SiteModelInfo] = Field(
+        default_factory=dict,
+        description="Each site's champion (alias champion-SITE), by site; a site not listed "
+        "is answered by the model above",
+    )

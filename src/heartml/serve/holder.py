@@ -11,6 +11,11 @@ and only then swaps. A failed look or
 load leaves the old model serving and is recorded for ``/model`` and ``/metrics``. Until a
 first model is loaded (the tracking server down at start, say) the thread retries with
 exponential back-off.
+
+Site champions (alias ``champion-<site>``) are followed the same way, by the same thread and
+look: ``ModelHolder.sites`` is one reference to an immutable mapping from site to served
+model, swapped whole, so a request resolves its site with one dictionary look-up and never
+waits for the registry. A site with no champion is answered by the global champion.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from heartml.errors import one_line
 from heartml.registry import AccessDeniedError, VersionSummary, utc_now_iso
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from heartml.data.profile import ReferenceProfile
     from heartml.model.engine import Engine
@@ -50,6 +56,7 @@ class ModelRef(VersionSummary):
     source: SourceKind
     uri: str
     stamp: str = ""  # changes when a directory is exported again over the same version
+    adapted_for: str | None = None  # the site it was adapted for (`heartml adapt`), if any
 
     @property
     def identity(self) -> tuple[str, int, str]:
@@ -77,6 +84,12 @@ class ServedModel:
     loaded_at: str
     profile: ReferenceProfile | None = None
     explainer: Explainer | None = None
+    site: str | None = None  # the site it is the champion of; None: the global champion
+
+    @property
+    def site_adapted(self) -> bool:
+        """It answers as a site's champion and was adapted for that site."""
+        return self.site is not None and self.ref.adapted_for == self.site
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +107,10 @@ class ModelSource(Protocol):
 
     def resolve(self) -> ModelRef | None:
         """The model that should be served now (None: there is none); raises on failure."""
+        ...
+
+    def resolve_sites(self) -> dict[str, ModelRef]:
+        """Each site's champion, by site (empty: none); raises on failure."""
         ...
 
     def load(self, ref: ModelRef) -> Engine | LoadedModel:
@@ -122,6 +139,20 @@ class RegistrySource:
         if champion is None:
             return None
         return ModelRef(**champion.summary.summary_fields(), source="registry", uri=champion.uri)
+
+    def resolve_sites(self) -> dict[str, ModelRef]:
+        from heartml.registry import read_family
+
+        found: dict[str, ModelRef] = {}
+        for site, version in read_family(self.settings).site_champions().items():
+            fields = {
+                **version.summary.summary_fields(),
+                "promoted_at": version.site_promoted_at(site),
+            }
+            found[site] = ModelRef(
+                **fields, source="registry", uri=version.uri, adapted_for=version.adapted_for
+            )
+        return found
 
     def load(self, ref: ModelRef) -> LoadedModel:
         return self.load_model(ref)
@@ -169,6 +200,9 @@ class DirectorySource:
             stamp=info.exported_at,
         )
 
+    def resolve_sites(self) -> dict[str, ModelRef]:
+        return {}  # an export holds the global champion only
+
     def load(self, ref: ModelRef) -> LoadedModel:
         return load_model_dir(Path(ref.uri))
 
@@ -210,14 +244,18 @@ class ModelHolder:
         metrics: ServeMetrics,
         reload_interval_s: float,
         on_check: Callable[[ServedModel | None], None] | None = None,
+        on_sites: Callable[[Mapping[str, ServedModel]], None] | None = None,
     ) -> None:
         self.source = source
         # Called after every look, in the same thread, with the model then served: how the
         # shadowed challenger and the drift reference follow promotions.
         self.on_check = on_check
+        self.on_sites = on_sites  # the same, for the site champions (their drift windows)
         self.metrics = metrics
         self.reload_interval_s = reload_interval_s
         self._current: ServedModel | None = None
+        self._sites: Mapping[str, ServedModel] = MappingProxyType({})
+        self.site_check: str | None = None  # outcome of the last look at the site champions
         self._check_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -235,6 +273,19 @@ class ModelHolder:
 
     @property
     def current(self) -> ServedModel | None:
+        return self._current
+
+    @property
+    def sites(self) -> Mapping[str, ServedModel]:
+        return self._sites
+
+    def serving(self, site: str | None) -> ServedModel | None:
+        """What answers a request for ``site``: its champion, else the global champion.
+        One look-up in the mapping read once: no registry, no lock."""
+        if site is not None:
+            champion = self._sites.get(site)
+            if champion is not None:
+                return champion
         return self._current
 
     def warning(self) -> str | None:
@@ -261,8 +312,12 @@ class ModelHolder:
         """Look at the source once; load and swap in a different model. Never raises."""
         with self._check_lock:
             outcome = self._check()
+            if outcome.result != "failed" or self._current is not None:
+                self._check_sites()
             if self.on_check is not None:
                 self.on_check(self._current)
+            if self.on_sites is not None:
+                self.on_sites(self._sites)
             return outcome
 
     def _check(self) -> CheckOutcome:
@@ -323,6 +378,72 @@ class ModelHolder:
         freeze_heap()
         logger.info(message)
         return CheckOutcome("reloaded", message)
+
+    def _check_sites(self) -> None:
+        """Follow the site champions: load what changed (an engine already loaded for the
+        same version is shared), keep a site's old model when its new one fails to load, drop
+        a site whose alias is gone (its requests go to the global champion)."""
+        try:
+            refs = self.source.resolve_sites()
+        except Exception as exc:
+            self.site_check = f"could not read the site champions: {one_line(exc)}"
+            return
+        old = self._sites
+        loaded = [m for m in (self._current, *old.values()) if m is not None]
+        sites: dict[str, ServedModel] = {}
+        notes: list[str] = []
+        for site, ref in sorted(refs.items()):
+            have = old.get(site)
+            if have is not None and have.ref.identity == ref.identity:
+                sites[site] = have if have.ref == ref else replace(have, ref=ref)
+                continue
+            same = next((m for m in loaded if m.ref.identity == ref.identity), None)
+            if same is not None:
+                sites[site] = ServedModel(
+                    ref, same.engine, same.loaded_at, same.profile, same.explainer, site
+                )
+                notes.append(f"{site}: {ref.ref}")
+                continue
+            try:
+                model = self.source.load(ref)
+            except Exception as exc:
+                keeping = f"; still serving {have.ref.ref}" if have is not None else ""
+                notes.append(f"{site}: could not load {ref.ref}: {one_line(exc)}{keeping}")
+                self.failed_reloads += 1
+                self.metrics.reloads.labels("failure").inc()
+                if have is not None:
+                    sites[site] = have
+                continue
+            if not isinstance(model, LoadedModel):
+                model = LoadedModel(model)
+            served = ServedModel(
+                ref,
+                model.engine,
+                utc_now_iso(timespec="milliseconds"),
+                model.profile,
+                model.explainer,
+                site,
+            )
+            sites[site] = served
+            loaded.append(served)
+            self.reloads += 1
+            self.metrics.reloads.labels("success").inc()
+            notes.append(f"{site}: loaded {ref.ref}")
+        notes += [
+            f"{site}: no champion, the global champion answers" for site in old if site not in refs
+        ]
+        if notes or sites.keys() != old.keys():
+            logger.info("site champions: %s", "; ".join(notes))
+            self.metrics.show_sites(
+                {site: (m.ref.name, m.ref.version, m.site_adapted) for site, m in sites.items()}
+            )
+        self._sites = MappingProxyType(sites)
+        if notes:
+            self.site_check = "; ".join(notes)
+        elif self.site_check is None or self.site_check.startswith("could not"):
+            self.site_check = f"{len(sites)} site champion(s), unchanged"
+        if sites.keys() != old.keys() or any(sites[k] is not old.get(k) for k in sites):
+            freeze_heap()
 
     def _failed(self, message: str, *, check: bool = False) -> CheckOutcome:
         if message != self.last_error:

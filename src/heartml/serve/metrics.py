@@ -10,6 +10,7 @@ worker has no model), ``heartml_model_version`` and ``heartml_model_info`` the m
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -21,6 +22,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+
+from heartml.data.download import ALL_SITES
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -57,6 +60,21 @@ KNOWN_ENDPOINTS = frozenset(
 )
 
 
+# The site a prediction was asked for, as a label: the UCI sites by name, `none` when the
+# request named none (and the deployment has no default), any other site `other`, so that a
+# client cannot create series by naming sites.
+NO_SITE = "none"
+OTHER_SITE = "other"
+SITE_LABELS = (*ALL_SITES, NO_SITE, OTHER_SITE)
+_KNOWN_SITES = frozenset(ALL_SITES)
+
+
+def site_label(site: str | None) -> str:
+    if site is None:
+        return NO_SITE
+    return site if site in _KNOWN_SITES else OTHER_SITE
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
@@ -88,8 +106,9 @@ class ServeMetrics:
         )
         self.predictions = Counter(
             "heartml_predictions_total",
-            "Predictions served, by predicted class (a batch counts each row).",
-            ["prediction"],
+            "Predictions served, by predicted class and by the site the request named (a known "
+            "UCI site, none, or other; a batch counts each row).",
+            ["prediction", "site"],
             registry=r,
         )
         self.model_info = Gauge(
@@ -111,6 +130,15 @@ class ServeMetrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.site_model_info = Gauge(
+            "heartml_site_model_info",
+            "1 for each site's champion being served (alias champion-SITE), labelled with the "
+            "site (known UCI site or other), its name, version and whether it was adapted for "
+            "the site. Sites without one are answered by heartml_model_info's model.",
+            ["site", "name", "version", "adapted"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.reloads = Counter(
             "heartml_model_reloads_total",
             "Model loads (the first one included), by result: success or failure.",
@@ -129,19 +157,38 @@ class ServeMetrics:
             self.reloads.labels(result)
         for result in ("ok", "refused", "error"):
             self.registry_checks.labels(result)
-        for prediction in ("0", "1"):
-            self.predictions.labels(prediction)
+        self._by_site = {
+            site: (self.predictions.labels("0", site), self.predictions.labels("1", site))
+            for site in SITE_LABELS
+        }
         self.model_loaded.set(0)
         self.model_version.set(0)
         self._served: tuple[str, str, str] | None = None
-        self._negative = self.predictions.labels("0")
-        self._positive = self.predictions.labels("1")
+        self._sites_shown: set[tuple[str, str, str, str]] = set()
 
-    def count_predictions(self, negative: int, positive: int) -> None:
+    def count_predictions(self, negative: int, positive: int, site: str = NO_SITE) -> None:
+        """Count a request's predictions under its site label (see :func:`site_label`)."""
+        counters = self._by_site[site]
         if negative:
-            self._negative.inc(negative)
+            counters[0].inc(negative)
         if positive:
-            self._positive.inc(positive)
+            counters[1].inc(positive)
+
+    def show_sites(self, sites: Mapping[str, tuple[str, int, bool]]) -> None:
+        """Point the site gauges at the site champions now served (site: name, version,
+        adapted)."""
+        shown = {
+            (site_label(site), name, str(version), str(adapted).lower())
+            for site, (name, version, adapted) in sites.items()
+        }
+        for gone in self._sites_shown - shown:
+            if multiprocess_dir():
+                self.site_model_info.labels(*gone).set(0)
+            else:
+                self.site_model_info.remove(*gone)
+        for labels in shown:
+            self.site_model_info.labels(*labels).set(1)
+        self._sites_shown = shown
 
     def show_model(self, name: str, version: int, source: str) -> None:
         """Point the model gauges at the model now served."""

@@ -194,8 +194,19 @@ class RiskPrediction(BaseModel):
         description="The optional fields that were null or absent and were imputed as in "
         "training (empty when the patient's record was complete)"
     )
-    model_name: str
+    model_name: str = Field(description="The registered model that answered")
     model_version: int
+    site: str | None = Field(
+        default=None,
+        description="The site the request named (query `site`, header X-Heartml-Site, or the "
+        "deployment's HEARTML_SITE); null when none",
+    )
+    site_adapted: bool = Field(
+        default=False,
+        description="True when the model that answered is the site's champion and was adapted "
+        "for it; false when the global champion answered (no site named, or no champion for "
+        "it)",
+    )
     explanation: Explanation | None = Field(
         default=None, description="Only with explain=true: why the model gave this risk"
     )
@@ -206,8 +217,19 @@ class BatchPrediction(BaseModel):
 
     predictions: list[RiskPrediction]
     count: int
-    model_name: str
+    model_name: str = Field(description="The registered model that answered")
     model_version: int
+    site: str | None = Field(
+        default=None,
+        description="The site the request named (query `site`, header X-Heartml-Site, or the "
+        "deployment's HEARTML_SITE); null when none",
+    )
+    site_adapted: bool = Field(
+        default=False,
+        description="True when the model that answered is the site's champion and was adapted "
+        "for it; false when the global champion answered (no site named, or no champion for "
+        "it)",
+    )
 
 
 class VersionSummary(BaseModel):

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from heartml.serve.deps import EvidenceDep, HolderDep, json_response
+from heartml.serve.deps import EvidenceDep, HolderDep, SettingsDep, json_response
 from heartml.serve.errors import NotReadyError
+from heartml.serve.evidence import LiveEvidence
 from heartml.serve.evidence_schemas import LiveModelInfo
 from heartml.serve.holder import ModelHolder
 from heartml.serve.schemas import Problem
@@ -38,17 +39,39 @@ def model_info(holder: ModelHolder) -> dict[str, Any] | None:
     }
 
 
+def sites_info(holder: ModelHolder, evidence: LiveEvidence) -> dict[str, Any]:
+    """Each site's champion being served, with its own drift window."""
+    return {
+        site: {
+            **served.ref.summary_fields(),
+            "adapted": served.site_adapted,
+            "adapted_for": served.ref.adapted_for,
+            "loaded_at": served.loaded_at,
+            "engine": served.engine.name,
+            "drift": evidence.describe_site(site),
+        }
+        for site, served in sorted(holder.sites.items())
+    }
+
+
 @router.get(
     "/model",
     response_model=LiveModelInfo,
-    summary="The served model: name, version, run, score, provenance, reload status, and the "
-    "shadowed challenger's agreement and input drift so far",
+    summary="The served model: name, version, run, score, provenance, reload status, the "
+    "shadowed challenger's agreement and input drift so far, and each site's champion",
     responses={503: {"model": Problem, "description": "No model loaded yet"}},
 )
-async def get_model(holder: HolderDep, evidence: EvidenceDep) -> Response:
+async def get_model(settings: SettingsDep, holder: HolderDep, evidence: EvidenceDep) -> Response:
     info = model_info(holder)
     if info is None:
         raise NotReadyError(holder.not_ready_reason())
     return json_response(
-        {**info, "shadow": evidence.shadow.describe(), "drift": evidence.describe()}
+        {
+            **info,
+            "shadow": evidence.shadow.describe(),
+            "drift": evidence.describe(),
+            "default_site": settings.site,
+            "site_check": holder.site_check,
+            "sites": sites_info(holder, evidence),
+        }
     )

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from heartml.data.sites import SITE_PATTERN, SiteNameError, check_site
 from heartml.serve.deps import (
     EvidenceDep,
     HolderDep,
@@ -35,6 +37,7 @@ from heartml.serve.errors import (
     InvalidInputError,
     NotReadyError,
 )
+from heartml.serve.metrics import site_label
 from heartml.serve.middleware import REQUEST_ID_KEY
 from heartml.serve.schemas import (
     LABELS,
@@ -66,17 +69,48 @@ async def read_body(request: Request) -> bytes | None:
             return b"".join(chunks)
 
 
+SITE_HEADER = b"x-heartml-site"
+
+
+def requested_site(request: Request, default: str | None) -> str | None:
+    """The site a request names: the query parameter ``site``, else the header
+    ``X-Heartml-Site``, else the deployment's ``HEARTML_SITE``; a malformed name is a 422.
+
+    Read from the ASGI scope directly: the query string is parsed only when there is one,
+    and a request without either costs a scan of its few headers."""
+    scope = request.scope
+    query = scope["query_string"]
+    if query:
+        if query.startswith(b"site=") and b"&" not in query and b"%" not in query:
+            return _checked(query[5:].decode("latin-1"), ("query", "site"))  # `?site=va`: 1 µs
+        for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if key == "site":
+                return _checked(value, ("query", "site"))
+    for name, value in scope["headers"]:
+        if name == SITE_HEADER:
+            return _checked(value.decode("latin-1"), ("header", "X-Heartml-Site"))
+    return default
+
+
+def _checked(site: str, location: tuple[str, str]) -> str:
+    try:
+        return check_site(site)
+    except SiteNameError as exc:
+        raise InvalidInputError.bad_site(location, str(exc)) from None
+
+
 def classify(
-    served: ServedModel, rows: np.ndarray, metrics: ServeMetrics
+    served: ServedModel, rows: np.ndarray, metrics: ServeMetrics, site: str | None = None
 ) -> tuple[list[int], list[float]]:
-    """The predicted class and P(disease) of each row, counted in the metrics."""
+    """The predicted class and P(disease) of each row, counted in the metrics under the
+    site the request named."""
     proba = served.engine.predict_proba(rows)
     # Python floats, not numpy scalars: the JSON encoder writes them with repr, and a request
     # is mostly one row, for which list operations cost less than numpy's.
     negative, positive = proba[:, 0].tolist(), proba[:, 1].tolist()
     classes = [int(p > n) for n, p in zip(negative, positive, strict=True)]  # ties to 0
     ones = sum(classes)
-    metrics.count_predictions(len(classes) - ones, ones)
+    metrics.count_predictions(len(classes) - ones, ones, site_label(site))
     return classes, positive
 
 
@@ -110,17 +144,39 @@ def _body(schema: str) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{schema}"}
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}},
-        "parameters": [
-            {
-                "name": "explain",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "boolean", "default": False},
-                "description": "Add each answer's explanation: every field's contribution to "
-                "the log-odds, the base value, and the top three reasons in words",
-            }
-        ],
+        "parameters": [*_site_parameters(), EXPLAIN_PARAMETER],
     }
+
+
+EXPLAIN_PARAMETER: dict[str, Any] = {
+    "name": "explain",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean", "default": False},
+    "description": "Add each answer's explanation: every field's contribution to "
+    "the log-odds, the base value, and the top three reasons in words",
+}
+
+
+def _site_parameters() -> list[dict[str, Any]]:
+    """The site a request may name, documented (the route reads it from the scope)."""
+    schema = {"type": "string", "pattern": SITE_PATTERN}
+    what = (
+        "The site (hospital) the patient is seen at: its champion (alias champion-SITE) "
+        "answers when it has one, else the global champion. Default: the deployment's "
+        "HEARTML_SITE, else none. A name outside the pattern is a 422."
+    )
+    return [
+        {"name": "site", "in": "query", "required": False, "schema": schema, "description": what},
+        {
+            "name": "X-Heartml-Site",
+            "in": "header",
+            "required": False,
+            "schema": schema,
+            "description": "The same as the query parameter `site`, which wins when both are "
+            "given.",
+        },
+    ]
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -129,7 +185,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "explain=true for a version registered without explainer files",
     },
     413: {"model": Problem, "description": "Body or batch larger than the configured limit"},
-    422: {"model": ValidationErrorBody, "description": "Invalid input: one entry per bad field"},
+    422: {
+        "model": ValidationErrorBody,
+        "description": "Invalid input: one entry per bad field (or a malformed site name)",
+    },
     503: {"model": Problem, "description": "No model loaded yet"},
 }
 
@@ -142,10 +201,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     openapi_extra=_body("PatientFeatures"),
 )
 async def predict(
-    request: Request, holder: HolderDep, metrics: MetricsDep, evidence: EvidenceDep
+    request: Request,
+    settings: SettingsDep,
+    holder: HolderDep,
+    metrics: MetricsDep,
+    evidence: EvidenceDep,
 ) -> Response:
     # Validate one patient, score it with the model served right now. (No docstring: FastAPI
     # would publish it as the operation's description.)
+    site = requested_site(request, settings.site)
     body = await read_body(request)
     if body is None:
         return _CLIENT_GONE
@@ -154,13 +218,13 @@ async def predict(
         patient = PatientFeatures.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidInputError.from_validation(exc) from None
-    served = holder.current  # read once: a swap during this request does not affect it
+    served = holder.serving(site)  # read once: a swap during this request does not affect it
     if served is None:
         raise NotReadyError(holder.not_ready_reason())
     # A null (optional field not given) becomes NaN: the model's own imputation fills it.
     row = np.array([tuple(patient.__dict__.values())], dtype=np.float64)
     explanation = explain_rows(served, row)[0] if explain else None
-    [predicted], [probability] = classify(served, row, metrics)
+    [predicted], [probability] = classify(served, row, metrics, site)
     evidence.record(request.scope[REQUEST_ID_KEY], served, row, [predicted], [probability])
     answer = {
         "prediction": predicted,
@@ -169,6 +233,8 @@ async def predict(
         "imputed": imputed_fields(patient),
         "model_name": served.ref.name,
         "model_version": served.ref.version,
+        "site": site,
+        "site_adapted": served.site_adapted,
     }
     if explanation is not None:
         answer["explanation"] = explanation
@@ -190,6 +256,7 @@ async def predict_batch(
     evidence: EvidenceDep,
 ) -> Response:
     # Refuse an oversized batch first, then validate every row and score them together.
+    site = requested_site(request, settings.site)
     body = await read_body(request)
     if body is None:
         return _CLIENT_GONE
@@ -206,15 +273,16 @@ async def predict_batch(
         batch = BatchRequest.model_validate(data)
     except ValidationError as exc:
         raise InvalidInputError.from_validation(exc) from None
-    served = holder.current
+    served = holder.serving(site)
     if served is None:
         raise NotReadyError(holder.not_ready_reason())
     rows = np.array([tuple(p.__dict__.values()) for p in batch.instances], dtype=np.float64)
     explanations = explain_rows(served, rows) if explain else None
-    classes, probabilities = classify(served, rows, metrics)
+    classes, probabilities = classify(served, rows, metrics, site)
     evidence.record(request.scope[REQUEST_ID_KEY], served, rows, classes, probabilities)
     name, version = served.ref.name, served.ref.version
-    predictions = [
+    adapted = served.site_adapted
+    predictions: list[dict[str, Any]] = [
         {
             "prediction": c,
             "probability": p,
@@ -222,6 +290,8 @@ async def predict_batch(
             "imputed": imputed_fields(patient),
             "model_name": name,
             "model_version": version,
+            "site": site,
+            "site_adapted": adapted,
         }
         for c, p, patient in zip(classes, probabilities, batch.instances, strict=True)
     ]
@@ -234,5 +304,7 @@ async def predict_batch(
             "count": len(predictions),
             "model_name": name,
             "model_version": version,
+            "site": site,
+            "site_adapted": adapted,
         }
     )
