@@ -190,6 +190,8 @@ def test_sigkill_leaves_no_worker_behind(train: subprocess.Popen[str]) -> None:
     wait_until(lambda: workers_of(train), 60, "the pool's workers are running")
     left = descendants(train.pid)
     train.kill()
-    train.communicate(timeout=5)
+    # wait() on the pid alone: the workers hold the pipes' write ends until they end.
+    train.wait(timeout=5)
     seconds = wait_until(lambda: not alive(left), 5, "the workers and the fork server to end")
     assert seconds < 5
+    train.communicate(timeout=5)
