@@ -49,3 +49,23 @@ def test_the_identity_update_changes_nothing(graph_and_rows: tuple[bytes, np.nda
     before = OnnxEngine(graph).predict_proba(rows)
     after = OnnxEngine(recalibrated_graph(graph, 0.0, 1.0)).predict_proba(rows)
     assert np.max(np.abs(after - before)) <= 1e-6
+
+
+def test_a_graph_whose_output_is_read_inside_it_stays_valid() -> None:
+    """An SVM's graph feeds its probabilities to an ArgMax for the label as well."""
+    import pandas as pd
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    from heartml.data.schema import FEATURE_NAMES
+
+    rows = synthetic_rows(300, seed=12)
+    frame = pd.DataFrame(rows, columns=list(FEATURE_NAMES))
+    y = (rows[:, FEATURE_NAMES.index("oldpeak")] > 1.0).astype(int)
+    svm = CalibratedClassifierCV(SVC(), method="sigmoid", ensemble=False, cv=3)
+    pipeline = Pipeline([("preprocess", build_preprocessor()), ("model", svm)]).fit(frame, y)
+    graph = convert_pipeline(pipeline, rows).graph
+    before = OnnxEngine(graph).predict_proba(rows)
+    after = OnnxEngine(recalibrated_graph(graph, 0.3, 0.8)).predict_proba(rows)
+    expected = Recalibration(Method.LOGISTIC, 0.3, 0.8).apply(before[:, 1])
+    assert np.max(np.abs(after[:, 1] - expected)) <= 1e-6

@@ -27,8 +27,11 @@ def recalibrated_graph(graph: bytes, intercept: float, slope: float) -> bytes:
     (output,) = [o for o in body.output if o.name == OUTPUT_NAME]
     output_type = output.type.tensor_type.elem_type
     base = PREFIX + "base"
+    # Every reader of the old output (an ArgMax for the label, in some graphs) now reads the
+    # unrecalibrated probabilities under their new name, as it did before.
     for node in body.node:
         node.output[:] = [base if name == OUTPUT_NAME else name for name in node.output]
+        node.input[:] = [base if name == OUTPUT_NAME else name for name in node.input]
 
     def name(part: str) -> str:
         return PREFIX + part
