@@ -255,3 +255,16 @@ def test_the_site_gate_refuses_worse_discrimination_and_unpairable_evidence() ->
         prediction_set([IDS[i] for i in few], OUTCOME[few], RISK[few]),
     )
     assert _judge(rows, champion) == {"has_evidence": False}
+
+
+def test_the_latest_version_of_a_name_is_never_one_adapted_for_another_site() -> None:
+    base = version("svm", 1)
+    state = family(base, adapted("svm", 2, "va"), adapted("svm", 3, "hungarian"))
+    name = base.name
+    assert state.find(name).version == 1
+    assert state.find(name, site="va").version == 2
+    assert state.find(name, site="switzerland").version == 1
+    assert plan_promotion(state, SETTINGS, name).target.version == 1
+    assert plan_site_promotion(state, SETTINGS, "va", name).target.version == 2
+    with pytest.raises(NotFoundError, match="not adapted"):
+        family(adapted("svm", 2, "va")).find(name)

@@ -303,7 +303,7 @@ class SiteSubjects:
 def site_target(state: FamilyState, site: str, name: str, version: int | None) -> VersionInfo:
     """NAME/VERSION as a candidate for ``site``: adapted for it, or not adapted at all (a
     person may choose a trained model for a site); adapted for another site, refused."""
-    target = state.find(name, version)
+    target = state.find(name, version, site=site)
     adapted = target.adapted_for
     if adapted is not None and adapted != site:
         raise RegistryError(

@@ -273,14 +273,23 @@ class FamilyState:
             )
         return max(adapted, key=lambda v: (v.created_ms, v.name, v.version))
 
-    def find(self, name: str, version: int | None = None) -> VersionInfo:
+    def find(
+        self, name: str, version: int | None = None, *, site: str | None = None
+    ) -> VersionInfo:
+        """NAME/VERSION; without VERSION, NAME's latest version for ``site``: adapted for
+        it, else not adapted at all (a version adapted for one site is never the latest of
+        another, nor of the family)."""
         model = next((m for m in self.models if m.name == name), None)
         if model is None:
             raise NotFoundError(f"unknown model {name!r}")
         if not model.versions:
             raise NotFoundError(f"model {name!r} has no versions")
         if version is None:
-            return model.versions[0]
+            for wanted in dict.fromkeys((site, None)):
+                found = next((v for v in model.versions if v.adapted_for == wanted), None)
+                if found is not None:
+                    return found
+            raise NotFoundError(f"model {name!r} has no version that is not adapted for a site")
         found = next((v for v in model.versions if v.version == version), None)
         if found is None:
             raise NotFoundError(f"model {name!r} has no version {version}")
