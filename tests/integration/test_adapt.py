@@ -219,6 +219,57 @@ def test_onnx_graph_matches_the_python_update_on_every_site_row(
         )
 
 
+def test_model_directory_is_what_mlflow_sklearn_writes(
+    adapted: dict[str, Any], tmp_path: Path
+) -> None:
+    """The command's process writes the adapted model's directory without scikit-learn
+    (heartml.adaptation.register.StagedSklearnFlavor): it must be the directory
+    mlflow.sklearn.save_model writes for the same model and arguments."""
+    import mlflow.artifacts
+    import mlflow.sklearn
+    import yaml
+    from mlflow.models import Model
+
+    from heartml.training.tracking import pip_requirements
+
+    settings = adapted["settings"]
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    version = _adapted_versions(settings)[0]
+    logged = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}",
+            dst_path=str(tmp_path / "logged"),
+        )
+    )
+    ours = Model.load(str(logged / "MLmodel"))
+    flavor = ours.flavors["sklearn"]
+    saved = tmp_path / "saved"
+    mlflow.sklearn.save_model(
+        mlflow.sklearn.load_model(str(logged)),
+        str(saved),
+        serialization_format="skops",
+        skops_trusted_types=flavor["skops_trusted_types"],
+        signature=ours.signature,
+        pyfunc_predict_fn="predict_proba",
+        pip_requirements=pip_requirements(),
+        extra_files=[str(logged / entry["path"]) for entry in flavor["extra_files"]],
+    )
+    theirs = Model.load(str(saved / "MLmodel"))
+    assert ours.flavors == theirs.flavors
+    assert ours.signature == theirs.signature
+    # registered_model_meta: written by the download of a registered version, not by saving.
+    downloaded = {p.relative_to(logged) for p in logged.rglob("*")}
+    assert downloaded - {Path("registered_model_meta")} == {
+        p.relative_to(saved) for p in saved.rglob("*")
+    }
+    for name in ("conda.yaml", "python_env.yaml", "requirements.txt"):
+        assert (logged / name).read_text() == (saved / name).read_text(), name
+    for name in flavor["extra_files"]:
+        assert (logged / name["path"]).read_bytes() == (saved / name["path"]).read_bytes()
+    assert yaml.safe_load((logged / "MLmodel").read_text())["model_size_bytes"] > 0
+
+
 def test_bad_input_is_one_line_and_registers_nothing(
     adapted: dict[str, Any], tmp_path: Path
 ) -> None:

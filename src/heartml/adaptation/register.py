@@ -13,6 +13,11 @@ Nothing half-registered: the run gets the model, the predictions and the plots f
 version is created from it last but one; then the card, which names the version. Should the
 card fail (or the process be interrupted there), the version is deleted again, and the run is
 marked failed. Creating the version last of all would need its number before it exists.
+
+This process never imports scikit-learn: the worker of :mod:`heartml.adaptation.worker` reads
+the samples, decides every site (:mod:`heartml.adaptation.decide`) and stages each model's
+files while this process imports MLflow and opens the store; :class:`StagedSklearnFlavor`
+turns the staged files into the MLflow model ``mlflow.sklearn.log_model`` would have logged.
 """
 
 from __future__ import annotations
@@ -20,34 +25,19 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from numpy.typing import NDArray
-
-from heartml.adaptation.card import PLOT, SiteRows, prediction_sets, section
-from heartml.adaptation.procedure import (
-    AUTO,
-    AdaptationError,
-    RefitSpec,
-    Update,
-    answered_rows,
-    check_method,
-    cross_validate,
-    refused_by_field,
-    run_procedure,
-)
-from heartml.data.schema import FEATURE_NAMES
+from heartml.adaptation.card import PLOT
 from heartml.errors import UserError
-from heartml.evidence.recalibration import Method, SampleCheck, sample_check
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from heartml.adaptation.sample import SiteSample
+    from heartml.adaptation.worker import BaseFiles, Staged
     from heartml.registry import VersionInfo
     from heartml.settings import Settings
 
@@ -57,23 +47,6 @@ TAG_SITE = "site"
 TAG_ADAPTED_FROM = "adapted_from"
 TAG_METHOD = "adaptation_method"
 CHAMPION = "champion"
-# The graph with the update appended must give the Python computation's probabilities.
-PARITY = 1e-6
-
-
-class NotAdaptedError(UserError):
-    """The site's sample supports no update (``auto`` found nothing it could estimate)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BaseModel:
-    """The version adapted from, loaded once for every site."""
-
-    version: VersionInfo
-    pipeline: Any  # the fitted sklearn pipeline
-    graph: bytes
-    card: dict[str, Any]
-    plots: dict[str, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,211 +103,46 @@ def resolve_base(settings: Settings, ref: str) -> VersionInfo:
     return found
 
 
-def load_base(client: MlflowClient, version: VersionInfo) -> BaseModel:
-    """The base version's pipeline, ONNX graph, card JSON and plots."""
+def download_base(
+    client: MlflowClient, version: VersionInfo, root: Path
+) -> tuple[BaseFiles, dict[str, bytes]]:
+    """The base version's model directory, card JSON and plots, downloaded under ``root``."""
     import mlflow.artifacts
-    import mlflow.sklearn
 
+    from heartml.adaptation.worker import BaseFiles
     from heartml.evidence.card import CARD_JSON, PLOTS_DIR
     from heartml.model.onnx_form import find_onnx_files
 
-    with tempfile.TemporaryDirectory(prefix="heartml-adapt-base-") as staging:
-        root = Path(staging)
-        model_dir = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=version.uri, dst_path=str(root))
-        )
-        files = find_onnx_files(model_dir)
-        if files is None:
-            raise UserError(f"{version.ref} has no ONNX form: adapting needs one to serve")
-        pipeline = mlflow.sklearn.load_model(str(model_dir))
-        graph = files.graph.read_bytes()
-        card_path = Path(client.download_artifacts(version.run_id, CARD_JSON, str(root)))
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        plots: dict[str, bytes] = {}
-        try:
-            folder = Path(client.download_artifacts(version.run_id, PLOTS_DIR, str(root)))
-            plots = {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
-        except Exception as exc:  # a card without plots is rendered without them
-            logger.info("%s: no plots (%s)", version.ref, _one_line(exc))
-    return BaseModel(version, pipeline, graph, card, plots)
-
-
-def _frame(features: NDArray[np.float64]) -> Any:
-    import pandas as pd
-
-    return pd.DataFrame(features, columns=list(FEATURE_NAMES))
-
-
-def _risk(model: Any, features: NDArray[np.float64]) -> NDArray[np.float64]:
-    return np.asarray(model.predict_proba(_frame(features))[:, 1], dtype=np.float64)
-
-
-# --- refit ----------------------------------------------------------------------------------
-
-
-def refit_spec(
-    base: BaseModel, features: NDArray[np.float64], y: NDArray[np.int64], seed: int
-) -> RefitSpec:
-    """Refitting the base candidate (its estimator and hyper-parameters, from its card) on some
-    of the site's rows. Its parameters are counted as a linear model on the preprocessed
-    columns (one per column and the intercept): exact for logistic regression, a floor for
-    the others."""
-    from heartml.training.fit import LabelledRows, fit_pipeline
-
-    name = base.card["model"]["candidate"]
-    params = dict(base.card["model"]["params"])
-
-    def fit(rows: NDArray[np.int64]) -> Callable[[NDArray[np.int64]], NDArray[np.float64]]:
-        labelled = LabelledRows(
-            _frame(features[rows]),
-            y[rows],
-            np.arange(rows.size).astype(str).astype(object),
-            np.full(rows.size, "site", dtype=object),
-        )
-        model = fit_pipeline(name, params, labelled, seed)
-        return lambda wanted: _risk(model, features[wanted])
-
-    preprocess = base.pipeline.steps[0][1]
-    columns = int(np.asarray(preprocess.transform(_frame(features[:1]))).shape[1])
-    return RefitSpec(fit=fit, parameters=columns + 1)
-
-
-def refit_model(
-    base: BaseModel, features: NDArray[np.float64], y: NDArray[np.int64], seed: int
-) -> Any:
-    from heartml.training.fit import LabelledRows, fit_pipeline
-
-    labelled = LabelledRows(
-        _frame(features),
-        y,
-        np.arange(y.size).astype(str).astype(object),
-        np.full(y.size, "site", dtype=object),
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=version.uri, dst_path=str(root))
     )
-    return fit_pipeline(
-        base.card["model"]["candidate"], dict(base.card["model"]["params"]), labelled, seed
-    )
-
-
-# --- one site -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Adaptation:
-    """A site's adaptation, decided and validated, before anything is written."""
-
-    rows: SiteRows
-    update: Update
-    section: dict[str, Any]
-    sets: dict[str, Any]
-    model: Any  # RecalibratedClassifier, the refitted pipeline, or the base pipeline (none)
-    form: Any  # its checked OnnxForm
-
-
-def decide(base: BaseModel, sample: SiteSample, requested: str, seed: int) -> Adaptation:
-    """The procedure on the site's answered rows and its cross-validation; AdaptationError or
-    NotAdaptedError (one line) when the sample supports no such update."""
-    from heartml.model.recalibrated_classifier import RecalibratedClassifier
-
-    answered = answered_rows(sample.features)
-    rows = SiteRows(
-        site=sample.site,
-        ids=sample.ids,
-        y=sample.y,
-        base=_risk(base.pipeline, sample.features),
-        answered=answered,
-        refused_by_field=refused_by_field(sample.features),
-    )
-    features, y, p = sample.features[answered], sample.y[answered], rows.base[answered]
-    if y.size == 0:
-        raise AdaptationError(
-            f"{sample.site}: none of its {len(sample)} rows has every required field"
-        )
-    refit = None
-    if requested in (AUTO, str(Method.REFIT)):
-        refit = refit_spec(base, features, y, seed)
-    checks: list[SampleCheck]
-    if requested == AUTO:
-        checks = [sample_check(m, y) for m in (Method.INTERCEPT, Method.LOGISTIC)]
-        if refit is not None:
-            checks.append(sample_check(Method.REFIT, y, refit.parameters))
-        if not any(c.ok for c in checks):
-            raise NotAdaptedError(
-                f"{sample.site}: not adapted, no update can be estimated: {checks[0].message}"
-            )
-    else:
-        checks = [check_method(Method(requested), y, refit)]
-    everyone = np.arange(y.size)
-    update = run_procedure(y, p, everyone, requested, refit)
-    validation = cross_validate(y, p, requested, refit, seed)
-    model: Any = base.pipeline
-    if update.method is Method.REFIT:
-        model = refit_model(base, features, y, seed)
-    elif update.recalibration is not None and update.method is not Method.NONE:
-        model = RecalibratedClassifier(
-            base.pipeline,
-            update.recalibration.intercept,
-            update.recalibration.slope,
-            str(update.method),
-        )
-    card_section = section(
-        rows,
-        adapted_from=base.version.ref,
-        requested=requested,
-        update=update,
-        validation=validation,
-        checks=checks,
-        seed=seed,
-        refit_parameters=None if refit is None else refit.parameters,
-    )
-    sets = prediction_sets(rows, validation)
-    form = onnx_form(base, update, model, rows, sample)
-    return Adaptation(rows, update, card_section, sets, model, form)
-
-
-def onnx_form(
-    base: BaseModel, update: Update, model: Any, rows: SiteRows, sample: SiteSample
-) -> Any:
-    """The adapted model's ONNX form, checked on every site row (and the base's probe rows)."""
-    from heartml.model.convert import ConversionError, OnnxForm, TrainingRows, convert_pipeline
-    from heartml.model.onnx_form import OnnxEngine, Probe, largest_deviation
-    from heartml.model.recalibrated import recalibrated_graph
-
-    answered = rows.answered
-    if update.method is Method.REFIT:
-        return convert_pipeline(
-            model,
-            sample.features,
-            TrainingRows(sample.features[answered], sample.y[answered]),
-        )
-    recalibration = update.recalibration
-    graph = base.graph
-    if recalibration is not None and update.method is not Method.NONE:
-        graph = recalibrated_graph(base.graph, recalibration.intercept, recalibration.slope)
-    every = sample.features
-    probe = Probe(rows=every, expected=np.asarray(model.predict_proba(_frame(every))))
-    deviation = largest_deviation(OnnxEngine(graph), probe)
-    if not deviation <= PARITY:
-        raise ConversionError(
-            f"{sample.site}: the adapted ONNX graph differs from the Python update by "
-            f"{deviation:.3g} (at most {PARITY:g} allowed)"
-        )
-    return OnnxForm(graph=graph, probe=probe, deviation=deviation)
+    files = find_onnx_files(model_dir)
+    if files is None:
+        raise UserError(f"{version.ref} has no ONNX form: adapting needs one to serve")
+    card_path = Path(client.download_artifacts(version.run_id, CARD_JSON, str(root)))
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    plots: dict[str, bytes] = {}
+    try:
+        folder = Path(client.download_artifacts(version.run_id, PLOTS_DIR, str(root)))
+        plots = {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+    except Exception as exc:  # a card without plots is rendered without them
+        logger.info("%s: no plots (%s)", version.ref, _one_line(exc))
+    return BaseFiles(version, model_dir, files.graph, card), plots
 
 
 # --- writing --------------------------------------------------------------------------------
 
 
-def version_tags(
-    base: BaseModel, sample: SiteSample, adaptation: Adaptation, seed: int
-) -> dict[str, str]:
+def version_tags(base: BaseFiles, sample: SiteSample, staged: Staged, seed: int) -> dict[str, str]:
     from heartml.training.tracking import git_commit
 
-    after = adaptation.section["after"]
+    assert staged.section is not None
+    after = staged.section["after"]
     auc = after["roc_auc"]
     tags = {
         TAG_SITE: sample.site,
         TAG_ADAPTED_FROM: base.version.ref,
-        TAG_METHOD: str(adaptation.update.method),
+        TAG_METHOD: str(staged.method),
         "data_sha256": sample.sha256,
         "data_sites": sample.site,
         "git_commit": git_commit(),
@@ -351,14 +159,14 @@ def version_tags(
 
 
 def adapted_card(
-    base: BaseModel,
+    base_card: dict[str, Any],
     run_id: str,
     version: str,
     site_section: dict[str, Any],
     lineage: dict[str, str],
 ) -> dict[str, Any]:
     """The base version's card, as the adapted version's: its model, lineage, and the section."""
-    card = dict(base.card)
+    card = dict(base_card)
     model = dict(card["model"])
     model.update(version=int(version), run_id=run_id, uri=f"models:/{model['name']}/{version}")
     return {
@@ -370,43 +178,151 @@ def adapted_card(
     }
 
 
+class StagedSklearnFlavor:
+    """``mlflow.sklearn`` as ``Model.log`` calls it, for a model the worker has serialized.
+
+    ``mlflow.sklearn.log_model`` would serialize the model here, which needs scikit-learn and
+    skops in this process; the worker wrote the skops file instead (and checked that it loads
+    with the trusted types, as MLflow checks it). :meth:`save_model` writes the rest of the
+    directory as ``mlflow.sklearn.save_model`` writes it for these arguments (the skops format,
+    explicit pip requirements, a signature, extra files, no input example, no code paths);
+    tests/integration/test_adapt.py compares the two directories.
+    """
+
+    __name__ = "mlflow.sklearn"
+
+    def __init__(self, staged: Staged, environment: ModelEnvironment) -> None:
+        self.staged = staged
+        self.environment = environment
+
+    def save_model(
+        self,
+        path: str,
+        mlflow_model: Any,
+        serialization_format: str,
+        signature: Any,
+        pyfunc_predict_fn: str,
+        skops_trusted_types: list[str],
+        extra_files: list[str],
+    ) -> None:
+        import shutil
+
+        import yaml
+        from mlflow import pyfunc
+        from mlflow.models.model import MLMODEL_FILE_NAME
+        from mlflow.utils.environment import (
+            _CONDA_ENV_FILE_NAME,
+            _CONSTRAINTS_FILE_NAME,
+            _PYTHON_ENV_FILE_NAME,
+            _REQUIREMENTS_FILE_NAME,
+            _PythonEnv,
+        )
+        from mlflow.utils.file_utils import get_total_file_size
+        from mlflow.utils.model_utils import (
+            _copy_extra_files,
+            _validate_and_prepare_target_save_path,
+        )
+
+        assert self.staged.model_file is not None
+        model_data = "model.skops"
+        directory = Path(path)
+        _validate_and_prepare_target_save_path(path)  # type: ignore[no-untyped-call]
+        mlflow_model.signature = signature
+        shutil.copyfile(self.staged.model_file, directory / model_data)
+        extra_files_config = _copy_extra_files(extra_files, path)  # type: ignore[no-untyped-call]
+        pyfunc.add_to_model(
+            mlflow_model,
+            loader_module="mlflow.sklearn",
+            model_path=model_data,
+            conda_env=_CONDA_ENV_FILE_NAME,
+            python_env=_PYTHON_ENV_FILE_NAME,
+            code=None,
+            predict_fn=pyfunc_predict_fn,
+        )
+        mlflow_model.add_flavor(
+            "sklearn",
+            pickled_model=model_data,
+            sklearn_version=self.staged.sklearn_version,
+            serialization_format=serialization_format,
+            code=None,
+            skops_trusted_types=skops_trusted_types,
+            **extra_files_config,
+        )
+        if size := get_total_file_size(path):
+            mlflow_model.model_size_bytes = size
+        mlflow_model.save(str(directory / MLMODEL_FILE_NAME))
+        conda_env, requirements, constraints = self.environment
+        with (directory / _CONDA_ENV_FILE_NAME).open("w") as f:
+            yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
+        if constraints:
+            (directory / _CONSTRAINTS_FILE_NAME).write_text(
+                "\n".join(constraints), encoding="utf-8"
+            )
+        (directory / _REQUIREMENTS_FILE_NAME).write_text("\n".join(requirements), encoding="utf-8")
+        python_env = _PythonEnv.current()  # type: ignore[no-untyped-call]
+        python_env.to_yaml(str(directory / _PYTHON_ENV_FILE_NAME))
+
+
+# The conda environment, pip requirements and constraints of a model's directory.
+ModelEnvironment = tuple[dict[str, Any], list[str], list[str]]
+
+
+def model_environment() -> ModelEnvironment:
+    """The environment files' contents, as ``mlflow.sklearn.save_model`` makes them from the
+    explicit pip requirements (the same for every site: made once; MLflow's check of them
+    against the installed packages reads every package's metadata)."""
+    from mlflow.utils.environment import _process_pip_requirements
+
+    from heartml.training.tracking import pip_requirements
+
+    wanted = pip_requirements()
+    conda_env, requirements, constraints = _process_pip_requirements(  # type: ignore[no-untyped-call]
+        None, wanted, None
+    )
+    return conda_env, requirements, constraints
+
+
+def log_staged_model(staged: Staged, environment: ModelEnvironment) -> Any:
+    """Log the staged model on the active run, as ``mlflow.sklearn.log_model`` logs it."""
+    from mlflow.models import Model, infer_signature
+
+    from heartml.adaptation.decide import model_frame
+    from heartml.training.tracking import SKOPS_TRUSTED_TYPES
+
+    assert staged.example is not None
+    return Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=StagedSklearnFlavor(staged, environment),
+        flavor_name="mlflow.sklearn",
+        serialization_format="skops",
+        skops_trusted_types=sorted(SKOPS_TRUSTED_TYPES),
+        signature=infer_signature(model_frame(staged.example), staged.example_output),
+        pyfunc_predict_fn="predict_proba",
+        extra_files=list(staged.extra_files),
+    )
+
+
 def register(
-    settings: Settings,
     client: MlflowClient,
     experiment_id: str,
-    base: BaseModel,
+    base: BaseFiles,
+    base_plots: dict[str, bytes],
     sample: SiteSample,
-    adaptation: Adaptation,
+    staged: Staged,
     seed: int,
+    environment: ModelEnvironment,
 ) -> str:
     """Log the adapted model on a run of its own and register it; returns the version."""
     import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
 
-    from heartml.data.profile import write_profile
     from heartml.evidence.card import write_card_files
     from heartml.evidence.predictions import PREDICTIONS_ARTIFACT, write_predictions
-    from heartml.training.plots import plot_calibration, render_png
-    from heartml.training.tracking import SKOPS_TRUSTED_TYPES, onnx_files, pip_requirements
 
-    form = adaptation.form
-    tags = version_tags(base, sample, adaptation, seed)
-    site_section = adaptation.section
-    plot = render_png(
-        plot_calibration(
-            {
-                f"before: {base.version.ref}": site_section["before"]["calibration_curve"],
-                f"after: {site_section['method']} (validated)": site_section["after"][
-                    "calibration_curve"
-                ],
-            },
-            title=f"Calibration at {sample.site}",
-        )
-    )
-    plots = {**base.plots, PLOT: plot}
-    answered = sample.features[adaptation.rows.answered]
-    example = _frame(answered[:5])
+    assert staged.section is not None and staged.sets is not None
+    tags = version_tags(base, sample, staged, seed)
+    site_section = staged.section
+    plots = {**base_plots, PLOT: staged.plot}
     name = base.version.name
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"adapt-{sample.site}", tags=tags
@@ -422,23 +338,11 @@ def register(
                 "seed": seed,
             }
         )
-        mlflow.log_metric("onnx_max_deviation", form.deviation)
-        mlflow.log_text(write_predictions(adaptation.sets), PREDICTIONS_ARTIFACT)
+        mlflow.log_metric("onnx_max_deviation", staged.deviation)
+        mlflow.log_text(write_predictions(staged.sets), PREDICTIONS_ARTIFACT)
+        info = log_staged_model(staged, environment)
         with tempfile.TemporaryDirectory(prefix="heartml-adapt-") as staging:
             directory = Path(staging)
-            info = mlflow.sklearn.log_model(
-                adaptation.model,
-                name="model",
-                serialization_format="skops",
-                skops_trusted_types=sorted(SKOPS_TRUSTED_TYPES),
-                signature=infer_signature(example, adaptation.model.predict_proba(example)),
-                pyfunc_predict_fn="predict_proba",
-                pip_requirements=pip_requirements(),
-                extra_files=[
-                    *onnx_files(form, directory),
-                    write_profile(answered, directory),
-                ],
-            )
             (directory / "plots").mkdir()
             for path, png in plots.items():
                 (directory / "plots" / path).write_bytes(png)
@@ -448,7 +352,7 @@ def register(
         version = str(registered.version)
         try:
             card = adapted_card(
-                base,
+                base.card,
                 run_id,
                 version,
                 site_section,
@@ -467,41 +371,72 @@ def register(
     return version
 
 
+def _import_for_registering() -> None:
+    """What registering imports, imported while the worker decides (this process would wait)."""
+    import mlflow.models.signature
+    import mlflow.pyfunc
+    import mlflow.utils.environment
+    import mlflow.utils.model_utils
+
+    from heartml.evidence.card import write_card_files
+
+    del mlflow, write_card_files
+
+
 def adapt_sites(
-    settings: Settings, ref: str, samples: Sequence[SiteSample], requested: str, seed: int
+    settings: Settings,
+    ref: str,
+    sites: Sequence[str],
+    data: Path | None,
+    requested: str,
+    seed: int,
 ) -> list[SiteOutcome]:
     """Adapt ``ref`` to each site's sample. Every site is decided and validated before any is
     registered, so a refusal (a method the sample cannot support) leaves the registry as it
     was; under ``auto``, a site that supports no update at all is left out (its outcome says
-    why) and the others go on."""
-    from heartml import registry
+    why) and the others go on. The samples are read and checked first: an invalid one raises
+    :class:`~heartml.adaptation.sample.InvalidSampleError` before anything else is reported.
 
-    base_version = resolve_base(settings, ref)
-    client = registry.get_client(settings)
-    base = registry.call_store(
-        settings, lambda: load_base(client, base_version), f"read {base_version.ref}"
-    )
-    decided: list[tuple[SiteSample, Adaptation | None, str | None]] = []
-    for sample in samples:
-        try:
-            decided.append((sample, decide(base, sample, requested, seed), None))
-        except NotAdaptedError as exc:
-            decided.append((sample, None, str(exc)))
-    experiment_id = registry.ensure_experiment(settings)
-    registry.require_experiment_access(settings, experiment_id)
-    outcomes = []
-    for sample, adaptation, refusal in decided:
-        if adaptation is None:
-            outcomes.append(SiteOutcome(sample.site, None, None, refusal))
-            continue
-        version = registry.call_store(
-            settings,
-            lambda s=sample, a=adaptation: register(  # type: ignore[misc]
-                settings, client, experiment_id, base, s, a, seed
-            ),
-            f"register the adapted version for {sample.site}",
-        )
-        outcomes.append(
-            SiteOutcome(sample.site, adaptation.section, f"{base_version.name}/{version}", None)
-        )
+    The scikit-learn side runs in a worker (:mod:`heartml.adaptation.worker`) that starts
+    importing now, while this process imports MLflow and opens the store."""
+    from heartml import registry
+    from heartml.adaptation.worker import adaptation_worker, prepare_sites, read_samples
+
+    with adaptation_worker() as worker:
+        reading = worker.submit(read_samples, settings, list(sites), data)
+        with tempfile.TemporaryDirectory(prefix="heartml-adapt-") as staging:
+            root = Path(staging)
+            try:
+                base_version = resolve_base(settings, ref)
+                client = registry.get_client(settings)
+                base, base_plots = registry.call_store(
+                    settings,
+                    lambda: download_base(client, base_version, root / "base"),
+                    f"read {base_version.ref}",
+                )
+            except Exception:
+                reading.result()  # an invalid sample is reported first, as it is checked first
+                raise
+            samples = reading.result()
+            preparing = worker.submit(prepare_sites, base, samples, requested, seed, root / "sites")
+            experiment_id = registry.ensure_experiment(settings)
+            registry.require_experiment_access(settings, experiment_id)
+            _import_for_registering()
+            environment = model_environment()
+            staged = preparing.result()
+            outcomes = []
+            for sample, found in zip(samples, staged, strict=True):
+                if found.refusal is not None:
+                    outcomes.append(SiteOutcome(sample.site, None, None, found.refusal))
+                    continue
+                version = registry.call_store(
+                    settings,
+                    lambda s=sample, f=found: register(  # type: ignore[misc]
+                        client, experiment_id, base, base_plots, s, f, seed, environment
+                    ),
+                    f"register the adapted version for {sample.site}",
+                )
+                outcomes.append(
+                    SiteOutcome(sample.site, found.section, f"{base_version.name}/{version}", None)
+                )
     return outcomes

@@ -38,6 +38,10 @@ class InvalidSampleError(DataError):
         super().__init__(f"{len(report.fatal)} invalid value(s), first: {first}")
         self.report = report
 
+    def __reduce__(self) -> tuple[type[InvalidSampleError], tuple[ValidationReport]]:
+        # Raised in the adaptation worker: it reaches the command through pickle.
+        return (type(self), (self.report,))
+
 
 @dataclass(frozen=True, slots=True)
 class SiteSample:

@@ -75,20 +75,18 @@ def _run(
     settings: Any, model: str, sites: list[str], data: Path | None, method: str
 ) -> list[SiteOutcome]:
     from heartml.adaptation.register import adapt_sites
-    from heartml.adaptation.sample import InvalidSampleError, read_site_sample
-    from heartml.cli.data import print_report
+    from heartml.adaptation.sample import InvalidSampleError
     from heartml.training.experiment import load_experiment
 
     with user_errors():
-        samples = []
-        for site in sites:
-            try:
-                samples.append(read_site_sample(settings, site, data))
-            except InvalidSampleError as exc:
-                print_report(exc.report)
-                raise typer.Exit(EXIT_ERROR) from exc
         seed = load_experiment(settings.experiment_config).split.seed
-        return adapt_sites(settings, model, samples, method, seed)
+        try:
+            return adapt_sites(settings, model, sites, data, method, seed)
+        except InvalidSampleError as exc:
+            from heartml.cli.data import print_report
+
+            print_report(exc.report)
+            raise typer.Exit(EXIT_ERROR) from exc
 
 
 def _interval(found: dict[str, Any] | None, digits: int = 2) -> str:
