@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv (if missing) and install heartml with pinned dependencies
 
-pipeline: install ## The main job on the embedded SQLite store: download (all sites) → validate → train → promote → adapt → list
+pipeline: install ## The main job on the embedded SQLite store: download (all sites) → validate → train → promote → adapt and promote per site → list
 	@start=$$(date +%s%N); \
 	$(HEARTML) data download --all-sites && \
 	$(HEARTML) data validate --all-sites && \
@@ -69,10 +69,10 @@ promote: install ## Promote the best-tagged version (exit 2 = refused by the gat
 # site whose sample supports no update (Switzerland: 8 patients without disease), is no error.
 ADAPT_SITES ?= hungarian switzerland va
 
-adapt: install adapt-sites ## Adapt the champion to each site of ADAPT_SITES (exit 2 = a site not adapted, no error)
+adapt: install adapt-sites ## Adapt the champion to each site of ADAPT_SITES and promote each through the site gate (exit 2 = not adapted or refused, no error)
 
 adapt-sites:
-	@rc=0; $(HEARTML) adapt champion $(addprefix --site ,$(ADAPT_SITES)) || rc=$$?; \
+	@rc=0; $(HEARTML) adapt champion $(addprefix --site ,$(ADAPT_SITES)) --promote || rc=$$?; \
 	[ $$rc -eq 0 ] || [ $$rc -eq 2 ]
 
 list: install ## Show the model registry

@@ -35,9 +35,21 @@ def adapted(
     shutil.copytree(trained_root / "data", root / "data")
     shutil.copytree(trained_root / "mlartifacts", root / "mlartifacts")
     settings = make_settings(root, mirror)
-    auto = run_heartml(settings, "adapt", "champion", *(f"--site={s}" for s in SITES))
+    champion = run_heartml(settings, "promote", "--list", "--json")
+    auto = run_heartml(settings, "adapt", "champion", *(f"--site={s}" for s in SITES), "--promote")
+    promoted = run_heartml(settings, "promote", "--list", "--json")
     logistic = run_heartml(settings, "adapt", "champion", "--site", "va", "--method", "logistic")
-    return {"settings": settings, "auto": auto, "logistic": logistic}
+    va_gate = run_heartml(settings, "promote", "--auto", "--site", "va")
+    after_va = run_heartml(settings, "promote", "--list", "--json")
+    return {
+        "settings": settings,
+        "auto": auto,
+        "logistic": logistic,
+        "before": json.loads(champion.stdout),
+        "promoted": json.loads(promoted.stdout),
+        "va_gate": va_gate,
+        "after_va": json.loads(after_va.stdout),
+    }
 
 
 def _client(settings: Settings) -> Any:
@@ -79,6 +91,33 @@ def test_auto_adapts_hungary_and_va_and_refuses_switzerland(adapted: dict[str, A
     assert sorted(sites) == ["hungarian", "va", "va"]
     for site in ("hungarian", "va", "switzerland"):
         assert site in auto.stdout
+
+
+def test_promote_puts_each_adapted_version_through_the_site_gate(
+    adapted: dict[str, Any],
+) -> None:
+    before, after = adapted["before"], adapted["promoted"]
+    assert after["champion"] == before["champion"]  # the global champion is untouched
+    versions = {v.tags["site"]: v for v in _adapted_versions(adapted["settings"])}
+    assert after["site_champions"] == {"hungarian": after["site_champions"]["hungarian"]}, adapted[
+        "auto"
+    ].stdout[-1500:]
+    assert after["site_champions"]["hungarian"]["version"] == int(versions["hungarian"].version)
+    lines = adapted["auto"].stdout.splitlines()
+    assert any(line.startswith("🏥 hungarian: promoted") for line in lines)
+    # auto kept VA's slope (the closed test found no significant evidence against it), and the
+    # gate refuses a version whose validated slope lies outside the calibration band.
+    [va] = [line for line in lines if line.startswith("⛔ va: refused by the gate")]
+    assert "calibration slope 0.59 outside" in va
+
+
+def test_the_logistic_update_for_va_passes_the_site_gate(adapted: dict[str, Any]) -> None:
+    gate = adapted["va_gate"]
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    va = adapted["after_va"]["site_champions"]["va"]
+    assert va["adapted"] is True
+    assert va["adaptation_method"] == "logistic"
+    assert adapted["after_va"]["champion"] == adapted["before"]["champion"]
 
 
 def test_versions_carry_the_lineage_tags(adapted: dict[str, Any]) -> None:

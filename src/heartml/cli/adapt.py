@@ -1,8 +1,12 @@
 """`heartml adapt`: a registered version recalibrated for a site, validated there, registered.
 
-Exit codes: 0 every site adapted; 2 a site's sample supports no update (``auto`` registered
-nothing for it and says why; the other sites are adapted), as the gate's refusal, so a
-pipeline can go on; 1 bad input (a row outside the schema, no outcome column, a bad site name,
+With ``--promote``, each version just adapted is then put through the site gate
+(``promote --auto --site SITE``) in the same process, so a pipeline imports MLflow once.
+
+Exit codes: 0 every site adapted (and, with ``--promote``, promoted or already champion); 2 a
+site's sample supports no update (``auto`` registered nothing for it and says why; the other
+sites are adapted), or the site gate refused a version, as the gate's refusal, so a pipeline
+can go on; 1 bad input (a row outside the schema, no outcome column, a bad site name,
 a method the sample cannot support, a version that is itself adapted), with nothing
 registered.
 """
@@ -49,6 +53,14 @@ def adapt(
             help="auto (Vergouwe's closed test), intercept, logistic or refit.",
         ),
     ] = "auto",
+    promote: Annotated[
+        bool,
+        typer.Option(
+            "--promote",
+            help="Then promote each adapted version through the site gate "
+            "(as promote --auto --site SITE).",
+        ),
+    ] = False,
 ) -> None:
     """Recalibrate a version for each site, validate it on the site's rows, register it."""
     from heartml.data.sites import check_site
@@ -67,8 +79,26 @@ def adapt(
     for outcome in outcomes:
         if outcome.refusal:
             typer.echo(f"⚠️  {outcome.refusal}", err=True)
-    if any(o.refusal for o in outcomes):
+    refused = any(o.refusal for o in outcomes)
+    if promote:
+        adapted = [o.site for o in outcomes if o.version]
+        refused = _promote_sites(settings, adapted) or refused
+    if refused:
         raise typer.Exit(EXIT_REFUSED)
+
+
+def _promote_sites(settings: Any, sites: list[str]) -> bool:
+    """Each site's newest adapted version through the site gate; True when one was refused."""
+    from heartml import registry
+
+    refused = False
+    for site in sites:
+        with user_errors():
+            result = registry.promote_site_best(settings, site)
+        marker = "⛔" if result.refused else "🏥"
+        typer.echo(f"{marker} {site}: {result.message}")
+        refused = refused or result.refused
+    return refused
 
 
 def _run(
