@@ -234,6 +234,8 @@ def test_onnx_graph_matches_the_python_update_on_every_site_row(
 
     from heartml.adaptation.sample import read_site_sample
     from heartml.data.schema import FEATURE_NAMES
+    from heartml.evidence.stats import logit
+    from heartml.model.explain import load_explainer
     from heartml.model.onnx_form import OnnxEngine, find_onnx_files
 
     settings = adapted["settings"]
@@ -256,6 +258,13 @@ def test_onnx_graph_matches_the_python_update_on_every_site_row(
         assert (model_dir / "extra_files" / "reference_profile.json").is_file() or any(
             p.name == "reference_profile.json" for p in model_dir.rglob("*.json")
         )
+        # The adapted version explains its own answers: base + contributions is its log-odds
+        # (the base's explanation through the update; the linear one stays exact).
+        explainer = load_explainer(model_dir, OnnxEngine(files.graph.read_bytes()))
+        assert explainer is not None
+        explained = explainer.explain(sample.features)
+        total = explained.base + explained.contributions.sum(axis=1)
+        assert np.max(np.abs(total - logit(expected[:, 1]))) <= 1e-6
 
 
 def test_model_directory_is_what_mlflow_sklearn_writes(

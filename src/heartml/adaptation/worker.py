@@ -216,7 +216,11 @@ def _stage(base: BaseFiles, sample: SiteSample, adaptation: Any, directory: Path
         method=str(adaptation.update.method),
         deviation=float(adaptation.form.deviation),
         model_file=model_file,
-        extra_files=(*onnx_files(adaptation.form, extra), write_profile(answered, extra)),
+        extra_files=(
+            *onnx_files(adaptation.form, extra),
+            write_profile(answered, extra),
+            *_explainer_files(base, adaptation, answered, extra),
+        ),
         example=example,
         example_output=np.asarray(adaptation.model.predict_proba(model_frame(example))),
         sklearn_version=sklearn.__version__,
@@ -239,3 +243,24 @@ def calibration_plot(base: BaseFiles, site: str, site_section: dict[str, Any]) -
             title=f"Calibration at {site}",
         )
     )
+
+
+def _explainer_files(
+    base: BaseFiles, adaptation: Any, answered: np.ndarray, directory: Path
+) -> list[str]:
+    """The adapted model's explainer: the base's, recalibrated (a linear explanation scales by
+    the slope; a Shapley estimate explains whatever the recalibrated graph answers), or, for a
+    refit, one built from the refitted pipeline on the site's rows. None when the base has
+    none (registered before explanations were stored)."""
+    from heartml.model.explain import StoredExplainer, find_explainer_files
+    from heartml.model.explainer_files import build_explainer
+
+    found = find_explainer_files(base.model_dir)
+    if found is None:
+        return []
+    update = adaptation.update.recalibration
+    if update is None:  # refit: the site's rows are its training rows
+        stored = build_explainer(adaptation.model, adaptation.form.graph, answered, seed=0)
+    else:
+        stored = StoredExplainer.load(*found).recalibrated(update.intercept, update.slope)
+    return [str(path) for path in stored.save(directory)]
