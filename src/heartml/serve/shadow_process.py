@@ -365,9 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    level = logging.getLevelName(args.log_level.upper())
     logging.basicConfig(
         stream=sys.stderr,
-        level=args.log_level.upper(),
+        level=level if isinstance(level, int) else logging.INFO,  # uvicorn's "trace": INFO
         format=f"%(levelname)s:     shadow process {os.getpid()}: %(message)s",
     )
     _exit_with(args.parent)
