@@ -10,16 +10,20 @@ Then ``plain`` is measured *at the same time* as each of the others in turn: two
 concurrency 8 on one patient per request, started together, each server pinned with its own
 wrk to a CPU of its own (swapped every round). A shared machine's slow seconds then fall on
 both sides of a comparison alike, instead of on whichever server happened to run then; and
-the shadow's thread competes for the CPU of the server it belongs to, as in a pod with a
-one-CPU limit. Latency percentiles are those of all the rounds' requests pooled; requests per
-second the median over rounds. With one CPU the two runs of a pair take turns instead.
+the shadow process is pinned with the server it belongs to (every process of the server's
+process group), competing for that CPU as in a pod with a one-CPU limit. Each round gives
+one p99 ratio per pair (wrk's p99 of each side); the pooled percentiles over all rounds and
+the median requests per second are printed too. With one CPU the two runs of a pair take
+turns instead.
 
-Targets (issue 13): p99 with a shadow at most 1.10x the p99 without; no answer differs. It
-also prints ``plain-again`` against ``plain``: a ratio as far from 1 as that is noise, not
-cost; the shadow's and the log's throughput (rows scored, records written per second) and
-whatever they dropped.
+Targets (issue 21): over the rounds, the median ratio of the shadowed server's p99 to the
+plain server's at most 1.05 and no round above 1.15; no answer differs; no request fails. It
+also prints every round's ratio of ``plain-again`` to ``plain`` (the noise floor: a ratio as
+far from 1 as that is noise, not cost) and of ``shadow+log``; the shadow's and the log's
+throughput (rows scored, records written per second) and whatever they dropped; and what
+handing an answer to the shadow process costs the event loop, measured in-process.
 
-    python bench/shadow.py [--duration 2] [--repeat 20] [--shadow NAME/VERSION] [--json FILE]
+    python bench/shadow.py [--duration 2] [--repeat 10] [--shadow NAME/VERSION] [--json FILE]
 
 The store is MLFLOW_TRACKING_URI (default sqlite:///mlflow.db): run `make pipeline` first.
 """
@@ -57,7 +61,54 @@ from serve import (
 from targets import Targets
 
 CONCURRENCY = 8
-P99_RATIO_TARGET = 1.10
+MEDIAN_RATIO_TARGET = 1.05
+ROUND_RATIO_TARGET = 1.15
+FEED_ANSWERS = 20_000
+
+
+def feed_cost(work: Path) -> float:
+    """Microseconds of the event loop per answer handed to a running shadow process (the
+    record call and its share of the batched writes), one-row answers, logging as well."""
+    import asyncio
+
+    import numpy as np
+    from prometheus_client import CollectorRegistry
+
+    from heartml.data.schema import synthetic_rows
+    from heartml.serve.feed import ShadowFeed
+    from heartml.serve.livemetrics import LiveMetrics
+
+    feed = ShadowFeed(
+        LiveMetrics(CollectorRegistry()), work / "feed-log", 1 << 30, 10_000, "warning"
+    )
+    row = np.array(synthetic_rows(1, seed=1, missing=0.0))
+    model = feed.model_id("m", "heart-disease-test", 1, None)
+    spent = [0.0]
+    flush = feed.flush
+
+    def timed_flush() -> None:  # the timer's flushes run on the loop too: count them
+        began = time.perf_counter()
+        flush()
+        spent[0] += time.perf_counter() - began
+
+    feed.flush = timed_flush  # type: ignore[method-assign]
+
+    async def hand_over() -> None:
+        for burst in range(0, FEED_ANSWERS, 100):  # bursts of 100, as a busy loop sees them
+            began = time.perf_counter()
+            for i in range(burst, burst + 100):
+                feed.record(f"r{i}", model, row, [1], [0.75], i, True)
+            spent[0] += time.perf_counter() - began
+            await asyncio.sleep(0.02)
+
+    feed.start()
+    try:
+        asyncio.run(hand_over())
+    finally:
+        feed.close(10)
+    if feed.dropped["shadow"]:
+        print(f"(feed cost: {feed.dropped['shadow']} of {FEED_ANSWERS} answers dropped)")
+    return spent[0] / FEED_ANSWERS * 1e6
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -109,7 +160,7 @@ def main() -> int:
     parser.add_argument(
         "--duration", type=int, default=2, help="seconds per wrk run (whole: wrk's unit)"
     )
-    parser.add_argument("--repeat", type=int, default=20, help="rounds (every pair once each)")
+    parser.add_argument("--repeat", type=int, default=10, help="rounds (every pair once each)")
     parser.add_argument(
         "--shadow",
         metavar="NAME/VERSION",
@@ -282,15 +333,33 @@ def main() -> int:
         f"dropped {log_dropped:.0f}, {size / max(written, 1):.0f} bytes per record"
     )
 
-    ratio = figures["shadow"]["p99_ratio"]
-    ratio_log = figures["shadow+log"]["p99_ratio"]
-    noise = figures["plain-again"]["p99_ratio"]
-    print(
-        f"\np99 with the log as well: {ratio_log:.2f}x; noise floor, plain-again/plain: "
-        f"{noise:.2f}x"
-    )
+    # One ratio per round: each server's p99 over the plain server's, measured at the same time.
+    print("\np99 ratio to plain, round by round (measured at the same time):")
+    for name in others:
+        ratios = [
+            pooled_percentile([mine], 99) / pooled_percentile([base], 99)
+            for mine, base in zip(latencies[name][name], latencies[name]["plain"], strict=True)
+        ]
+        figures[name]["round_ratios"] = ratios
+        figures[name]["median_ratio"] = statistics.median(ratios)
+        shown = " ".join(f"{r:.2f}" for r in ratios)
+        print(
+            f"{name:<12} median {statistics.median(ratios):.2f}x, max {max(ratios):.2f}x: {shown}"
+        )
+    cost = feed_cost(work)
+    figures["feed_us_per_answer"] = cost
+    print(f"handing an answer to the shadow process: {cost:.2f} us of the event loop")
+    ratios = figures["shadow"]["round_ratios"]
     targets = Targets("shadow")
-    targets.at_most("p99 with shadow vs without", ratio, P99_RATIO_TARGET, unit="x")
+    targets.at_most(
+        f"median p99 with shadow vs without, {len(ratios)} rounds",
+        statistics.median(ratios),
+        MEDIAN_RATIO_TARGET,
+        unit="x",
+    )
+    targets.at_most(
+        "p99 with shadow vs without, worst round", max(ratios), ROUND_RATIO_TARGET, unit="x"
+    )
     targets.at_most(f"answers differing (of {len(bodies)})", differ, 0, spec=".0f")
     # wrk leaves failed requests out of its latencies: a server that fails must not pass.
     errors = sum(figures[n]["errors"] + figures[n]["plain"]["errors"] for n in others)

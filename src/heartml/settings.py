@@ -174,7 +174,8 @@ class Settings(BaseSettings):
     background_queue_size: int = Field(
         default=10_000,
         ge=1,
-        description="Rows waiting for the shadow or the log writer; beyond, dropped and counted.",
+        description="Answers waiting for the shadow process (its pipe holds ~200 bytes for "
+        "each, up to the system's pipe-max-size); beyond, dropped and counted.",
     )
 
     @field_validator("*", mode="before")

@@ -37,6 +37,7 @@ CONTRACT_METRICS = {
     "heartml_shadow_disagreements_total",
     "heartml_shadow_abs_diff",
     "heartml_shadow_info",
+    "heartml_shadow_restarts_total",
     "heartml_background_dropped_total",
     "heartml_prediction_log_records_total",
 }

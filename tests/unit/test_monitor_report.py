@@ -17,8 +17,13 @@ from heartml.evidence.stats import roc_auc_interval
 from heartml.monitoring.log import read_labels, read_log
 from heartml.monitoring.report import render_report
 from heartml.monitoring.summary import summarise
-from heartml.serve.livemetrics import LiveMetrics
-from heartml.serve.predlog import Answered, PredictionLog
+from heartml.serve.predlog import (
+    Answered,
+    PredictionLog,
+    SeqNumbers,
+    log_prefix,
+    write_reference,
+)
 
 ROWS = 600
 
@@ -26,8 +31,6 @@ ROWS = 600
 @pytest.fixture(scope="module")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """600 answered rows (the last 300 shifted in age), shadowed, and their outcomes."""
-    from prometheus_client import CollectorRegistry
-
     root = tmp_path_factory.mktemp("monitor")
     rng = np.random.default_rng(0)
     training = synthetic_rows(400, seed=1, missing=0.0)
@@ -36,25 +39,27 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     champion = rng.uniform(0.05, 0.95, ROWS)
     shadow = np.clip(champion + rng.normal(0, 0.1, ROWS), 0.01, 0.99)
     outcome = (rng.uniform(size=ROWS) < champion).astype(int)
-    log = PredictionLog(root / "log", 4096, 1000, LiveMetrics(CollectorRegistry()))
+    log = PredictionLog(root / "log", 4096, log_prefix())
     log.start()
-    log.write_reference("heart-disease-svm", 3, build_profile(training))
+    write_reference(root / "log", "heart-disease-svm", 3, build_profile(training))
     for i in range(ROWS):
-        log.offer(
-            Answered(
-                request_id=f"id{i}",
-                time=time.time() + i,
-                model_name="heart-disease-svm",
-                model_version=3,
-                rows=rows[i : i + 1],
-                classes=[int(champion[i] > 0.5)],
-                probabilities=[float(champion[i])],
-                impute_values=build_profile(training).impute_values,
-                shadow_model="heart-disease-knn/2",
-                shadow_probabilities=[float(shadow[i])],
-            )
+        log.write(
+            [
+                Answered(
+                    request_id=f"id{i}",
+                    time=time.time() + i,
+                    model_name="heart-disease-svm",
+                    model_version=3,
+                    rows=rows[i : i + 1],
+                    classes=[int(champion[i] > 0.5)],
+                    probabilities=[float(champion[i])],
+                    impute_values=build_profile(training).impute_values,
+                    shadow_model="heart-disease-knn/2",
+                    shadow_probabilities=[float(shadow[i])],
+                )
+            ]
         )
-    log.close(10)
+    log.close()
     lines = ["request_id,outcome"] + [f"id{i},{outcome[i]}" for i in range(ROWS)]
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     np.save(root / "expected.npy", np.stack([champion, shadow, outcome]))
@@ -121,11 +126,10 @@ def test_a_record_dropped_on_the_way_to_the_disk_is_counted_lost(tmp_path: Path)
     """Numbers are given when the request is answered: the record that never reached the
     disk (here: never offered, as a full queue would drop it) is a missing number, even when
     the records around it are written out of order."""
-    from prometheus_client import CollectorRegistry
-
     rows = np.asarray(synthetic_rows(4, seed=3), dtype=np.float64)
-    log = PredictionLog(tmp_path / "log", 1 << 20, 100, LiveMetrics(CollectorRegistry()))
+    log = PredictionLog(tmp_path / "log", 1 << 20, log_prefix())
     log.start()
+    numbers = SeqNumbers()
     answered = [
         Answered(
             request_id=f"id{i}",
@@ -136,13 +140,13 @@ def test_a_record_dropped_on_the_way_to_the_disk_is_counted_lost(tmp_path: Path)
             classes=[0],
             probabilities=[0.2],
             impute_values=None,
-            first_seq=log.number(1),
+            first_seq=numbers.take(1),
         )
         for i in range(4)
     ]
     for i in (0, 3, 2):  # 1 is dropped; 3 overtakes 2
-        log.offer(answered[i])
-    log.close(10)
+        log.write([answered[i]])
+    log.close()
     data = read_log(tmp_path / "log")
     assert len(data.records) == 3
     assert data.lost == 1
@@ -150,26 +154,26 @@ def test_a_record_dropped_on_the_way_to_the_disk_is_counted_lost(tmp_path: Path)
 
 def test_values_read_from_the_log_are_escaped_in_the_page(tmp_path: Path) -> None:
     """The page is autoescaped: a model name in the log is shown as text, never as markup."""
-    from prometheus_client import CollectorRegistry
-
     name = "<script>alert(1)</script>"
     rows = np.asarray(synthetic_rows(20, seed=4), dtype=np.float64)
-    log = PredictionLog(tmp_path / "log", 1 << 20, 100, LiveMetrics(CollectorRegistry()))
+    log = PredictionLog(tmp_path / "log", 1 << 20, log_prefix())
     log.start()
     for i in range(20):
-        log.offer(
-            Answered(
-                request_id=f"id{i}",
-                time=time.time() + i,
-                model_name=name,
-                model_version=1,
-                rows=rows[i : i + 1],
-                classes=[0],
-                probabilities=[0.1 + 0.04 * i],
-                impute_values=None,
-            )
+        log.write(
+            [
+                Answered(
+                    request_id=f"id{i}",
+                    time=time.time() + i,
+                    model_name=name,
+                    model_version=1,
+                    rows=rows[i : i + 1],
+                    classes=[0],
+                    probabilities=[0.1 + 0.04 * i],
+                    impute_values=None,
+                )
+            ]
         )
-    log.close(10)
+    log.close()
     page = render_report(summarise(read_log(tmp_path / "log")))
     assert "<script" not in page
     assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;/1: 20</td>" in page

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
-import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from numpy.typing import NDArray
 
 from conftest import family_state, version_info
 from heartml.data.profile import build_profile
@@ -26,11 +25,12 @@ from heartml.data.schema import EXAMPLE_PATIENT, FEATURE_NAMES, synthetic_rows
 from heartml.model.convert import engine_for_pipeline
 from heartml.model.engine import Engine
 from heartml.serve.app import create_app
-from heartml.serve.background import NICENESS, BackgroundQueue
+from heartml.serve.frames import ABS_DIFF_BUCKETS
 from heartml.serve.holder import LoadedModel, ModelRef
-from heartml.serve.livemetrics import ABS_DIFF_BUCKETS, observe_many
+from heartml.serve.livemetrics import add_observations
 from heartml.serve.predlog import Answered, records_of, request_id
-from heartml.serve.shadow import CpuSlicer, choose_challenger
+from heartml.serve.shadow import choose_challenger
+from heartml.serve.shadow_process import bucket_counts
 from heartml.settings import Settings, parse_shadow_setting
 from heartml.training.candidates import build_candidate
 
@@ -146,94 +146,6 @@ def test_request_ids_keep_a_sane_client_value_only() -> None:
         assert len(generated) == 32 and generated.encode() != bad
 
 
-class HeldQueue:
-    """A queue whose worker handles nothing until ``release`` is set; what it was given."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.release = threading.Event()
-        self.handled: list[int] = []
-        self.drops: list[int] = []
-        self.queue: BackgroundQueue[int] = BackgroundQueue(
-            "test", self._handle, maxsize, self.drops.append
-        )
-
-    def _handle(self, batch: list[int]) -> None:
-        self.release.wait(5)
-        self.handled.extend(batch)
-
-
-def test_a_full_queue_drops_and_counts_without_waiting() -> None:
-    held = HeldQueue(2)
-    q = held.queue
-    q.start()
-    started = time.perf_counter()
-    accepted = [q.offer(i) for i in range(50)]
-    assert time.perf_counter() - started < 0.05
-    assert accepted.count(False) == len(held.drops) == q.dropped >= 45
-    held.release.set()
-    assert q.close(5)
-    assert sorted(held.handled) == [i for i, ok in enumerate(accepted) if ok]
-
-
-def test_a_batch_offer_keeps_what_fits_in_order_and_counts_the_rest() -> None:
-    held = HeldQueue(5)
-    q = held.queue
-    assert q.offer_many([0, 1, 2]) == 3 and q.pending == 3
-    assert q.offer_many([3, 4, 5, 6]) == 2  # room for two
-    assert held.drops == [2] and q.dropped == 2 and q.offer_many([7]) == 0
-    q.start()
-    held.release.set()
-    assert q.close(5)
-    assert held.handled == [0, 1, 2, 3, 4]
-
-
-def test_the_worker_thread_yields_the_cpu_to_the_server() -> None:
-    """The worker runs NICENESS nicer than the thread that started it (Linux, per thread)."""
-    niceness: list[int] = []
-    q: BackgroundQueue[int] = BackgroundQueue(
-        "test",
-        lambda _: niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
-        5,
-        lambda _: None,
-    )
-    q.start()
-    q.offer(1)
-    assert q.close(5)
-    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert niceness == [min(19, ours + NICENESS)]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours  # ours unchanged
-
-
-def test_a_slow_challenger_scores_in_slices_of_cpu(engines: dict[int, Engine]) -> None:
-    """Slices of about SLICE_S each, learnt from the last call; the same probabilities."""
-
-    class Slow:
-        name: Literal["onnx"] = "onnx"
-
-        def __init__(self, engine: Engine) -> None:
-            self.engine = engine
-            self.calls: list[int] = []
-
-        def predict_proba(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
-            self.calls.append(len(rows))
-            until = time.thread_time() + len(rows) * 50e-6  # 50 us of CPU a row: a slow model
-            while time.thread_time() < until:
-                pass
-            return np.asarray(self.engine.predict_proba(rows), dtype=np.float64)
-
-    rows = synthetic_rows(300, seed=9, missing=0.1)
-    slow, slicer = Slow(engines[2]), CpuSlicer()
-    sliced = slicer.predict_proba(slow, rows)
-    # Float32 probabilities: a row scored in a smaller call may differ in its last bits.
-    np.testing.assert_allclose(sliced, engines[2].predict_proba(rows), rtol=0, atol=1e-6)
-    assert sum(slow.calls) == 300 and slow.calls[0] == 32
-    assert all(CpuSlicer.MIN_ROWS <= n <= CpuSlicer.SLICE_S / 50e-6 for n in slow.calls[1:-1])
-    fast = CpuSlicer()
-    fast.predict_proba(engines[2], rows)
-    assert fast.rows_per_slice > slicer.rows_per_slice  # a fast model: bigger slices
-    assert slicer.predict_proba(slow, rows[:0]).shape == (0, 2)
-
-
 def test_log_records_of_a_batch_are_each_requests_own(tmp_path: Path) -> None:
     """Records built for a whole batch at once: each row's values as received (null when not
     given, whole numbers as integers) and as its own model imputed them."""
@@ -301,7 +213,7 @@ def test_shadow_scores_every_answer_and_answers_are_the_champions(
         assert all(a.headers["x-request-id"] == f"r{i}" for i, a in enumerate(answers))
         assert client.get("/health").headers["x-request-id"]  # every answer has one
         assert {a.json()["model_version"] for a in answers} == {1}
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # SCHED_IDLE: a busy machine may hold it back
         while client.get("/model").json()["shadow"]["agreement"]["rows"] < 65:
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -350,9 +262,9 @@ def test_no_shadow_and_no_log_unless_asked(engines: dict[int, Engine], tmp_path:
     assert not list(tmp_path.iterdir())
 
 
-def test_observe_many_exposes_what_observe_does_value_by_value() -> None:
-    """The bulk observation of the shadow's differences is the histogram ``observe`` builds,
-    bucket bounds included (a value on a bound counts in that bucket)."""
+def test_bucket_counts_expose_what_observe_does_value_by_value() -> None:
+    """The shadow process's differences, counted per bucket there and added here, make the
+    histogram ``observe`` builds, bucket bounds included (a value on a bound counts in it)."""
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
     values = np.concatenate(
@@ -363,9 +275,8 @@ def test_observe_many_exposes_what_observe_does_value_by_value() -> None:
         registry = CollectorRegistry()
         histogram = Histogram("diff", "d", buckets=ABS_DIFF_BUCKETS, registry=registry)
         if bulk:
-            observe_many(histogram, values[:300])
-            observe_many(histogram, values[300:])
-            observe_many(histogram, values[:0])
+            for part in (values[:300], values[300:], values[:0]):
+                add_observations(histogram, bucket_counts(part).tolist(), float(part.sum()))
         else:
             for value in values.tolist():
                 histogram.observe(value)
@@ -382,3 +293,95 @@ def test_observe_many_exposes_what_observe_does_value_by_value() -> None:
     assert sums[0] == pytest.approx(sums[1], rel=1e-12)  # the same values, added in another order
     counts = [[x for x in lines if not x.startswith("diff_sum")] for lines in exposed]
     assert counts[0] == counts[1]
+
+
+def test_answers_read_back_from_the_pipe_are_those_written() -> None:
+    """Messages cut anywhere by the pipe come back whole, values exact; parts of a large
+    request keep their rows' positions."""
+    from heartml.serve.frames import (
+        LAST,
+        SHADOW,
+        MessageReader,
+        Pending,
+        answers_message,
+        merge,
+        model_message,
+        read_answers,
+        read_model,
+    )
+
+    rows = synthetic_rows(7, seed=4, missing=0.3)
+    batch = [
+        Pending(b"a", 1.25, 10, 0, 0, SHADOW | LAST, rows[:2], [0, 1], [0.1, 0.9]),
+        Pending(
+            b"bb-2", 2.5, -1, 1, 30, LAST, rows[2:], [1, 1, 0, 0, 1], [0.6, 0.7, 0.2, 0.3, 0.8]
+        ),
+    ]
+    stream = model_message(1, "heart-disease-knn", 2, np.arange(13.0)) + answers_message(batch)
+    stream += answers_message(batch[:1])
+    reader = MessageReader()
+    messages = []
+    for start in range(0, len(stream), 37):  # arbitrary pieces
+        messages += [(kind, bytes(m)) for kind, m in reader.feed(stream[start : start + 37])]
+    assert reader.partial == 0 and [k for k, _ in messages] == [1, 2, 2]
+    model_id, info = read_model(memoryview(messages[0][1]))
+    assert (model_id, info.name, info.version) == (1, "heart-disease-knn", 2)
+    assert info.impute_values is not None and info.impute_values.tolist() == list(range(13))
+    got = merge([read_answers(memoryview(m)) for _, m in messages[1:]])
+    assert got.request_ids == ["a", "bb-2", "a"]
+    np.testing.assert_array_equal(got.rows, np.concatenate([rows, rows[:2]]))
+    assert got.probabilities.tolist() == [0.1, 0.9, 0.6, 0.7, 0.2, 0.3, 0.8, 0.1, 0.9]
+    assert got.classes.tolist() == [0, 1, 1, 1, 0, 0, 1, 0, 1]
+    assert got.seq.tolist() == [10, -1, 10] and got.time.tolist() == [1.25, 2.5, 1.25]
+    assert got.first_row.tolist() == [0, 30, 0] and got.counts.tolist() == [2, 5, 2]
+    assert got.model.tolist() == [0, 1, 0] and got.flags.tolist() == [3, 2, 3]
+
+
+def shadow_process_of(client: TestClient) -> int:
+    pid = client.get("/model").json()["shadow"]["process"]["pid"]
+    assert isinstance(pid, int)
+    return pid
+
+
+def test_the_shadow_process_runs_below_the_server(engines: dict[int, Engine]) -> None:
+    """Its scoring thread is SCHED_IDLE: the kernel runs it only when the server's CPU would
+    idle. Its main thread, which does the drain at shutdown, keeps the normal policy."""
+    with app_with(engines) as client:
+        client.app.state.holder.check()  # type: ignore[attr-defined]
+        pid = shadow_process_of(client)
+        tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+        policies = sorted(os.sched_getscheduler(t) for t in tasks if t != pid)
+        assert pid != os.getpid() and os.sched_getscheduler(pid) == os.SCHED_OTHER
+        assert os.SCHED_IDLE in policies
+
+
+def test_a_shadow_process_behind_costs_drops_never_waiting(engines: dict[int, Engine]) -> None:
+    """A stopped shadow process: its pipe fills, every answer after that is dropped and
+    counted, none waits; what was given before is scored once it runs again."""
+    row = np.array([synthetic_rows(1, seed=2, missing=0.0)[0]])
+    with app_with(engines, background_queue_size=100) as client:  # the smallest pipe: 64 KiB
+        app = client.app
+        app.state.holder.check()  # type: ignore[attr-defined]
+        evidence = app.state.evidence  # type: ignore[attr-defined]
+        served = app.state.holder.current  # type: ignore[attr-defined]
+        pid = shadow_process_of(client)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.perf_counter()
+            for i in range(2000):  # ~340 KiB of answers
+                evidence.record(f"r{i}", served, row, [0], [0.25])
+            spent = time.perf_counter() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        feed = evidence.feed
+        given, dropped = feed.sent["shadow"], feed.dropped["shadow"]
+        assert given + dropped == 2000 and dropped > 1000 and given > 300
+        assert spent < 0.5, spent  # ~10 us an answer here, full pipe or not
+        metrics = client.get("/metrics").text
+        assert metric(metrics, 'heartml_background_dropped_total{queue="shadow"}') == dropped
+        assert client.get("/model").json()["shadow"]["dropped"] == dropped
+        deadline = time.monotonic() + 60
+        while feed.pending("shadow"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert metric(client.get("/metrics").text, "heartml_shadow_predictions_total") == given

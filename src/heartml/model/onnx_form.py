@@ -96,6 +96,12 @@ class OnnxEngine:
             graph, options, providers=["CPUExecutionProvider"]
         )
         self._outputs = [OUTPUT_NAME]
+        self._graph = graph
+
+    def __reduce__(self) -> tuple[type[OnnxEngine], tuple[bytes]]:
+        # Pickled as its graph (a session cannot be): how the server hands its challenger to
+        # the shadow process, which builds its own session.
+        return OnnxEngine, (self._graph,)
 
     def predict_proba(self, rows: Rows) -> NDArray[np.floating[Any]]:
         """The (rows, 2) matrix of P(no disease), P(disease)."""

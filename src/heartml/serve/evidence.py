@@ -1,13 +1,16 @@
 """Live evidence, wired: what the prediction routes hand over after answering, and where it goes.
 
 ``LiveEvidence.record`` is the one call a prediction route makes once its answer is known. On
-the request path it only copies the rows into the drift window and offers one small object to
-a queue; the challenger's scoring and the log's writing happen in their own threads::
+the request path it only copies the rows into the drift window and appends the answer to a
+list that the event loop writes, every few milliseconds, as one message to the pipe of the
+server's shadow process; the challenger's scoring and the log's writing happen there, in
+another interpreter (:mod:`heartml.serve.feed`, :mod:`heartml.serve.shadow_process`)::
 
     request ──answer──> client
        └─ record ─> drift window (ring buffer)
-                 └─> shadow queue ─(challenger scores)─> prediction-log queue ─> JSONL files
-                     (full, or no challenger: straight to the prediction-log queue)
+                 └─> buffer ─(≤ 10 ms, one write)─> pipe ─> shadow process:
+                        challenger scores ─> totals back to /metrics and /model
+                                          └─> prediction log (JSONL files)
 
 ``follow`` runs after each look the model holder takes at the registry: the drift reference
 becomes the served model's training profile and the shadow chooses its challenger again.
@@ -21,12 +24,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from heartml.serve.drift import MIN_ROWS, DriftWindow
+from heartml.serve.feed import ShadowFeed
 from heartml.serve.livemetrics import LiveMetrics
-from heartml.serve.predlog import Answered, PredictionLog
+from heartml.serve.predlog import SeqNumbers, write_reference
 from heartml.serve.shadow import Shadow
 
 if TYPE_CHECKING:
@@ -54,20 +57,17 @@ class LiveEvidence:
     def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
         self.metrics = LiveMetrics(registry)
         self.drift = DriftWindow(settings.drift_window, self.metrics)
-        self.log: PredictionLog | None = None
-        if settings.prediction_log_dir is not None:
-            self.log = PredictionLog(
-                settings.prediction_log_dir,
-                settings.prediction_log_max_bytes,
-                settings.background_queue_size,
-                self.metrics,
-            )
-        self.shadow = Shadow(
-            settings,
+        self.log_dir = settings.prediction_log_dir
+        self.seq = SeqNumbers()
+        self.feed = ShadowFeed(
             self.metrics,
+            self.log_dir,
+            settings.prediction_log_max_bytes,
             settings.background_queue_size,
-            forward=None if self.log is None else self.log.offer_many,
+            settings.log_level,
         )
+        self.shadow = Shadow(settings, self.metrics, self.feed)
+        self._references: set[tuple[str, int]] = set()
         self._served: tuple[str, int] | None = None
         self._window = settings.drift_window
         # One window per site with a champion, replaced whole (a request reads it once).
@@ -95,24 +95,18 @@ class LiveEvidence:
         else:
             self.drift.add(rows)
             shadowing = self.shadow.current is not None
-        if not shadowing and self.log is None:
+        if not shadowing and self.log_dir is None:
             return
-        profile = served.profile
-        answered = Answered(
-            request_id=request_id,
-            time=time.time(),
-            model_name=served.ref.name,
-            model_version=served.ref.version,
-            rows=rows,
-            classes=classes,
-            probabilities=probabilities,
-            impute_values=None if profile is None else profile.impute_values,
-            first_seq=None if self.log is None else self.log.number(len(rows)),
+        feed = self.feed
+        ref = served.ref
+        model = feed.model_id(
+            ref.identity,
+            ref.name,
+            ref.version,
+            None if served.profile is None else served.profile.impute_values,
         )
-        if shadowing and self.shadow.offer(answered):
-            return
-        if self.log is not None:
-            self.log.offer(answered)  # full queue: dropped and counted there
+        seq = -1 if self.log_dir is None else self.seq.take(len(rows))
+        feed.record(request_id, model, rows, classes, probabilities, seq, shadowing)
 
     # --- following the served model (the holder's reload thread) ---------------------------
 
@@ -127,9 +121,18 @@ class LiveEvidence:
                     "input drift is not measured",
                     served.ref.ref,
                 )
-            if self.log is not None and served is not None and served.profile is not None:
+            key = None if served is None else (served.ref.name, served.ref.version)
+            if (
+                self.log_dir is not None
+                and served is not None
+                and served.profile is not None
+                and key not in self._references
+            ):
                 try:
-                    self.log.write_reference(served.ref.name, served.ref.version, served.profile)
+                    write_reference(
+                        self.log_dir, served.ref.name, served.ref.version, served.profile
+                    )
+                    self._references.add((served.ref.name, served.ref.version))
                 except OSError as exc:
                     logger.warning("could not write the reference profile to the log: %s", exc)
         self.shadow.follow(served)
@@ -168,9 +171,13 @@ class LiveEvidence:
     # --- life cycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.log is not None:
-            self.log.start()
-        self.shadow.start()
+        """Start the drift thread, and the shadow process when there is a log to write (a
+        challenger starts it when one is chosen)."""
+        if self.log_dir is not None:
+            try:
+                self.feed.start()
+            except OSError as exc:  # the answers go on; the log is dropped and counted
+                logger.error("could not start the shadow process for the log: %s", exc)
         if self._refresher is None:
             self._refresher = threading.Thread(
                 target=self._refresh_drift, name="heartml-drift", daemon=True
@@ -185,12 +192,9 @@ class LiveEvidence:
                 logger.warning("could not update the drift gauges: %s", exc)
 
     def close(self) -> None:
-        """Score and write everything queued, then stop (the app's shutdown, after the drain)."""
+        """Score and write everything given, then stop (the app's shutdown, after the drain)."""
         self._stopping.set()
-        deadline = time.monotonic() + FLUSH_TIMEOUT_S
-        self.shadow.close(max(0.1, deadline - time.monotonic()))
-        if self.log is not None:
-            self.log.close(max(0.1, deadline - time.monotonic()))
+        self.feed.close(FLUSH_TIMEOUT_S)
 
     def describe(self) -> dict[str, Any]:
         """What ``/model`` shows under ``drift`` (the shadow has its own entry)."""
@@ -207,6 +211,6 @@ class LiveEvidence:
     def refresh(self) -> None:
         """Recompute the drift gauges and the queues' depths (before ``/metrics`` answers)."""
         self.drift.update()
-        self.metrics.pending.labels("shadow").set(self.shadow.queue.pending)
-        if self.log is not None:
-            self.metrics.pending.labels("predlog").set(self.log.queue.pending)
+        self.metrics.pending.labels("shadow").set(self.feed.pending("shadow"))
+        if self.log_dir is not None:
+            self.metrics.pending.labels("predlog").set(self.feed.pending("predlog"))

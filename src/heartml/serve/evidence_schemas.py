@@ -27,14 +27,24 @@ class Agreement(BaseModel):
     mean_abs_diff: float | None = Field(description="Mean |P(champion) - P(challenger)|")
 
 
+class ShadowProcess(BaseModel):
+    """The process that scores the challenger and writes the prediction log."""
+
+    pid: int | None = Field(description="Its process id (None: not started)")
+    restarts: int = Field(description="Times it died and was started again")
+
+
 class ShadowInfo(BaseModel):
     setting: str = Field(description="HEARTML_SHADOW: auto, off or NAME/VERSION")
     challenger: ChallengerInfo | None
     reason: str = Field(description="Why this challenger (or none)")
     last_error: str | None
     agreement: Agreement | None
-    dropped: int = Field(description="Answers not shadowed because the queue was full")
-    pending: int
+    dropped: int = Field(
+        description="Answers not shadowed because the shadow process was behind or had died"
+    )
+    pending: int = Field(description="Answers given to the shadow process, not yet scored")
+    process: ShadowProcess
 
 
 class DriftInfo(BaseModel):

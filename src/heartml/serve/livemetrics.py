@@ -2,8 +2,12 @@
 
 The names are a contract (alerts, the Grafana dashboard and runbooks use them):
 ``heartml_shadow_predictions_total``, ``heartml_shadow_disagreements_total``,
-``heartml_shadow_abs_diff``, ``heartml_background_dropped_total{queue}``,
+``heartml_shadow_abs_diff``, ``heartml_shadow_restarts_total``,
+``heartml_background_dropped_total{queue}``,
 ``heartml_feature_psi{feature}`` and ``heartml_feature_missing_ratio{feature}``.
+
+The shadow's and the log's figures are counted by the shadow process and added here by the
+server's thread that reads its totals (:mod:`heartml.serve.feed`).
 
 With several workers each keeps its own window of recent requests: the drift gauges then
 report the largest value over the live workers (the one that would page someone).
@@ -11,16 +15,11 @@ report the largest value over the live workers (the one that would page someone)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-if TYPE_CHECKING:
-    from numpy.typing import NDArray
+from heartml.serve.frames import ABS_DIFF_BUCKETS
 
 QUEUES = ("shadow", "predlog")
-ABS_DIFF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
 class LiveMetrics:
@@ -29,7 +28,8 @@ class LiveMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.dropped = Counter(
             "heartml_background_dropped_total",
-            "Items dropped because a background queue was full, by queue (shadow, predlog).",
+            "Answers not shadowed (queue=shadow) or not logged (queue=predlog) because the "
+            "shadow process was behind (its pipe full) or had died.",
             ["queue"],
             registry=registry,
         )
@@ -54,6 +54,12 @@ class LiveMetrics:
             "Batches the challenger failed to score (the answers were not affected).",
             registry=registry,
         )
+        self.shadow_restarts = Counter(
+            "heartml_shadow_restarts_total",
+            "Shadow processes (the challenger's scoring and the prediction log) that died and "
+            "were started again (the answers were not affected).",
+            registry=registry,
+        )
         self.shadow_info = Gauge(
             "heartml_shadow_info",
             "1 for the challenger being shadowed, labelled with its name and version.",
@@ -63,8 +69,9 @@ class LiveMetrics:
         )
         self.pending = Gauge(
             "heartml_background_pending",
-            "Items waiting in a background queue, by queue (shadow, predlog): at the last "
-            "scrape before a crash, how many prediction-log records it can have cost at most.",
+            "Answers given to the shadow process and not yet handled, by queue (shadow, "
+            "predlog): at the last scrape before a crash, how many prediction-log records it "
+            "can have cost at most.",
             ["queue"],
             registry=registry,
             multiprocess_mode="livesum",
@@ -108,23 +115,22 @@ class LiveMetrics:
         if self._shadowed is not None:
             self.shadow_info.labels(*self._shadowed).set(1)
 
+    def add_abs_diffs(self, counts: list[int], total: float) -> None:
+        """Add what the shadow process observed since its last totals to the histogram."""
+        add_observations(self.shadow_abs_diff, counts, total)
 
-def observe_many(histogram: Histogram, values: NDArray[np.float64]) -> None:
-    """``histogram.observe(v)`` for every value, at the cost of one call per bucket.
 
-    The shadow thread observes a batch of hundreds of differences at once. ``observe`` is a
-    Python loop over the buckets per value: run in a background thread, that loop holds the
-    GIL long enough to delay the event loop's next answer (bench/shadow.py: p99 1.2-1.5x
-    with it, 1.0x without). The bucket of each value is found with numpy as ``observe``
-    finds it (the first upper bound >= value) and each bucket is incremented once.
-    prometheus_client has no public bulk observe: this reads its bucket counters, checked
-    against ``observe`` by tests/unit/test_serve_evidence.py.
+def add_observations(histogram: Histogram, counts: list[int], total: float) -> None:
+    """Add ``counts`` observations per bucket (the last: +Inf) summing to ``total``.
+
+    The shadow process counts its differences per bucket with numpy, in its own process;
+    here they are added to the server's histogram at the cost of one call per bucket.
+    prometheus_client has no public bulk observe: this increments its bucket counters,
+    checked against ``observe`` by tests/unit/test_serve_evidence.py.
     """
-    if len(values) == 0:
+    if not any(counts):
         return
-    bounds = np.asarray(histogram._upper_bounds, dtype=np.float64)
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
         if count:
             bucket.inc(count)
-    histogram._sum.inc(float(values.sum()))
+    histogram._sum.inc(total)

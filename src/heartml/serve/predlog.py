@@ -1,10 +1,13 @@
-"""The prediction log: one JSON line per answered row, written off the request path.
+"""The prediction log: one JSON line per answered row, written by the shadow process.
 
 Opt-in (these are health data): ``HEARTML_PREDICTION_LOG_DIR`` names the directory; unset, no
-record is ever built. Each worker process appends to its own file,
-``predictions-<UTC start>-<pid>-<n>.jsonl``, created 0600 (the service user only) and rotated
-when it passes ``HEARTML_PREDICTION_LOG_MAX_BYTES``. Files are only ever appended to and, once
-rotated, never touched again: a shipper or a data team can pick them up as they close.
+record is ever built. Each worker process's answers go to its own files,
+``predictions-<UTC start>-<worker pid>-<n>.jsonl``, written by that worker's shadow process
+(:mod:`heartml.serve.shadow_process`: the formatting and writing never run in the server's
+interpreter), created 0600 (the service user only) and rotated when they pass
+``HEARTML_PREDICTION_LOG_MAX_BYTES``; a restarted shadow process goes on with the next ``<n>``.
+Files are only ever appended to and, once rotated, never touched again: a shipper or a data
+team can pick them up as they close.
 
 JSON lines rather than Parquet: a record is durable as soon as its line is written (a Parquet
 file is readable only once its footer is, so a crash would lose the whole open file), a line is
@@ -20,7 +23,7 @@ Each record::
      "probability": 0.71, "prediction": 1,
      "shadow_model": "heart-disease-knn/2", "shadow_probability": 0.64}
 
-``seq`` numbers the records of one process when the request is answered: a number missing from
+``seq`` numbers the records of one worker when the request is answered: a number missing from
 the files is a record that never reached the disk (a drop, or a crash before the writer got to
 it), and ``heartml monitor`` counts them. When a served model's training profile is
 known, ``reference-<name>-v<version>.json`` is written beside the records once, so that the
@@ -44,14 +47,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from heartml.data.profile import ReferenceProfile, impute_rows
+from heartml.data.profile import impute_rows
 from heartml.data.schema import FEATURE_NAMES
-from heartml.serve.background import BackgroundQueue
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from heartml.serve.livemetrics import LiveMetrics
+    from heartml.data.profile import ReferenceProfile
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +61,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # A client's own id is kept when it is a plain token that cannot forge a log line or a header.
 _SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
 FILE_MODE = 0o600
-# The writer thread formats and writes this many answered requests at a time, then sleeps
-# YIELD_S: the event loop, which has been waiting for the GIL, takes it (a plain release
-# around a write is usually won back by the writer before the loop's thread wakes up).
-WRITE_SLICE = 16
-YIELD_S = 0.0002
 
 
 def request_id(client_value: bytes | None) -> str:
@@ -80,11 +77,8 @@ def request_id(client_value: bytes | None) -> str:
 
 @dataclass(slots=True)
 class Answered:
-    """What one request was answered with: built on the request path from what it had.
-
-    Handed from the request to the shadow thread and then to the log's, one owner at a time:
-    the shadow fills in its own fields in place before passing it on.
-    """
+    """What one request (or a part of its rows) was answered with, as the shadow process
+    reads it from the server; the shadow fills in its own fields before it is logged."""
 
     request_id: str
     time: float  # epoch seconds
@@ -97,6 +91,7 @@ class Answered:
     shadow_model: str | None = None
     shadow_probabilities: list[float] | None = None
     first_seq: int | None = None  # the log's number of its first row, given on the request path
+    first_row: int = 0  # the first row's position in its request (a request sent in parts)
 
 
 def _json_values(matrix: NDArray[np.float64]) -> list[list[float | int | None]]:
@@ -132,7 +127,7 @@ def _timestamp(seconds: float) -> str:
 
 def records_of(batch: list[Answered], first_seqs: list[int]) -> list[dict[str, Any]]:
     """The log records of answered requests, one per row; ``first_seqs``: each one's first
-    record number. Whole-batch numpy for the values: the log thread holds the GIL meanwhile."""
+    record number. Whole-batch numpy for the values, one Python pass per record."""
     rows = np.concatenate([a.rows for a in batch])
     received = _json_values(rows)
     imputed = _json_values(_imputed(batch, rows))
@@ -144,7 +139,7 @@ def records_of(batch: list[Answered], first_seqs: list[int]) -> list[dict[str, A
         for i in range(len(answered.rows)):
             record: dict[str, Any] = {
                 "request_id": answered.request_id,
-                "row": i,
+                "row": answered.first_row + i,
                 "time": stamp,
                 "seq": first_seq + i,
                 "model_name": answered.model_name,
@@ -162,76 +157,71 @@ def records_of(batch: list[Answered], first_seqs: list[int]) -> list[dict[str, A
     return records
 
 
-class PredictionLog:
-    """Append-only JSON-lines files in ``directory``, written by one background thread."""
+class SeqNumbers:
+    """The log's record numbers, given on the request path: a record that never reaches the
+    disk (dropped, or queued when a process died) leaves a gap in the numbers."""
 
-    def __init__(
-        self, directory: Path, max_bytes: int, queue_size: int, metrics: LiveMetrics
-    ) -> None:
+    def __init__(self) -> None:
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self, rows: int) -> int:
+        """Reserve ``rows`` numbers; the first of them."""
+        with self._lock:
+            first = self._next
+            self._next += rows
+        return first
+
+
+def write_reference(directory: Path, name: str, version: int, profile: ReferenceProfile) -> bool:
+    """The served model's training profile beside the records, once per model (False: it was
+    there already)."""
+    path = directory / f"reference-{name}-v{version}.json"
+    if path.exists():
+        return False
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(profile.as_dict(), out)
+    return True
+
+
+def log_prefix(pid: int | None = None) -> str:
+    """The name the files of one worker's log start with: ``predictions-<UTC now>-<pid>``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"predictions-{stamp}-{os.getpid() if pid is None else pid}"
+
+
+class PredictionLog:
+    """Append-only JSON-lines files in ``directory`` named ``<prefix>-<n>.jsonl``: the shadow
+    process's writer (one thread, synchronous)."""
+
+    def __init__(self, directory: Path, max_bytes: int, prefix: str) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self.metrics = metrics
-        self.queue: BackgroundQueue[Answered] = BackgroundQueue(
-            "predlog", self._write, queue_size, metrics.dropped.labels("predlog").inc
-        )
-        self._prefix = f"predictions-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
-        self._part = 0
+        self._prefix = prefix
+        # A restarted process goes on after the files of the one before it.
+        taken = [
+            int(match.group(1))
+            for path in directory.glob(f"{prefix}-*.jsonl")
+            if (match := re.fullmatch(re.escape(prefix) + r"-(\d+)\.jsonl", path.name))
+        ]
+        self._part = max(taken, default=0)
+        self._seq = SeqNumbers()  # for answers given without numbers
         self._fd: int | None = None
         self._size = 0
-        self._seq = 0
-        self._seq_lock = threading.Lock()
         self.written = 0
         self.path: Path | None = None
-        self._references: set[str] = set()
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.queue.start()
 
-    def number(self, rows: int) -> int:
-        """Reserve ``rows`` record numbers; the first of them. Called on the request path, so
-        that a record that never reaches the disk (dropped, or queued when the process died)
-        leaves a gap in the numbers."""
-        with self._seq_lock:
-            first = self._seq
-            self._seq += rows
-        return first
-
-    def offer(self, answered: Answered) -> bool:
-        return self.queue.offer(answered)
-
-    def offer_many(self, answered: list[Answered]) -> int:
-        return self.queue.offer_many(answered)
-
-    def close(self, timeout: float) -> None:
-        """Write everything queued (SIGTERM: within the drain), then close the file."""
-        flushed = self.queue.close(timeout)
-        if not flushed:
-            # The writer is still at work: its file stays open under it (the process is ending).
-            logger.warning(
-                "prediction log: %d records not written before the deadline", self.queue.pending
-            )
-        elif self._fd is not None:
+    def close(self) -> None:
+        """Make what was written durable and close the file."""
+        if self._fd is not None:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
-        logger.info(
-            "prediction log: %d records written, %d dropped", self.written, self.queue.dropped
-        )
-
-    def write_reference(self, name: str, version: int, profile: ReferenceProfile) -> None:
-        """The served model's training profile beside the records (once per model)."""
-        path = self.directory / f"reference-{name}-v{version}.json"
-        if path.name in self._references or path.exists():
-            self._references.add(path.name)
-            return
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(profile.as_dict(), out)
-        self._references.add(path.name)
-
-    # --- the writer thread -----------------------------------------------------------------
 
     def _open(self) -> int:
         self._part += 1
@@ -239,23 +229,20 @@ class PredictionLog:
         self._size = 0
         return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
 
-    def _write(self, batch: list[Answered]) -> None:
-        # In slices, each written before the next is built: the GIL goes back to the event
-        # loop between them (see WRITE_SLICE).
-        for start in range(0, len(batch), WRITE_SLICE):
-            if start:
-                time.sleep(YIELD_S)
-            self._write_slice(batch[start : start + WRITE_SLICE])
-
-    def _write_slice(self, batch: list[Answered]) -> None:
-        seqs = [self.number(len(a.rows)) if a.first_seq is None else a.first_seq for a in batch]
+    def write(self, batch: list[Answered]) -> int:
+        """Append the records of ``batch`` (each with its ``first_seq``); how many."""
+        if not batch:
+            return 0
+        seqs = [self._seq.take(len(a.rows)) if a.first_seq is None else a.first_seq for a in batch]
         lines = [orjson.dumps(r) for r in records_of(batch, seqs)]
         data = b"\n".join(lines) + b"\n"
         if self._fd is None or self._size >= self.max_bytes:
             if self._fd is not None:
                 os.close(self._fd)
             self._fd = self._open()
-        os.write(self._fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
         self._size += len(data)
         self.written += len(lines)
-        self.metrics.log_written.inc(len(lines))
+        return len(lines)

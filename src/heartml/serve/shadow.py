@@ -8,12 +8,12 @@ Which model, by ``HEARTML_SHADOW``:
 * ``NAME/VERSION``: that version (read from the registry, also by a server of an export).
 * ``off``: none.
 
-The champion answers alone. The request hands its rows and its answer to a bounded queue
-(:mod:`heartml.serve.background`); one thread scores them with the challenger in batches,
-counts agreement, and passes each answer on to the prediction log with the challenger's
-probability. When the queue is full the rows are not shadowed (counted in
-``heartml_background_dropped_total{queue="shadow"}``) and the answer goes to the log without
-a shadow probability.
+The champion answers alone. The challenger is chosen and loaded here, in the model holder's
+reload thread, then handed (pickled, once) to the shadow process
+(:mod:`heartml.serve.shadow_process`, fed by :mod:`heartml.serve.feed`), which scores the
+global champion's answers with it in batches, counts agreement and logs each answer with the
+challenger's probability. When the process is behind, the answers are not shadowed (counted
+in ``heartml_background_dropped_total{queue="shadow"}``).
 
 The challenger is chosen again after every look the model holder takes at the registry, so it
 follows promotions: promote the challenger and it becomes the champion, and ``auto`` shadows
@@ -24,32 +24,21 @@ and challenger; the Prometheus counters run on.
 from __future__ import annotations
 
 import logging
-import os
-import threading
-import time
-from dataclasses import dataclass
-from itertools import chain
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from heartml.errors import one_line
 from heartml.registry import utc_now_iso
-from heartml.serve.background import BATCH, BackgroundQueue
+from heartml.serve.frames import PairStats
 from heartml.serve.holder import ModelRef, ServedModel, freeze_heap
-from heartml.serve.livemetrics import observe_many
 from heartml.settings import AUTO, OFF, parse_shadow_setting
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from numpy.typing import NDArray
-
-    from heartml.model.engine import Engine
     from heartml.registry import FamilyState, VersionInfo
+    from heartml.serve.feed import ShadowFeed
     from heartml.serve.holder import LoadedModel
     from heartml.serve.livemetrics import LiveMetrics
-    from heartml.serve.predlog import Answered
     from heartml.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -83,103 +72,27 @@ def choose_challenger(
         return None, f"HEARTML_SHADOW names {name}/{version}: {exc}"
 
 
-@dataclass(frozen=True, slots=True)
-class PairStats:
-    """Agreement of one champion and one challenger so far."""
-
-    champion: str
-    challenger: str
-    since: str
-    rows: int = 0
-    disagreements: int = 0
-    abs_diff_sum: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "champion": self.champion,
-            "challenger": self.challenger,
-            "since": self.since,
-            "rows": self.rows,
-            "disagreements": self.disagreements,
-            "agreement": None if not self.rows else 1 - self.disagreements / self.rows,
-            "mean_abs_diff": None if not self.rows else self.abs_diff_sum / self.rows,
-        }
-
-
-class CpuSlicer:
-    """Scores rows in slices of about ``SLICE_S`` of CPU, yielding the CPU between them.
-
-    The kernel lets a thread that has the CPU keep it for a whole time slice (a millisecond or
-    more), nice value or not, when the event loop is busy rather than waking up. One call for
-    a whole batch of a slow challenger (a k-NN takes ~18 us a row) then holds the loop back by
-    that much: with a k-NN shadowed the answer's p99 was 1.24-1.25x the plain server's in one
-    call per batch, 0.95-1.13x in slices (bench/shadow.py; its noise floor 0.97-1.06x). How
-    many rows fit in a slice is learnt from the last call.
-    """
-
-    SLICE_S = 0.0005
-    MIN_ROWS = 8
-
-    def __init__(self) -> None:
-        self.rows_per_slice = 32
-
-    def predict_proba(self, engine: Engine, rows: NDArray[np.float64]) -> NDArray[np.float64]:
-        if not len(rows):
-            return np.empty((0, 2), dtype=np.float64)
-        parts = []
-        start = 0
-        while start < len(rows):
-            if start:
-                _yield_cpu()
-            size = self.rows_per_slice
-            part = rows[start : start + size]
-            # This thread's CPU time, not the clock's: a preempted slice did not cost more.
-            # (ONNX Runtime runs single-threaded, in the calling thread.)
-            began = time.thread_time()
-            parts.append(np.asarray(engine.predict_proba(part), dtype=np.float64))
-            if len(part) == size or start == 0:  # a short tail slice says little per row
-                per_row = max(1e-9, (time.thread_time() - began) / len(part))
-                self.rows_per_slice = max(self.MIN_ROWS, min(BATCH, int(self.SLICE_S / per_row)))
-            start += len(part)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _yield_cpu() -> None:
-    # Releases the GIL too; sched_yield lets a waiting thread of this CPU run first.
-    if hasattr(os, "sched_yield"):
-        os.sched_yield()
-    else:
-        time.sleep(0)
-
-
 class Shadow:
-    """The challenger being shadowed, how it is chosen, and the thread that scores with it."""
+    """The challenger being shadowed and how it is chosen; the shadow process scores with it."""
 
     def __init__(
         self,
         settings: Settings,
         metrics: LiveMetrics,
-        queue_size: int,
-        forward: Callable[[list[Answered]], object] | None,
+        feed: ShadowFeed,
         load: Callable[[ModelRef], LoadedModel] | None = None,
         read_state: Callable[[], FamilyState] | None = None,
     ) -> None:
         self.settings = settings
         self.setting = settings.shadow
         self.metrics = metrics
-        self.forward = forward
+        self.feed = feed
         # Replaceable (tests): how a challenger is loaded, how the family is read.
         self.loader = load or self._load_from_registry
         self.state_reader = read_state or self._read_registry
-        self.queue: BackgroundQueue[Answered] = BackgroundQueue(
-            "shadow", self._score, queue_size, metrics.dropped.labels("shadow").inc
-        )
         self.current: ServedModel | None = None
         self.reason = "not chosen yet"
         self.last_error: str | None = None
-        self.pair: PairStats | None = None
-        self._lock = threading.Lock()
-        self._slicer = CpuSlicer()
 
     @property
     def enabled(self) -> bool:
@@ -234,17 +147,27 @@ class Shadow:
         freeze_heap()
 
     def _swap(self, challenger: ServedModel | None, champion: ServedModel | None) -> None:
-        with self._lock:
-            self.current = challenger
-            if challenger is None or champion is None:
-                self.pair = None
-            elif self.pair is None or (self.pair.champion, self.pair.challenger) != (
-                champion.ref.ref,
-                challenger.ref.ref,
-            ):
-                self.pair = PairStats(
-                    champion.ref.ref, challenger.ref.ref, utc_now_iso(timespec="seconds")
-                )
+        if challenger is not None and not self.feed.running:
+            try:
+                self.feed.start()
+            except OSError as exc:
+                self.last_error = f"could not start the shadow process: {one_line(exc)}"
+                logger.warning(self.last_error)
+                return
+        pair = self.feed.pair
+        if challenger is None or champion is None:
+            pair = None
+        elif pair is None or (pair.champion, pair.challenger) != (
+            champion.ref.ref,
+            challenger.ref.ref,
+        ):
+            pair = PairStats(champion.ref.ref, challenger.ref.ref, utc_now_iso(timespec="seconds"))
+        if challenger is None:
+            self.feed.use(None, None, None)
+        else:
+            self.feed.use(challenger.ref.ref, challenger.engine, pair)
+        # After the process has it: the answers are flagged for shadowing from now on.
+        self.current = challenger
         if challenger is None:
             self.metrics.show_shadow(None, None)
         else:
@@ -260,72 +183,11 @@ class Shadow:
 
         return RegistrySource(self.settings).load_model(ref)
 
-    # --- scoring (the shadow thread) -------------------------------------------------------
-
-    def offer(self, answered: Answered) -> bool:
-        """Shadow this answer; False when the queue was full (the caller logs it unshadowed)."""
-        return self.queue.offer(answered)
-
-    def _score(self, batch: list[Answered]) -> None:
-        # Whole-batch numpy: this thread holds the GIL the event loop needs, so its Python
-        # loops run once per answer at most, never per value (ONNX Runtime releases the GIL).
-        challenger = self.current
-        if challenger is None:
-            self._pass_on(batch)
-            return
-        rows = np.concatenate([a.rows for a in batch])
-        try:
-            proba = self._slicer.predict_proba(challenger.engine, rows)
-        except Exception as exc:
-            self.metrics.shadow_errors.inc()
-            self.last_error = f"challenger {challenger.ref.ref} failed: {one_line(exc)}"
-            self._pass_on(batch)
-            return
-        count = len(rows)
-        theirs = proba[:, 1]
-        their_class = (proba[:, 1] > proba[:, 0]).astype(np.int64)  # ties to 0, as the champion
-        ours = np.fromiter(chain.from_iterable(a.probabilities for a in batch), np.float64, count)
-        our_class = np.fromiter(chain.from_iterable(a.classes for a in batch), np.int64, count)
-        diff = np.abs(ours - theirs)
-        disagree = their_class != our_class
-        disagreements = int(disagree.sum())
-        self.metrics.shadow_predictions.inc(count)
-        if disagreements:
-            self.metrics.shadow_disagreements.inc(disagreements)
-        observe_many(self.metrics.shadow_abs_diff, diff)
-        with self._lock:
-            pair = self.pair
-            if pair is not None and pair.challenger == challenger.ref.ref:
-                # Only the answers of the pair's champion count towards its agreement.
-                mine = _answered_by(batch, pair.champion, count)
-                self.pair = PairStats(
-                    pair.champion,
-                    pair.challenger,
-                    pair.since,
-                    pair.rows + int(mine.sum()),
-                    pair.disagreements + int((disagree & mine).sum()),
-                    pair.abs_diff_sum + float(diff[mine].sum()),
-                )
-        if self.forward is not None:
-            name = challenger.ref.ref
-            theirs_list = theirs.tolist()
-            start = 0
-            for answered in batch:
-                end = start + len(answered.rows)
-                answered.shadow_model = name
-                answered.shadow_probabilities = theirs_list[start:end]
-                start = end
-            self.forward(batch)
-
-    def _pass_on(self, batch: list[Answered]) -> None:
-        if self.forward is not None:
-            self.forward(batch)
-
     def describe(self) -> dict[str, Any]:
         """What ``/model`` shows under ``shadow``."""
         challenger = self.current
-        with self._lock:
-            pair = self.pair
+        pair = self.feed.pair if challenger is not None else None
+        feed = self.feed
         return {
             "setting": self.setting,
             "challenger": None
@@ -337,37 +199,12 @@ class Shadow:
                 "loaded_at": challenger.loaded_at,
             },
             "reason": self.reason,
-            "last_error": self.last_error,
+            "last_error": self.last_error or feed.totals.last_error,
             "agreement": None if pair is None else pair.as_dict(),
-            "dropped": self.queue.dropped,
-            "pending": self.queue.pending,
+            "dropped": feed.dropped["shadow"],
+            "pending": feed.pending("shadow"),
+            "process": {"pid": feed.pid if feed.running else None, "restarts": feed.restarts},
         }
-
-    def start(self) -> None:
-        if self.enabled:
-            self.queue.start()
-
-    def close(self, timeout: float) -> None:
-        """Score what is queued, within ``timeout``; what is not reaches neither the metrics
-        nor the log (its ``seq`` numbers stay missing), and the warning says how much."""
-        if not self.queue.close(timeout):
-            logger.warning(
-                "shadow: %d answers not scored before the deadline%s",
-                self.queue.pending,
-                "" if self.forward is None else ": their records are missing from the log",
-            )
-
-
-def _answered_by(batch: list[Answered], champion: str, rows: int) -> NDArray[np.bool_]:
-    """Which of the batch's ``rows`` were answered by ``champion`` ("name/version")."""
-    served = {(a.model_name, a.model_version) for a in batch}
-    if len(served) == 1:  # the usual case: one champion answered the whole batch
-        ((name, version),) = served
-        return np.full(rows, f"{name}/{version}" == champion)
-    return np.repeat(
-        [f"{a.model_name}/{a.model_version}" == champion for a in batch],
-        [len(a.rows) for a in batch],
-    )
 
 
 __all__ = ["AUTO", "OFF", "PairStats", "Shadow", "choose_challenger", "parse_shadow_setting"]

@@ -1,0 +1,504 @@
+"""The server's side of its shadow process: starting it, feeding it, restarting it, its totals.
+
+On the request path (the event loop) :meth:`ShadowFeed.record` appends the answer to a list;
+a timer on the loop (``FLUSH_S``), or the list reaching ``PIPE_BUF`` bytes, turns the list
+into one message of numpy arrays (:mod:`heartml.serve.frames`) and writes it to the shadow
+process's pipe without blocking. A full pipe (the process is behind: ``SCHED_IDLE`` on a busy
+CPU, or a slow disk) refuses the write whole: those answers are dropped and counted in
+``heartml_background_dropped_total{queue}`` (``shadow`` for the answers it would have
+shadowed, ``predlog`` for those it would have logged). Nothing on the loop waits, and nothing
+is pickled per answer.
+
+A thread of the server's reads the process's running totals (a blocking read: no GIL while
+it waits) and adds what changed to the Prometheus metrics; the end of that pipe is the end of
+the process. When the process dies, the thread counts it in ``heartml_shadow_restarts_total``,
+counts what it had been given and not handled as dropped, and starts a new one (after
+``RESTART_S``, doubling while it keeps dying young) with the same challenger and the pair's
+counts so far. Answers sent meanwhile are dropped and counted; the answers themselves are
+never affected.
+
+:meth:`ShadowFeed.close` (the app's shutdown, after the drain) flushes the list and closes
+the pipe: the process handles what it was given, flushes the log and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from heartml.serve.frames import (
+    LAST,
+    PIPE_BUF,
+    ROW_BYTES,
+    SHADOW,
+    Challenger,
+    ObjectReader,
+    PairStats,
+    Pending,
+    Totals,
+    answers_message,
+    message_size,
+    model_message,
+    object_message,
+    rows_per_part,
+)
+from heartml.serve.predlog import log_prefix
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+    from numpy.typing import NDArray
+    from prometheus_client import Counter
+
+    from heartml.model.engine import Engine
+    from heartml.serve.livemetrics import LiveMetrics
+
+logger = logging.getLogger(__name__)
+
+# How long an answer may wait on the loop before it is written (unless PIPE_BUF bytes of
+# answers are waiting first): one write for many answers.
+FLUSH_S = 0.01
+# The first restart's delay; doubled (up to MAX_RESTART_S) while the process dies within
+# STABLE_S of starting.
+RESTART_S = 0.5
+MAX_RESTART_S = 30.0
+STABLE_S = 30.0
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+# Bytes of pipe per answer waiting (a one-row answer takes ~170).
+_BYTES_PER_ANSWER = 200
+_MIN_PIPE = 64 << 10
+
+QUEUES = ("shadow", "predlog")
+_EMPTY = message_size(0, 0, 0)
+_ITEM_BYTES = message_size(1, 0, 0) - _EMPTY
+
+
+@dataclass(slots=True)
+class _Channel:
+    """One shadow process and the server's ends of its pipes."""
+
+    process: subprocess.Popen[bytes]
+    data: int  # non-blocking: written by the event loop only
+    control: int
+    totals: int
+    started: float
+    declared: set[int] = field(default_factory=set)  # model ids it has been told
+
+
+def _pipe_size(fd: int, wanted: int) -> int:
+    """Make the pipe hold ``wanted`` bytes, or as much as this system lets it; how much."""
+    try:
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        limit = 1 << 20
+    size = max(_MIN_PIPE, min(wanted, limit))
+    while size >= _MIN_PIPE:
+        try:
+            return fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+        except OSError:
+            size //= 2
+    return _MIN_PIPE
+
+
+class ShadowFeed:
+    """A shadow process kept running, what was handed to it, and what it reported."""
+
+    def __init__(
+        self,
+        metrics: LiveMetrics,
+        log_dir: Path | None,
+        log_max_bytes: int,
+        queue_size: int,
+        log_level: str = "info",
+    ) -> None:
+        self.metrics = metrics
+        self.log_dir = log_dir
+        self.log_max_bytes = log_max_bytes
+        self.queue_size = queue_size
+        self.log_level = log_level
+        self.log_prefix = log_prefix()
+        self._channel: _Channel | None = None
+        self._retired: list[int] = []
+        self._control_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._challenger = Challenger(None, None, None)
+        # What the event loop has buffered, and its model ids.
+        self._buffer: list[Pending] = []
+        self._buffered = _EMPTY  # the size of the message they would make
+        self._armed = False
+        self._models: dict[Hashable, int] = {}
+        self._model_messages: list[bytes] = []
+        # Answers by queue: given to a process, dropped, and settled (handled by a process,
+        # or lost with one that died) by the processes before the current one.
+        self.sent = dict.fromkeys(QUEUES, 0)
+        self.dropped = dict.fromkeys(QUEUES, 0)
+        self._settled = dict.fromkeys(QUEUES, 0)
+        self.totals = Totals()  # the current process's
+        self.pair: PairStats | None = None
+        self.restarts = 0
+        self.pid: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def logging(self) -> bool:
+        return self.log_dir is not None
+
+    # --- the request path (the event loop) -------------------------------------------------
+
+    def model_id(
+        self, key: Hashable, name: str, version: int, impute: NDArray[np.float64] | None
+    ) -> int:
+        """The id of the model ``key`` in the answers sent (declared to each process once)."""
+        found = self._models.get(key)
+        if found is None:
+            found = len(self._model_messages)
+            self._model_messages.append(model_message(found, name, version, impute))
+            self._models[key] = found
+        return found
+
+    def record(
+        self,
+        request_id: str,
+        model: int,
+        rows: NDArray[np.float64],
+        classes: list[int],
+        probabilities: list[float],
+        seq: int,
+        shadow: bool,
+    ) -> None:
+        """Hand an answer to the shadow process (buffered; written within ``FLUSH_S``)."""
+        rid = request_id.encode()[:255]
+        flags = SHADOW | LAST if shadow else LAST
+        size = _ITEM_BYTES + len(rid) + len(rows) * ROW_BYTES
+        if _EMPTY + size > PIPE_BUF:
+            self._send_parts(rid, model, rows, classes, probabilities, seq, flags)
+            return
+        if self._buffered + size > PIPE_BUF:
+            self.flush()
+        self._buffer.append(
+            Pending(rid, time.time(), seq, model, 0, flags, rows, classes, probabilities)
+        )
+        self._buffered += size
+        if not self._armed:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on an event loop (a direct call): no waiting
+                self.flush()
+                return
+            loop.call_later(FLUSH_S, self._flush_on_timer)
+            self._armed = True
+
+    def _flush_on_timer(self) -> None:
+        self._armed = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered, as one message; drop and count it if the pipe is full."""
+        batch = self._buffer
+        if not batch:
+            return
+        self._buffer = []
+        self._buffered = _EMPTY
+        flags = [p.flags for p in batch]
+        if self._write(answers_message(batch), batch):
+            self._count(self.sent, flags)
+        else:
+            self._count(self.dropped, flags, self.metrics.dropped)
+
+    def _send_parts(
+        self,
+        rid: bytes,
+        model: int,
+        rows: NDArray[np.float64],
+        classes: list[int],
+        probabilities: list[float],
+        seq: int,
+        flags: int,
+    ) -> None:
+        """A request of more rows than a message holds, in parts; counted once, as given or
+        as dropped (the parts before a full pipe are handled, the rest are not)."""
+        self.flush()
+        per_part = rows_per_part(len(rid))
+        now = time.time()
+        for start in range(0, len(rows), per_part):
+            end = start + per_part
+            part = Pending(
+                rid,
+                now,
+                -1 if seq < 0 else seq + start,
+                model,
+                start,
+                flags if end >= len(rows) else flags & ~LAST,
+                rows[start:end],
+                classes[start:end],
+                probabilities[start:end],
+            )
+            if not self._write(answers_message([part]), [part]):
+                self._count(self.dropped, [flags], self.metrics.dropped)
+                return
+        self._count(self.sent, [flags])
+
+    def _write(self, message: bytes, batch: list[Pending]) -> bool:
+        channel = self._channel
+        if channel is None or not self._declare(channel, batch):
+            return False
+        try:
+            os.write(channel.data, message)
+        except OSError:  # full (BlockingIOError), or the process died (BrokenPipeError)
+            return False
+        return True
+
+    def _count(
+        self, counts: dict[str, int], flags: list[int], metric: Counter | None = None
+    ) -> None:
+        """Count the requests of answers with these ``flags`` (their last parts) by queue."""
+        ended = [f for f in flags if f & LAST]
+        for queue, count in (
+            ("shadow", sum(1 for f in ended if f & SHADOW)),
+            ("predlog", len(ended) if self.logging else 0),
+        ):
+            if count:
+                counts[queue] += count
+                if metric is not None:
+                    metric.labels(queue).inc(count)
+
+    def _declare(self, channel: _Channel, batch: list[Pending]) -> bool:
+        for model in {p.model for p in batch} - channel.declared:
+            try:
+                os.write(channel.data, self._model_messages[model])
+            except OSError:
+                return False
+            channel.declared.add(model)
+        return True
+
+    def pending(self, queue: str) -> int:
+        """Answers given and not yet handled (what a crash would cost the evidence)."""
+        handled = self.totals.shadow_answers if queue == "shadow" else self.totals.log_answers
+        buffered = sum(
+            1
+            for p in self._buffer
+            if (queue == "predlog" and self.logging) or (queue == "shadow" and p.flags & SHADOW)
+        )
+        return buffered + max(0, self.sent[queue] - self._settled[queue] - handled)
+
+    # --- the challenger (the holder's reload thread) ---------------------------------------
+
+    def use(self, ref: str | None, engine: Engine | None, pair: PairStats | None) -> None:
+        """Score with ``engine`` from now on (None: shadow nothing), counting ``pair``'s
+        agreement (the counts so far are kept when the pair is the one already counted)."""
+        with self._control_lock:
+            if pair is not None and self.pair is not None and self.pair.key == pair.key:
+                pair = self.pair
+            self.pair = pair
+            current = self._challenger
+            if (current.ref, current.engine, current.pair) == (ref, engine, pair):
+                return
+            self._challenger = Challenger(ref, engine, pair)
+            channel = self._channel
+            if channel is not None:
+                self._tell(channel, self._challenger)
+
+    @staticmethod
+    def _tell(channel: _Channel, challenger: Challenger) -> None:
+        data = memoryview(object_message(challenger))
+        try:
+            while data:
+                data = data[os.write(channel.control, data) :]
+        except OSError:
+            pass  # it died: its successor is told when it starts
+
+    # --- the process ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the shadow process (here, so that it is there for the next answer) and the
+        thread that follows it. Raises OSError when it cannot be started."""
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            self._closing.clear()
+            with self._control_lock:
+                self._channel = self._spawn()
+            self._thread = threading.Thread(target=self._follow, name="heartml-shadow", daemon=True)
+            self._thread.start()
+
+    def _spawn(self) -> _Channel:
+        data_r, data_w = os.pipe()
+        control_r, control_w = os.pipe()
+        totals_r, totals_w = os.pipe()
+        _pipe_size(data_w, self.queue_size * _BYTES_PER_ANSWER)
+        os.set_blocking(data_w, False)
+        command = [
+            sys.executable,
+            "-m",
+            "heartml.serve.shadow_process",
+            "--data",
+            str(data_r),
+            "--control",
+            str(control_r),
+            "--totals",
+            str(totals_w),
+            "--parent",
+            str(os.getpid()),
+            "--log-level",
+            self.log_level,
+        ]
+        if self.log_dir is not None:
+            command += [
+                "--log-dir",
+                str(self.log_dir),
+                "--log-prefix",
+                self.log_prefix,
+                "--log-max-bytes",
+                str(self.log_max_bytes),
+            ]
+        try:
+            process = subprocess.Popen(
+                command, pass_fds=(data_r, control_r, totals_w), stdin=subprocess.DEVNULL
+            )
+        except OSError:
+            for fd in (data_r, data_w, control_r, control_w, totals_r, totals_w):
+                os.close(fd)
+            raise
+        for fd in (data_r, control_r, totals_w):  # the process's ends: its own now
+            os.close(fd)
+        channel = _Channel(process, data_w, control_w, totals_r, time.monotonic())
+        self.pid = process.pid
+        self.totals = Totals()
+        if self._challenger.ref is not None:
+            self._challenger = replace(self._challenger, pair=self.pair)
+            self._tell(channel, self._challenger)
+        return channel
+
+    def _follow(self) -> None:
+        """Read the totals of each process in turn; restart one that dies."""
+        young_deaths = 0  # in a row, each within STABLE_S of its start
+        channel = self._channel
+        while channel is not None:
+            self._read_totals(channel)
+            code = channel.process.wait()
+            self._settle()
+            if self._closing.is_set():
+                return
+            if time.monotonic() - channel.started >= STABLE_S:
+                young_deaths = 0
+            delay = min(RESTART_S * 2**young_deaths, MAX_RESTART_S)
+            young_deaths += 1
+            self.restarts += 1
+            self.metrics.shadow_restarts.inc()
+            logger.warning(
+                "the shadow process %d ended (exit code %s); starting another in %.1f s",
+                channel.process.pid,
+                code,
+                delay,
+            )
+            if self._closing.wait(delay):
+                return
+            channel = self._restart(channel)
+
+    def _restart(self, dead: _Channel) -> _Channel | None:
+        while not self._closing.is_set():
+            with self._control_lock:
+                try:
+                    channel = self._spawn()
+                except OSError as exc:
+                    logger.warning("could not start a shadow process: %s", exc)
+                    channel = None
+                else:
+                    self._channel = channel
+            if channel is not None:
+                # The loop may be writing to the old data pipe this instant: close it at the
+                # next restart, the one before it now.
+                for fd in self._retired:
+                    os.close(fd)
+                self._retired = [dead.data]
+                os.close(dead.control)
+                return channel
+            if self._closing.wait(MAX_RESTART_S):
+                break
+        return None
+
+    def _read_totals(self, channel: _Channel) -> None:
+        reader = ObjectReader()
+        try:
+            while chunk := os.read(channel.totals, 1 << 16):
+                received = [t for t in reader.feed(chunk) if isinstance(t, Totals)]
+                if received:
+                    self._apply(received[-1])
+        except OSError as exc:
+            logger.warning("could not read the shadow process's totals: %s", exc)
+        finally:
+            os.close(channel.totals)
+
+    def _apply(self, totals: Totals) -> None:
+        """Add what the process did since its last totals to the metrics."""
+        seen, self.totals = self.totals, totals
+        m = self.metrics
+        m.shadow_predictions.inc(totals.shadow_rows - seen.shadow_rows)
+        m.shadow_disagreements.inc(totals.disagreements - seen.disagreements)
+        m.shadow_errors.inc(totals.errors - seen.errors)
+        m.log_written.inc(totals.written - seen.written)
+        before = seen.abs_diff_counts or (0,) * len(totals.abs_diff_counts)
+        m.add_abs_diffs(
+            [now - then for now, then in zip(totals.abs_diff_counts, before, strict=True)],
+            totals.abs_diff_sum - seen.abs_diff_sum,
+        )
+        pair = totals.pair
+        with self._control_lock:
+            if pair is not None and self.pair is not None and pair.key == self.pair.key:
+                self.pair = pair
+
+    def _settle(self) -> None:
+        """The process ended: what it was given is handled, or lost with it (counted)."""
+        totals = self.totals
+        for queue, handled in (
+            ("shadow", totals.shadow_answers),
+            ("predlog", totals.log_answers),
+        ):
+            lost = max(0, self.sent[queue] - self._settled[queue] - handled)
+            if lost:
+                self.dropped[queue] += lost
+                self.metrics.dropped.labels(queue).inc(lost)
+                logger.warning("%d answers lost with the shadow process (%s)", lost, queue)
+            self._settled[queue] += handled + lost
+        self.totals = Totals()
+
+    def close(self, timeout: float) -> bool:
+        """Hand over what is buffered, let the process handle everything and exit, within
+        ``timeout``; False when it was still at work then (it goes on, and ends by itself)."""
+        self.flush()
+        self._closing.set()
+        channel, self._channel = self._channel, None
+        thread = self._thread
+        if channel is None or thread is None:
+            return True
+        for fd in (channel.data, channel.control, *self._retired):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._retired = []
+        thread.join(max(0.0, timeout))
+        if thread.is_alive():
+            logger.warning(
+                "shadow process: %d answers not shadowed and %d not logged before the deadline",
+                self.pending("shadow"),
+                self.pending("predlog"),
+            )
+            return False
+        self._thread = None
+        return True

@@ -1,0 +1,395 @@
+"""The shadow process: scores the challenger on the server's answers and writes the prediction log.
+
+Each server process (each uvicorn worker) starts one (:mod:`heartml.serve.feed`) when it has a
+challenger to shadow or a log to write. Its work then never runs in the server's interpreter,
+so it cannot hold the GIL the event loop needs, and the kernel schedules it below the server
+(``SCHED_IDLE``, where there is one: it runs when the server's CPU would otherwise idle, and
+gives the CPU back the moment the server wakes up; when the CPU is saturated it falls behind,
+its pipe fills, and the server drops and counts instead of waiting).
+
+Every ``LINGER_S`` it reads everything the server wrote to its pipe (:mod:`heartml.serve.frames`),
+scores the SHADOW rows with the challenger in one call, counts agreement, writes the log
+records (with the challenger's probability for the shadowed rows), and sends its running
+totals back for the server's metrics and ``/model``. The end of its input (the server closed
+the pipe: a clean shutdown, or the server died) ends it once everything read is handled, the
+log is flushed and the final totals are sent. SIGTERM and SIGINT are ignored: only its server
+decides when it ends, after the drain. A watchdog ends it, too, if its server is gone and the
+input did not close (another process holding the pipe).
+
+    python -m heartml.serve.shadow_process --data FD --control FD --totals FD --parent PID \\
+        [--log-dir DIR --log-prefix PREFIX --log-max-bytes N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from heartml.errors import one_line
+from heartml.serve.frames import (
+    ABS_DIFF_BUCKETS,
+    ANSWERS,
+    LAST,
+    MODEL,
+    SHADOW,
+    AnswerBatch,
+    Challenger,
+    MessageReader,
+    ModelInfo,
+    ObjectReader,
+    PairStats,
+    Totals,
+    merge,
+    object_message,
+    read_answers,
+    read_model,
+)
+from heartml.serve.predlog import Answered, PredictionLog
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+logger = logging.getLogger("heartml.serve.shadow_process")
+
+# How often the process looks at its pipe: one wake-up, one ONNX call and one write per 50 ms
+# of answers instead of per answer.
+LINGER_S = 0.05
+# At most this many rows per call of the challenger.
+BATCH = 1024
+# Read at most this much per look (the pipe holds 1 MiB at most).
+READ_BYTES = 1 << 20
+# Once its server is gone, how long it may still take to handle what it read.
+ORPHAN_GRACE_S = 3.0
+ABS_DIFF_BOUNDS = np.array((*ABS_DIFF_BUCKETS, np.inf))
+
+
+def bucket_counts(values: NDArray[np.float64]) -> NDArray[np.int64]:
+    """How many of ``values`` fall in each histogram bucket (the first upper bound >= value,
+    as prometheus_client's ``observe`` finds it)."""
+    found = np.searchsorted(ABS_DIFF_BOUNDS, values, side="left")
+    return np.bincount(found, minlength=len(ABS_DIFF_BOUNDS)).astype(np.int64)
+
+
+def lower_priority() -> str:
+    """Run below the server: SCHED_IDLE where the kernel has it, else 19 nicer. Says which."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+    with contextlib.suppress(OSError):
+        os.nice(19)
+        return "nice 19"
+    return "unchanged"
+
+
+class ShadowWorker:
+    """The shadow's scoring and the log's writing, over the answers the server sent."""
+
+    def __init__(self, log: PredictionLog | None) -> None:
+        self.log = log
+        self.models: dict[int, ModelInfo] = {}
+        self.challenger = Challenger(None, None, None)
+        self.pair: PairStats | None = None
+        self.shadow_rows = 0
+        self.disagreements = 0
+        self.abs_diff_counts = np.zeros(len(ABS_DIFF_BOUNDS), dtype=np.int64)
+        self.abs_diff_sum = 0.0
+        self.errors = 0
+        self.shadow_answers = 0
+        self.log_answers = 0
+        self.last_error: str | None = None
+
+    def use(self, challenger: Challenger) -> None:
+        self.challenger = challenger
+        self.pair = challenger.pair
+        if challenger.ref is not None:
+            logger.info("shadowing %s", challenger.ref)
+
+    def declare(self, model_id: int, info: ModelInfo) -> None:
+        self.models[model_id] = info
+
+    def handle(self, batch: AnswerBatch) -> None:
+        """Score, count and log the answers of ``batch``."""
+        n = len(batch.rows)
+        row_flags = np.repeat(batch.flags, batch.counts)
+        row_model = np.repeat(batch.model, batch.counts)
+        wanted = (row_flags & SHADOW) != 0
+        theirs = self._score(batch, wanted, row_model) if wanted.any() else None
+        last = (batch.flags & LAST) != 0
+        self.shadow_answers += int(((batch.flags & SHADOW) != 0)[last].sum())
+        if self.log is None:
+            return
+        self.log_answers += int(last.sum())
+        self._write(batch, theirs, n)
+
+    def _score(
+        self, batch: AnswerBatch, wanted: NDArray[np.bool_], row_model: NDArray[np.uint32]
+    ) -> NDArray[np.float64] | None:
+        """The challenger's P(disease) for every row (NaN: not scored); None: none scored."""
+        challenger = self.challenger
+        if challenger.engine is None:
+            return None
+        rows = batch.rows[wanted]
+        try:
+            proba = np.concatenate(
+                [
+                    np.asarray(challenger.engine.predict_proba(rows[i : i + BATCH]), np.float64)
+                    for i in range(0, len(rows), BATCH)
+                ]
+            )
+        except Exception as exc:
+            self.errors += 1
+            self.last_error = f"challenger {challenger.ref} failed: {one_line(exc)}"
+            logger.warning(self.last_error)
+            return None
+        mine = proba[:, 1]
+        their_class = (proba[:, 1] > proba[:, 0]).astype(np.int64)  # ties to 0, as the champion
+        ours = batch.probabilities[wanted]
+        diff = np.abs(ours - mine)
+        disagree = their_class != batch.classes[wanted]
+        self.shadow_rows += len(rows)
+        self.disagreements += int(disagree.sum())
+        self.abs_diff_counts += bucket_counts(diff)
+        self.abs_diff_sum += float(diff.sum())
+        pair = self.pair
+        if pair is not None and pair.challenger == challenger.ref:
+            # Only the answers of the pair's champion count towards its agreement.
+            ids = [i for i, m in self.models.items() if f"{m.name}/{m.version}" == pair.champion]
+            answered = np.isin(row_model[wanted], ids)
+            self.pair = PairStats(
+                pair.champion,
+                pair.challenger,
+                pair.since,
+                pair.rows + int(answered.sum()),
+                pair.disagreements + int((disagree & answered).sum()),
+                pair.abs_diff_sum + float(diff[answered].sum()),
+            )
+        theirs = np.full(len(batch.rows), np.nan)
+        theirs[wanted] = mine
+        return theirs
+
+    def _write(self, batch: AnswerBatch, theirs: NDArray[np.float64] | None, n: int) -> None:
+        assert self.log is not None
+        probabilities = batch.probabilities.tolist()
+        classes = batch.classes.tolist()
+        shadowed = None if theirs is None else theirs.tolist()
+        name = self.challenger.ref
+        answers = []
+        start = 0
+        for k, count in enumerate(batch.counts.tolist()):
+            end = start + count
+            model = self.models.get(int(batch.model[k]))
+            if model is None:  # never: a MODEL message precedes its first answer
+                logger.warning("an answer of an undeclared model: not logged")
+                start = end
+                continue
+            flags = int(batch.flags[k])
+            scored = shadowed is not None and flags & SHADOW
+            answers.append(
+                Answered(
+                    request_id=batch.request_ids[k],
+                    time=float(batch.time[k]),
+                    model_name=model.name,
+                    model_version=model.version,
+                    rows=batch.rows[start:end],
+                    classes=classes[start:end],
+                    probabilities=probabilities[start:end],
+                    impute_values=model.impute_values,
+                    shadow_model=name if scored else None,
+                    shadow_probabilities=shadowed[start:end] if scored else None,  # type: ignore[index]
+                    first_seq=int(batch.seq[k]),
+                    first_row=int(batch.first_row[k]),
+                )
+            )
+            start = end
+        assert start == n
+        try:
+            self.log.write(answers)
+        except OSError as exc:
+            self.last_error = f"could not write the prediction log: {one_line(exc)}"
+            logger.warning(self.last_error)
+
+    def totals(self, *, final: bool = False) -> Totals:
+        return Totals(
+            shadow_rows=self.shadow_rows,
+            disagreements=self.disagreements,
+            abs_diff_counts=tuple(self.abs_diff_counts.tolist()),
+            abs_diff_sum=self.abs_diff_sum,
+            errors=self.errors,
+            written=0 if self.log is None else self.log.written,
+            shadow_answers=self.shadow_answers,
+            log_answers=self.log_answers,
+            pair=self.pair,
+            last_error=self.last_error,
+            final=final,
+        )
+
+
+def _read_available(fd: int) -> tuple[bytes, bool]:
+    """What the pipe holds now, and whether its writers are all gone (end of input)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < READ_BYTES:
+        try:
+            chunk = os.read(fd, READ_BYTES - size)
+        except BlockingIOError:
+            return b"".join(chunks), False
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
+
+
+class Pipes:
+    """The process's ends of its three pipes, and what it has read and sent on them."""
+
+    def __init__(self, worker: ShadowWorker, data: int, control: int, totals: int) -> None:
+        self.worker = worker
+        self.data, self.control, self.totals = data, control, totals
+        os.set_blocking(data, False)
+        os.set_blocking(totals, False)
+        self.messages = MessageReader()
+        self.sent: Totals | None = None
+        self.challenger: Challenger | None = None  # received, not yet in use
+        self.stopping = threading.Event()
+
+    def read_control(self) -> None:
+        """Receive challengers until the server closes the pipe (blocking: this thread runs
+        at the process's normal priority and waits here)."""
+        objects = ObjectReader()
+        while chunk := os.read(self.control, 1 << 16):
+            for value in objects.feed(chunk):
+                if isinstance(value, Challenger):
+                    self.challenger = value  # the scoring thread takes it at its next step
+
+    def step(self) -> bool:
+        """Handle what the server has written so far; True at the end of its input."""
+        challenger, self.challenger = self.challenger, None
+        if challenger is not None:
+            self.worker.use(challenger)
+        received, ended = _read_available(self.data)
+        batches = []
+        for kind, message in self.messages.feed(received):
+            if kind == MODEL:
+                self.worker.declare(*read_model(message))
+            elif kind == ANSWERS:
+                batches.append(read_answers(message))
+        if batches:
+            self.worker.handle(merge(batches))
+        self.report(final=ended)
+        return ended
+
+    def report(self, *, final: bool) -> None:
+        current = self.worker.totals(final=final)
+        if current == self.sent:
+            return
+        try:
+            if final:
+                os.set_blocking(self.totals, True)  # the last word must get through
+            os.write(self.totals, object_message(current))
+            self.sent = current
+        except BlockingIOError:
+            pass  # the server reads them later; the next totals include these
+        except BrokenPipeError:
+            pass  # the server is gone
+
+    def score(self) -> None:
+        """The scoring thread: below the server, a step every LINGER_S until told to stop."""
+        lower_priority()
+        while not self.stopping.is_set():
+            if self.step():
+                return
+            self.stopping.wait(LINGER_S)
+
+
+def serve(worker: ShadowWorker, data: int, control: int, totals: int) -> None:
+    """Handle what the server sends until it closes its pipes.
+
+    The scoring runs in a thread below the server's priority; this thread keeps the
+    process's own and waits on the control pipe. When the server closes it (a clean
+    shutdown, or the server died), the rest (the answers still in the pipe, the log's
+    flush) is done here, at normal priority: a busy CPU would otherwise hold the drain back.
+    """
+    pipes = Pipes(worker, data, control, totals)
+    scoring = threading.Thread(target=pipes.score, name="shadow-scoring", daemon=True)
+    scoring.start()
+    pipes.read_control()
+    pipes.stopping.set()
+    scoring.join()
+    os.set_blocking(data, True)  # the server has closed its end: reads end at EOF
+    while not pipes.step():
+        pass
+
+
+def _exit_with(parent: int) -> None:
+    """End this process once ``parent`` is gone, after a grace for handling what was read."""
+
+    def watch() -> None:
+        try:
+            descriptor = os.pidfd_open(parent)
+        except ProcessLookupError:
+            pass
+        except (AttributeError, OSError):  # no pidfd (not Linux, or a kernel before 5.3)
+            while os.getppid() == parent:
+                time.sleep(0.5)
+        else:
+            select.select([descriptor], [], [])
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-server", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="heartml.serve.shadow_process")
+    parser.add_argument("--data", type=int, required=True)
+    parser.add_argument("--control", type=int, required=True)
+    parser.add_argument("--totals", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--log-dir", type=Path)
+    parser.add_argument("--log-prefix", default="")
+    parser.add_argument("--log-max-bytes", type=int, default=64 << 20)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    level = logging.getLevelName(args.log_level.upper())
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level if isinstance(level, int) else logging.INFO,  # uvicorn's "trace": INFO
+        format=f"%(levelname)s:     shadow process {os.getpid()}: %(message)s",
+    )
+    _exit_with(args.parent)
+    log = None
+    if args.log_dir is not None:
+        log = PredictionLog(args.log_dir, args.log_max_bytes, args.log_prefix)
+        log.start()
+    worker = ShadowWorker(log)
+    logger.info("started for server %d", args.parent)
+    try:
+        serve(worker, args.data, args.control, args.totals)
+    finally:
+        if log is not None:
+            log.close()
+    logger.info(
+        "done: %d rows shadowed, %d records written",
+        worker.shadow_rows,
+        0 if log is None else log.written,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
