@@ -26,17 +26,16 @@ import argparse
 import contextlib
 import logging
 import os
-import select
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from heartml.errors import one_line
+from heartml.lifeline import exit_with
 from heartml.serve.frames import (
     ABS_DIFF_BUCKETS,
     ANSWERS,
@@ -333,25 +332,6 @@ def serve(worker: ShadowWorker, data: int, control: int, totals: int) -> None:
         pass
 
 
-def _exit_with(parent: int) -> None:
-    """End this process once ``parent`` is gone, after a grace for handling what was read."""
-
-    def watch() -> None:
-        try:
-            descriptor = os.pidfd_open(parent)
-        except ProcessLookupError:
-            pass
-        except (AttributeError, OSError):  # no pidfd (not Linux, or a kernel before 5.3)
-            while os.getppid() == parent:
-                time.sleep(0.5)
-        else:
-            select.select([descriptor], [], [])
-        time.sleep(ORPHAN_GRACE_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-server", daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="heartml.serve.shadow_process")
     parser.add_argument("--data", type=int, required=True)
@@ -371,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         level=level if isinstance(level, int) else logging.INFO,  # uvicorn's "trace": INFO
         format=f"%(levelname)s:     shadow process {os.getpid()}: %(message)s",
     )
-    _exit_with(args.parent)
+    # Any end of the server ends this process, after a grace for handling what was read.
+    exit_with(args.parent, grace_s=ORPHAN_GRACE_S, name="exit-with-server")
     log = None
     if args.log_dir is not None:
         log = PredictionLog(args.log_dir, args.log_max_bytes, args.log_prefix)

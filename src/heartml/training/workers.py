@@ -8,16 +8,14 @@ while the main process imports MLflow and opens the store.
 from __future__ import annotations
 
 import os
-import select
 import signal
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
+from heartml.lifeline import exit_with
 from heartml.training.candidates import TrainingError
 from heartml.training.experiment import CANDIDATE_ESTIMATORS
 
@@ -71,46 +69,11 @@ def worker_context() -> BaseContext:
 def start_worker(session_pid: int) -> None:
     """Run in each worker as it starts: follow the session's process, leave Ctrl-C to it, and
     run one native thread (:func:`limit_native_threads`)."""
-    exit_with(session_pid)
+    exit_with(session_pid, name="exit-with-session")
     # Ctrl-C in a terminal reaches the whole process group: the session stops its workers
     # itself, and a worker interrupted mid-task would print a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_native_threads()
-
-
-def exit_with(pid: int) -> None:
-    """End this process as soon as process ``pid`` (the training session) has ended.
-
-    A session killed outright (SIGKILL: the OOM killer, an evicted pod) runs no clean-up, and
-    nothing else would end its workers: each one waits for tasks on a queue whose other end
-    it holds itself, and the fork server that forked them exits only once every worker has
-    closed its copy of the session's lifeline. Not ``PR_SET_PDEATHSIG``: a worker's parent is
-    the fork server, which outlives the session for that very reason. So a daemon thread
-    waits on a pidfd of the session (readable the moment it exits; no polling), or polls the
-    pid twice a second where there is no pidfd, then ends the worker, without clean-up: its
-    task's result has nowhere to go.
-    """
-
-    def wait_then_exit() -> None:
-        _wait_for_exit(pid)
-        os._exit(1)
-
-    threading.Thread(target=wait_then_exit, name="exit-with-session", daemon=True).start()
-
-
-def _wait_for_exit(pid: int) -> None:
-    try:
-        descriptor = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return  # already gone
-    except (AttributeError, OSError):  # no pidfd (not Linux, or a kernel before 5.3)
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.5)
-    select.select([descriptor], [], [])
 
 
 def limit_native_threads() -> None:
