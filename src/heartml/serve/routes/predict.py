@@ -22,13 +22,13 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from heartml.data.patient import PatientFeatures
 from heartml.serve.deps import JSONBytes, json_response, problem, validation_problem
 from heartml.serve.middleware import REQUEST_ID_KEY
 from heartml.serve.schemas import (
     LABELS,
     BatchPrediction,
     BatchRequest,
-    PatientFeatures,
     Problem,
     RiskPrediction,
     ValidationErrorBody,
