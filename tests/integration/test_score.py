@@ -278,3 +278,51 @@ def test_a_site_champion_scores_its_site_and_the_champion_the_rest(
         score(trained_settings, str(source), "--out", str(out), *args)
         rows = pq.read_table(out, columns=["model_name", "model_version", "site_adapted"])
         assert set(zip(*(c.to_pylist() for c in rows.columns), strict=True)) == {expected}
+
+
+def test_monitor_scored_measures_the_cohort_against_the_model_profile(
+    trained_settings: Settings, tmp_path: Path
+) -> None:
+    import re
+
+    import mlflow.artifacts
+
+    from heartml.data.profile import feature_stability, missing_ratios, read_profile
+    from heartml.registry import configure_mlflow
+
+    table = as_table(uci_rows(trained_settings))
+    source = tmp_path / "uci.parquet"
+    pq.write_table(table, source)
+    out = tmp_path / "scored.parquet"
+    score(trained_settings, str(source), "--out", str(out), "--keep-features")
+    report = tmp_path / "cohort.html"
+    result = run_heartml(trained_settings, "monitor", "--scored", str(out), "--out", str(report))
+    assert result.returncode == 0, result.stderr
+
+    champion = read_family(trained_settings).champion
+    assert champion is not None
+    configure_mlflow(trained_settings)
+    model_dir = mlflow.artifacts.download_artifacts(champion.uri, dst_path=str(tmp_path / "m"))
+    profile = read_profile(Path(model_dir))
+    assert profile is not None
+    scored = pq.read_table(out, columns=list(FEATURE_NAMES)).to_pandas().to_numpy(dtype="float64")
+    expected_psi = feature_stability(profile, scored)
+    expected_missing = missing_ratios(scored)
+    page = report.read_text(encoding="utf-8")
+    assert "a scored cohort" in page and champion.ref in page
+    shown = re.findall(r"<tr><td>(\w+)</td><td>([\d.]+)( ⚠)?</td><td>([\d.]+)%</td>", page)
+    assert [name for name, *_ in shown] == list(FEATURE_NAMES)
+    for (_, psi, _, missing), psi_expected, missing_expected in zip(
+        shown, expected_psi, expected_missing, strict=True
+    ):
+        assert float(psi) == pytest.approx(psi_expected, abs=5e-4)
+        assert float(missing) == pytest.approx(100 * missing_expected, abs=0.05)
+    assert f"{champion.ref}, largest PSI {max(expected_psi):.3f}" in result.stdout
+
+    bare = tmp_path / "bare.parquet"
+    score(trained_settings, str(source), "--out", str(bare))
+    one_line_error(
+        run_heartml(trained_settings, "monitor", "--scored", str(bare), "--out", str(report)),
+        "no feature column age",
+        "--keep-features",
+    )
