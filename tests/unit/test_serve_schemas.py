@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from heartml.data.patient import PatientFeatures
 from heartml.data.schema import (
     EXAMPLE_PATIENT,
     FEATURE_NAMES,
@@ -16,7 +17,7 @@ from heartml.data.schema import (
     OPTIONAL_FEATURES,
     REQUIRED_FEATURES,
 )
-from heartml.serve.schemas import BatchRequest, PatientFeatures, imputed_fields
+from heartml.serve.schemas import BatchRequest, imputed_fields
 
 
 def errors_of(payload: Any) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from heartml.cli.data import data_app
 from heartml.cli.monitor import monitor
 from heartml.cli.promote import PROMOTE_HELP, promote
 from heartml.cli.report import report
+from heartml.cli.score import score
 from heartml.cli.serve import export, serve
 from heartml.cli.store import store_app
 from heartml.cli.train import train
@@ -96,6 +97,7 @@ app.command()(export)
 app.add_typer(store_app, name="store")
 app.add_typer(registry_app, name="registry")
 app.command()(monitor)
+app.command()(score)
 
 promote_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 promote_app.command(cls=HeartmlCommand, help=PROMOTE_HELP)(promote)

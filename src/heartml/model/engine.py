@@ -63,12 +63,13 @@ class SklearnEngine:
         return result
 
 
-def load_engine(model_dir: Path) -> Engine:
-    """The engine for an MLflow model directory: its ONNX form when it has a faithful one."""
+def load_engine(model_dir: Path, threads: int = 1) -> Engine:
+    """The engine for an MLflow model directory: its ONNX form when it has a faithful one
+    (run on ``threads`` threads)."""
     files = find_onnx_files(model_dir)
     if files is not None:
         try:
-            engine = OnnxEngine(files.graph.read_bytes())
+            engine = OnnxEngine(files.graph.read_bytes(), threads)
             deviation = largest_deviation(engine, Probe.load(files.probe))
         except Exception as exc:  # ONNX Runtime and numpy raise their own types
             reason = f"cannot be run under this ONNX Runtime ({one_line(exc, 200)})"

@@ -83,13 +83,14 @@ class OnnxEngine:
 
     name: Literal["onnx"] = "onnx"
 
-    def __init__(self, graph: bytes) -> None:
+    def __init__(self, graph: bytes, threads: int = 1) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        # One thread: a serving worker answers one request at a time on a 2-core machine, and
-        # ONNX Runtime's spinning pool threads would take the core the event loop needs.
-        options.intra_op_num_threads = 1
+        # One thread by default: a serving worker answers one request at a time on a 2-core
+        # machine, and ONNX Runtime's spinning pool threads would take the core the event loop
+        # needs. A batch scorer, with large batches and nothing else to run, may ask for more.
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # warnings about unused initializers are noise here
         self._session: InferenceSession = onnxruntime.InferenceSession(

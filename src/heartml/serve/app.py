@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from pydantic.json_schema import models_json_schema
 
 import heartml
+from heartml.data.patient import PatientFeatures
 from heartml.data.sites import check_site
 from heartml.serve.deps import json_response
 from heartml.serve.errors import ApiError, InvalidInputError
@@ -23,7 +24,7 @@ from heartml.serve.metrics import ServeMetrics
 from heartml.serve.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from heartml.serve.routes import admin, health, model, predict, schema
 from heartml.serve.routes import metrics as metrics_routes
-from heartml.serve.schemas import BatchRequest, PatientFeatures
+from heartml.serve.schemas import BatchRequest
 from heartml.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from heartml.data.patient import PatientFeatures
 from heartml.data.sites import SITE_PATTERN, SiteNameError, check_site
 from heartml.serve.deps import (
     EvidenceDep,
@@ -43,7 +44,6 @@ from heartml.serve.schemas import (
     LABELS,
     BatchPrediction,
     BatchRequest,
-    PatientFeatures,
     Problem,
     RiskPrediction,
     ValidationErrorBody,

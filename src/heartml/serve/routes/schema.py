@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from heartml.data.patient import PatientFeatures
 from heartml.data.schema import describe_schema
 from heartml.serve.deps import SettingsDep
-from heartml.serve.schemas import EXPLANATION_FIELDS, PatientFeatures, SchemaInfo
+from heartml.serve.schemas import EXPLANATION_FIELDS, SchemaInfo
 
 router = APIRouter(tags=["schema"])
 

@@ -1,0 +1,186 @@
+"""The scored batch: kept columns, the model's answer, and where it came from.
+
+Pure (pyarrow and numpy): the local scorer and a Spark ``mapInArrow`` function build every
+output batch here, so both engines write the same columns with the same types:
+
+=================  ==========================================================================
+kept columns       ``--keep``: as read, except a feature, which is written as validated
+                   (float64, null where absent)
+``probability``    float64, P(heart disease), as ``/predict`` answers
+``prediction``     int8, 1 when P(disease) > P(no disease), the served rule (ties to 0)
+``imputed``        string, the optional fields imputed, comma-separated in schema order, ""
+                   when none (``/predict``'s ``imputed`` list, joined)
+``model_name``     string, the registered model
+``model_version``  int32
+``site_adapted``   bool, the version was adapted for a site (it carries a ``site`` tag)
+``scored_at``      timestamp (µs, UTC), one value for the whole run
+=================  ==========================================================================
+
+``imputed``, ``model_name`` and ``scored_at`` are dictionary-encoded by default (``imputed``
+has at most 2^5 values, the others one): the 32 labels are built once and each batch only
+adds its masks as indices, which costs next to nothing; readers see plain strings. Spark's
+Arrow reader wants plain columns: ``dictionary=False`` gives them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from heartml.data.schema import FEATURE_NAMES
+from heartml.errors import UserError
+from heartml.scoring.columns import CheckedBatch, imputed_labels
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import NDArray
+
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "probability",
+    "prediction",
+    "imputed",
+    "model_name",
+    "model_version",
+    "site_adapted",
+    "scored_at",
+)
+_IMPUTED = pa.array(imputed_labels(), pa.string())
+_FEATURE_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+class KeepError(UserError):
+    """A ``--keep`` column the input lacks, or that the output writes itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStamp:
+    """What every row of one run carries: the model that scored it and when."""
+
+    model_name: str
+    model_version: int
+    site_adapted: bool
+    scored_at: datetime
+
+    def __post_init__(self) -> None:
+        if self.scored_at.tzinfo is None:
+            raise ValueError("scored_at must be timezone-aware")
+
+
+def check_keep(names: Sequence[str], keep: Sequence[str]) -> tuple[str, ...]:
+    """``keep`` without duplicates, each a column of the input (``names``) and none an output's."""
+    for name in keep:
+        if name in OUTPUT_COLUMNS:
+            raise KeepError(f"--keep {name}: the output writes its own column {name!r}")
+        if name not in names and name not in _FEATURE_INDEX:
+            raise KeepError(f"--keep {name}: the input has no column {name!r}")
+    return tuple(dict.fromkeys(keep))
+
+
+def output_schema(kept: pa.Schema, keep: Sequence[str], *, dictionary: bool = True) -> pa.Schema:
+    """The output's schema for an input of schema ``kept`` and the columns ``keep``."""
+    text = pa.dictionary(pa.int8(), pa.string()) if dictionary else pa.string()
+    stamp = pa.timestamp("us", tz="UTC")
+    fields = [
+        pa.field(name, pa.float64())
+        if name in _FEATURE_INDEX
+        else kept.field(kept.get_field_index(name))
+        for name in keep
+    ]
+    return pa.schema(
+        [
+            *fields,
+            pa.field("probability", pa.float64(), nullable=False),
+            pa.field("prediction", pa.int8(), nullable=False),
+            pa.field("imputed", text, nullable=False),
+            pa.field("model_name", text, nullable=False),
+            pa.field("model_version", pa.int32(), nullable=False),
+            pa.field("site_adapted", pa.bool_(), nullable=False),
+            pa.field("scored_at", pa.dictionary(pa.int8(), stamp) if dictionary else stamp, False),
+        ]
+    )
+
+
+def build_output(
+    batch: pa.RecordBatch,
+    checked: CheckedBatch,
+    probabilities: NDArray[np.floating[Any]],
+    stamp: RunStamp,
+    schema: pa.Schema,
+) -> pa.RecordBatch:
+    """The output batch of ``batch``'s accepted rows, scored ``probabilities`` (rows × 2:
+    P(no disease), P(disease)), in ``schema`` (:func:`output_schema`)."""
+    count = checked.scored
+    kept_names = schema.names[: len(schema) - len(OUTPUT_COLUMNS)]
+    columns: list[pa.Array] = []
+    for name in kept_names:
+        if name in _FEATURE_INDEX:
+            values = checked.rows[:, _FEATURE_INDEX[name]]
+            columns.append(pa.array(values, pa.float64(), from_pandas=True))
+            continue
+        column = batch.column(name)
+        if checked.accepted is not None:
+            column = column.take(pa.array(checked.accepted))
+        columns.append(column)
+    negative = np.asarray(probabilities[:, 0], dtype=np.float64)
+    positive = np.asarray(probabilities[:, 1], dtype=np.float64)
+    prediction = (positive > negative).astype(np.int8)  # ties to 0, as /predict
+    dictionary = pa.types.is_dictionary(schema.field("imputed").type)
+    columns += [
+        pa.array(positive, pa.float64()),
+        pa.array(prediction, pa.int8()),
+        _imputed_column(checked.imputed, dictionary),
+        _constant(stamp.model_name, count, pa.string(), dictionary),
+        pa.array(np.full(count, stamp.model_version, dtype=np.int32)),
+        pa.array(np.full(count, stamp.site_adapted, dtype=bool)),
+        _constant(stamp.scored_at, count, schema.field("scored_at").type, dictionary),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _imputed_column(masks: NDArray[np.int8], dictionary: bool) -> pa.Array:
+    indices = pa.array(masks, pa.int8())
+    encoded = pa.DictionaryArray.from_arrays(indices, _IMPUTED)
+    return encoded if dictionary else encoded.dictionary_decode()
+
+
+def _constant(value: object, count: int, kind: pa.DataType, dictionary: bool) -> pa.Array:
+    if dictionary:
+        value_type = kind.value_type if pa.types.is_dictionary(kind) else kind
+        return pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(count, dtype=np.int8)), pa.array([value], value_type)
+        )
+    return pa.repeat(pa.scalar(value, kind), count)
+
+
+def rejects_schema() -> pa.Schema:
+    """The rejects file: one line per refused field of a row."""
+    return pa.schema(
+        [
+            pa.field("row", pa.int64(), nullable=False),
+            pa.field("field", pa.string(), nullable=False),
+            pa.field("message", pa.string(), nullable=False),
+        ]
+    )
+
+
+def build_rejects(checked: CheckedBatch) -> pa.RecordBatch:
+    """The rejects of one batch, as rows of :func:`rejects_schema`."""
+    rejections = checked.rejections
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([r.row for r in rejections], pa.int64()),
+            pa.array([r.field for r in rejections], pa.string()),
+            pa.array([r.message for r in rejections], pa.string()),
+        ],
+        schema=rejects_schema(),
+    )
+
+
+def now_utc() -> datetime:
+    """The run's ``scored_at`` when none is given: now, in UTC, to the microsecond."""
+    return datetime.now(UTC)
