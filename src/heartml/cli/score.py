@@ -112,7 +112,7 @@ def score(
 
     from heartml.data.schema import FEATURE_NAMES
     from heartml.model.engine import load_engine
-    from heartml.scoring.local import score_files
+    from heartml.scoring.local import ENGINE_ROWS, score_files
     from heartml.scoring.model import download_model, resolve_model
     from heartml.scoring.output import RunStamp, now_utc
 
@@ -139,7 +139,15 @@ def score(
         stamp = RunStamp(version.name, version.version, choice.site_adapted, stamp_time)
         try:
             with _Progress(console) as update:
-                result = score_files(source, out, engine, stamp, kept, progress=update)
+                result = score_files(
+                    source,
+                    out,
+                    engine,
+                    stamp,
+                    kept,
+                    engine_rows=ENGINE_ROWS.get(version.model_type or ""),
+                    progress=update,
+                )
         except KeyboardInterrupt:
             fail(f"stopped: nothing written to {out}")
     typer.echo(

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from jinja2 import Environment
     from matplotlib.figure import Figure
 
+    from heartml.monitoring.cohort import CohortSummary
+
 TIME = "%Y-%m-%d %H:%M:%S"
 
 
@@ -166,6 +168,7 @@ def report_view(summary: Summary) -> dict[str, Any]:
     if summary.scores:
         figures["calibration"] = _png(_calibration_figure(summary))
     return {
+        "cohort": None,
         "records": len(records),
         "files": summary.data.files,
         "first": records["time"].iloc[0],
@@ -180,6 +183,84 @@ def report_view(summary: Summary) -> dict[str, Any]:
         "labelled": summary.labelled,
         "figures": figures,
     }
+
+
+def _cohort_figures(cohort: CohortSummary) -> dict[str, str]:
+    import matplotlib.pyplot as plt
+
+    matplotlib_agg()
+    names = list(cohort.psi)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    values = [0.0 if math.isnan(cohort.psi[n]) else cohort.psi[n] for n in names]
+    ax.bar(names, values, color=["tab:red" if v > PSI_ALERT else "tab:blue" for v in values])
+    ax.axhline(PSI_ALERT, color="red", linestyle="--", linewidth=1, label=f"alert ({PSI_ALERT})")
+    ax.set(ylabel="PSI vs training", title=f"PSI per feature, {cohort.rows:,} rows")
+    ax.legend(fontsize=8)
+    psi = _png(fig)
+
+    fig, axes = plt.subplots(3, 5, figsize=(14, 7.5))
+    for ax, feature, counts in zip(axes.flat, cohort.profile.features, cohort.counts, strict=False):
+        x = np.arange(feature.bins)
+        ax.bar(x - 0.2, feature.frequencies, width=0.4, label="training")
+        ax.bar(x + 0.2, counts / max(int(counts.sum()), 1), width=0.4, label="cohort")
+        if feature.kind == "coded":
+            ax.set_xticks(x, [f"{c:g}" for c in feature.edges])
+        else:
+            ax.set_xticks(x, [f"≤{e:g}" for e in feature.edges] + ["more"], rotation=90, fontsize=6)
+        ax.set_title(f"{feature.name} (missing {cohort.missing[feature.name]:.0%})", fontsize=9)
+    for ax in list(axes.flat)[len(cohort.profile.features) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"The cohort vs the training rows of {cohort.model}")
+    fig.tight_layout()
+    distribution = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    edges = np.linspace(0, 1, len(cohort.probability_counts) + 1)
+    ax.stairs(cohort.probability_counts, edges, fill=True, alpha=0.6, label=cohort.model)
+    ax.set(xlabel="P(heart disease)", ylabel="rows", title="Probability distribution")
+    ax.legend(fontsize=8)
+    return {"psi": psi, "distribution": distribution, "probability": _png(fig)}
+
+
+def matplotlib_agg() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def cohort_view(cohort: CohortSummary) -> dict[str, Any]:
+    """What the page shows of a scored cohort: its facts, PSI and missing shares per feature
+    against the training rows, and the figures."""
+    worst = max(cohort.psi, key=lambda n: -1.0 if math.isnan(cohort.psi[n]) else cohort.psi[n])
+    features = [
+        {
+            "name": f.name,
+            "psi": cohort.psi[f.name],
+            "above": cohort.psi[f.name] > PSI_ALERT,
+            "missing": cohort.missing[f.name],
+            "training_missing": f.missing_rate,
+        }
+        for f in cohort.profile.features
+    ]
+    return {
+        "cohort": {
+            "path": str(cohort.path),
+            "rows": cohort.rows,
+            "model": cohort.model,
+            "scored_at": cohort.scored_at,
+            "positive": cohort.positive,
+            "worst": {"feature": worst, "psi": cohort.psi[worst]},
+            "features": features,
+        },
+        "psi_alert": PSI_ALERT,
+        "figures": _cohort_figures(cohort),
+    }
+
+
+def render_cohort_report(cohort: CohortSummary) -> str:
+    """A scored cohort's drift as the same HTML page, every plot embedded as a PNG."""
+    return templates().get_template("report.html.j2").render(cohort_view(cohort))
 
 
 def render_report(summary: Summary) -> str:
