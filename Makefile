@@ -23,7 +23,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export PYTHONDONTWRITEBYTECODE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install pipeline data validate train promote adapt adapt-sites list mlflow-ui test test-suite test-containers test-fast lint format typecheck clean
+.PHONY: help install java-runtime pipeline data validate train promote adapt adapt-sites list mlflow-ui test test-suite test-containers test-fast lint format typecheck clean
 
 help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,12 +36,21 @@ compile_site_packages = $(1) -m compileall -q -j 0 "$$($(1) -c 'import sysconfig
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[train,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[train,dev,spark]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(call compile_site_packages,$(PY))
-	@$(PY) -c "import heartml, mlflow, sklearn, fastapi" || { echo "error: installation failed" >&2; exit 1; }
+	@$(PY) -c "import heartml, mlflow, sklearn, fastapi, pyspark" || { echo "error: installation failed" >&2; exit 1; }
 	@touch $@
 
-install: $(STAMP) ## Create .venv (if missing) and install heartml with pinned dependencies
+# PySpark (heartml score --engine spark, its tests and benchmark) runs on a JVM: Java 17 or
+# newer, from Debian's packages when the machine has none.
+JAVA_MAJOR = $$(java -version 2>&1 | sed -n 's/.* version "\(1\.\)\{0,1\}\([0-9]*\).*/\2/p' | head -n 1)
+java-runtime:
+	@major=$(JAVA_MAJOR); \
+	if [ -z "$$major" ] || [ "$$major" -lt 17 ]; then \
+		bash deploy/scripts/apt-install.sh openjdk-17-jre-headless; \
+	fi
+
+install: $(STAMP) java-runtime ## Create .venv (if missing) and install heartml with pinned dependencies, and Java for Spark
 
 pipeline: install ## The main job on the embedded SQLite store: download (all sites) → validate → train → promote → adapt and promote per site → list
 	@start=$$(date +%s%N); \

@@ -216,15 +216,15 @@ def predict_all(env: dict[str, str], records: list[dict[str, Any]], work: Path) 
         server.wait(15)
 
 
-def spark_probabilities(source: Path, work: Path) -> list[float] | None:
-    # ---- SPARK HOOK ---------------------------------------------------------------------
-    # The Spark half of this benchmark goes here (scoring/spark.py, `heartml score --engine
-    # spark`): score ``source`` on local[2] and return the probabilities in input order, and
-    # time heartml's scorer against mlflow.pyfunc.spark_udf with the same model (target ≥ 3×).
-    # Until the Spark engine exists, nothing is measured and the parity covers two engines.
-    # --------------------------------------------------------------------------------------
-    del source, work
-    return None
+def spark_probabilities(
+    source: Path, work: Path, cohort: Path, model_dir: Path, champion: Any, targets: Targets
+) -> list[float] | None:
+    # ---- SPARK HOOK: bench/cohort_spark.py ------------------------------------------------
+    # heartml's Spark scorer against mlflow.pyfunc.spark_udf on ``cohort`` (local[2], target
+    # ≥ 3×), and the probabilities of ``source`` (every UCI row) scored on Spark, by id.
+    from cohort_spark import spark_half
+
+    return spark_half(source, cohort, model_dir, champion, work, targets)
 
 
 def main() -> int:
@@ -327,7 +327,9 @@ def main() -> int:
             f"parity on {len(accepted)} UCI rows ({len(all_rows) - len(accepted)} refused by "
             f"both): max |/predict - heartml score| = {api_gap:.2e}"
         )
-        spark = spark_probabilities(uci, work)
+        spark = spark_probabilities(
+            uci, work, work / f"cohort-{first}.parquet", model_dir, champion, targets
+        )
         if spark is None:
             print("spark: not measured (the Spark engine is not in this tree): see SPARK HOOK")
 
@@ -348,6 +350,7 @@ def main() -> int:
         targets.at_most("max |/predict - heartml score|", api_gap, 1e-6, spec=".1e")
         if spark is not None:
             spark_gap = float(np.max(np.abs(np.array(spark)[accepted] - np.array(mine))))
+            print(f"max |Spark - heartml score| on the same rows = {spark_gap:.2e}")
             targets.at_most("max |Spark - heartml score|", spark_gap, 1e-6, spec=".1e")
         return targets.finish()
     finally:

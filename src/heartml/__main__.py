@@ -1,5 +1,7 @@
-"""`python -m heartml` runs the CLI."""
+"""`python -m heartml` runs the CLI; so does this file run as a script (spark-submit runs it so)."""
 
 from heartml.cli import main
 
-main()
+# Guarded: a script's spawned children (the model's download) import it again as __mp_main__.
+if __name__ == "__main__":
+    main()

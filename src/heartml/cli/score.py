@@ -88,6 +88,22 @@ def score(
             "core).",
         ),
     ] = 1,
+    engine_name: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local: this machine; spark: Apache Spark, output and rejects written as "
+            "directories of part files (needs heartml[spark] and Java 17+).",
+        ),
+    ] = "local",
+    master: Annotated[
+        str | None,
+        typer.Option(
+            "--master",
+            help="With --engine spark: the master URL (default local[2]; under spark-submit, "
+            "spark-submit's).",
+        ),
+    ] = None,
 ) -> None:
     """Score a cohort from files: one risk per patient, the refused rows in a rejects file."""
     import tempfile
@@ -102,6 +118,16 @@ def score(
 
     stamp_time = _parse_time(scored_at) if scored_at else now_utc()
     kept = tuple(keep or ()) + (FEATURE_NAMES if keep_features else ())
+    if engine_name not in ("local", "spark"):
+        fail(f"--engine {engine_name!r}: use local or spark")
+    if engine_name == "spark":
+        from heartml.cli.score_spark import score_on_spark
+
+        _stop_on_sigterm()
+        score_on_spark(source, out, model, site, kept, stamp_time, master)
+        return
+    if master is not None:
+        fail("--master goes with --engine spark")
     console = Console(stderr=True)
     _stop_on_sigterm()
     with user_errors():
