@@ -31,6 +31,8 @@ help: ## List every target with what it does
 # pip byte-compiles what it installs one file at a time; compileall does it on every core. The
 # .pyc files must exist after the install: PYTHONDONTWRITEBYTECODE keeps the runs from writing
 # them, so a module without one would be compiled again by every process that imports it.
+# heartml's own modules (an editable install) too: every command and test process imports
+# them. One edited since is compiled in memory, as before.
 compile_site_packages = $(1) -m compileall -q -j 0 "$$($(1) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true
 
 $(STAMP): pyproject.toml constraints.txt
@@ -38,6 +40,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	@$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[train,dev,spark]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(call compile_site_packages,$(PY))
+	@$(PY) -m compileall -q -j 0 src >/dev/null || true
 	@$(PY) -c "import heartml, mlflow, sklearn, fastapi, pyspark" || { echo "error: installation failed" >&2; exit 1; }
 	@touch $@
 
