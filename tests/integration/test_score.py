@@ -99,7 +99,7 @@ def test_every_uci_row_is_scored_or_refused_as_predict_answers(
     source = tmp_path / "cohort.parquet"
     pq.write_table(as_table(records), source)
     out = tmp_path / "scored.parquet"
-    result = score(trained_settings, str(source), "--out", str(out), "--keep", "id")
+    result = score(trained_settings, str(source), "--out", str(out), "--keep", "id", "--explain")
     scored = {r["id"]: r for r in pq.read_table(out).to_pylist()}
     refusals: dict[int, list[tuple[str, str]]] = {}
     for line in pacsv.read_csv(tmp_path / "scored.rejects.csv").to_pylist():
@@ -108,7 +108,7 @@ def test_every_uci_row_is_scored_or_refused_as_predict_answers(
     champion = read_family(trained_settings).champion
     assert champion is not None
     with running(trained_settings) as url, httpx.Client(base_url=url, timeout=30) as client:
-        answered = [client.post("/predict", json=record) for record in records]
+        answered = [client.post("/predict?explain=true", json=record) for record in records]
     accepted = 0
     for number, (record, answer) in enumerate(zip(records, answered, strict=True), 1):
         row = scored.get(f"p{number}")
@@ -126,6 +126,14 @@ def test_every_uci_row_is_scored_or_refused_as_predict_answers(
         assert row["imputed"] == ",".join(body["imputed"])
         assert (row["model_name"], row["model_version"]) == (champion.name, champion.version)
         assert row["site_adapted"] is False
+        # --explain gives the API's explanation: base + contributions = log-odds.
+        why = body["explanation"]
+        assert abs(row["explanation_base"] - why["base"]) <= 1e-9
+        assert abs(row["log_odds"] - why["log_odds"]) <= 1e-6
+        for field, contribution in why["contributions"].items():
+            assert abs(row[f"contribution_{field}"] - contribution) <= 1e-6, field
+        total = row["explanation_base"] + sum(row[f"contribution_{f}"] for f in FEATURE_NAMES)
+        assert abs(total - row["log_odds"]) <= 1e-9
     assert len(refusals) == len(records) - accepted >= len(broken)
     assert summary_counts(result.stdout) == (len(records), accepted, len(records) - accepted)
     assert set(OPTIONAL_FEATURES) <= {

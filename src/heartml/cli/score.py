@@ -79,6 +79,14 @@ def score(
             "a rerun byte-identical.",
         ),
     ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Add each row's explanation: explanation_base, log_odds and contribution_FIELD "
+            "for every field (base + contributions = log_odds), as /predict?explain=true.",
+        ),
+    ] = False,
     threads: Annotated[
         int,
         typer.Option(
@@ -112,6 +120,7 @@ def score(
 
     from heartml.data.schema import FEATURE_NAMES
     from heartml.model.engine import load_engine
+    from heartml.model.explain import load_explainer
     from heartml.scoring.local import ENGINE_ROWS, score_files
     from heartml.scoring.model import download_model, resolve_model
     from heartml.scoring.output import RunStamp, now_utc
@@ -124,6 +133,8 @@ def score(
         from heartml.cli.score_spark import score_on_spark
 
         _stop_on_sigterm()
+        if explain:
+            fail("--explain runs with the local engine only")
         score_on_spark(source, out, model, site, kept, stamp_time, master)
         return
     if master is not None:
@@ -134,7 +145,11 @@ def score(
         settings = load_settings()
         choice = resolve_model(settings, model, site)
         with tempfile.TemporaryDirectory(prefix="heartml-score-") as local:
-            engine = load_engine(download_model(settings, choice, Path(local)), threads)
+            model_dir = download_model(settings, choice, Path(local))
+            engine = load_engine(model_dir, threads)
+            explainer = load_explainer(model_dir, engine) if explain else None
+        if explain and explainer is None:
+            fail(f"{choice.version.ref} was registered without explainer files: retrain it")
         version = choice.version
         stamp = RunStamp(version.name, version.version, choice.site_adapted, stamp_time)
         try:
@@ -147,6 +162,7 @@ def score(
                     kept,
                     engine_rows=ENGINE_ROWS.get(version.model_type or ""),
                     progress=update,
+                    explainer=explainer,
                 )
         except KeyboardInterrupt:
             fail(f"stopped: nothing written to {out}")

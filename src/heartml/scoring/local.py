@@ -37,14 +37,17 @@ from heartml.scoring.output import (
     build_output,
     build_rejects,
     check_keep,
+    explanation_schema,
     output_schema,
     rejects_schema,
+    with_explanation,
 )
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
 
     from heartml.model.engine import Engine
+    from heartml.model.explain import Explainer
 
 # Rows per batch, measured (1e6 rows, logistic regression, rows per CPU-second): 65,536 rows
 # 1.33 M, 131,072 1.13 M, 262,144 1.06 M, and the peak RSS grows with it (438, 530, 662 MB):
@@ -332,8 +335,10 @@ def score_files(
     batch_rows: int = BATCH_ROWS,
     engine_rows: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    explainer: Explainer | None = None,
 ) -> ScoreResult:
-    """Score every row of ``source`` into ``output`` and its rejects file (see the module)."""
+    """Score every row of ``source`` into ``output`` and its rejects file (see the module);
+    with ``explainer``, each row's explanation too (:func:`explanation_schema`'s columns)."""
     started = time.perf_counter()
     csv_out = _output_format(output)
     dataset = open_input(source)
@@ -346,7 +351,8 @@ def score_files(
     keep = check_keep(names, keep)
     columns = [n for n in names if n in FEATURE_NAMES or n in keep]
     kept_schema = pa.schema([dataset.schema.field(n) for n in names if n in keep])
-    schema = output_schema(kept_schema, keep, dictionary=not csv_out)
+    scored_schema = output_schema(kept_schema, keep, dictionary=not csv_out)
+    schema = scored_schema if explainer is None else explanation_schema(scored_schema)
     total = _count_rows(dataset, source)
 
     read = scored = rejected = lines = 0
@@ -359,7 +365,13 @@ def score_files(
                 checked = check_batch(batch, first_row=read + 1)
                 if checked.scored:
                     probabilities = _predict(engine, checked.rows, engine_rows)
-                    writer.write(build_output(batch, checked, probabilities, stamp, schema))
+                    out = build_output(batch, checked, probabilities, stamp, scored_schema)
+                    if explainer is not None:
+                        why = explainer.explain(checked.rows)
+                        out = with_explanation(
+                            out, why.base, why.log_odds, why.contributions, schema
+                        )
+                    writer.write(out)
                 if checked.rejections:
                     rejects.write(build_rejects(checked))
                 read += checked.read

@@ -184,3 +184,38 @@ def build_rejects(checked: CheckedBatch) -> pa.RecordBatch:
 def now_utc() -> datetime:
     """The run's ``scored_at`` when none is given: now, in UTC, to the microsecond."""
     return datetime.now(UTC)
+
+
+EXPLANATION_BASE = "explanation_base"
+LOG_ODDS = "log_odds"
+CONTRIBUTION_PREFIX = "contribution_"
+
+
+def explanation_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the explanation's columns after it: the base value, the log-odds and
+    one contribution to the log-odds per UCI field (``contribution_<field>``)."""
+    fields = [
+        pa.field(EXPLANATION_BASE, pa.float64(), nullable=False),
+        pa.field(LOG_ODDS, pa.float64(), nullable=False),
+        *(pa.field(CONTRIBUTION_PREFIX + n, pa.float64(), nullable=False) for n in FEATURE_NAMES),
+    ]
+    return pa.schema([*schema, *fields])
+
+
+def with_explanation(
+    batch: pa.RecordBatch,
+    base: float,
+    log_odds: NDArray[np.float64],
+    contributions: NDArray[np.float64],
+    schema: pa.Schema,
+) -> pa.RecordBatch:
+    """``batch`` (a scored output batch) with its rows' explanations, in ``schema``
+    (:func:`explanation_schema`): base + the contributions is each row's log-odds."""
+    count = batch.num_rows
+    columns = [
+        *batch.columns,
+        pa.array(np.full(count, base, dtype=np.float64)),
+        pa.array(np.asarray(log_odds, dtype=np.float64)),
+        *(pa.array(np.ascontiguousarray(contributions[:, i])) for i in range(len(FEATURE_NAMES))),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
