@@ -29,6 +29,9 @@ def setup_logging() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # MLflow draws a progress bar on stderr for every download of a model's artifacts; a
+    # command's stderr is its one-line error, and the download takes a fraction of a second.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
