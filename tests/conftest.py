@@ -490,12 +490,20 @@ def stop_group(process: subprocess.Popen[Any], timeout: float = 20) -> None:
         process.wait()
 
 
+# How often the wait helpers look: a test waits on average half a period past the moment its
+# condition holds, and the suite waits many times. A refused connection costs nothing, so a server
+# that is not listening yet is tried often; a check that reads /proc or asks a live server for
+# its state costs that process CPU, so those look less often.
+CONNECT_POLL_S = 0.05
+POLL_S = 0.1
+
+
 def wait_until(check: Callable[[], object], timeout: float, what: str) -> float:
     """Poll ``check`` until it is truthy; returns the seconds it took. Fails after ``timeout``."""
     started = time.monotonic()
     while not check():
         assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
-        time.sleep(0.2)
+        time.sleep(POLL_S)
     return time.monotonic() - started
 
 
@@ -513,7 +521,7 @@ def wait_for_http(
             with urllib.request.urlopen(url, timeout=2):
                 return
         except OSError:
-            time.sleep(0.2)
+            time.sleep(CONNECT_POLL_S)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
@@ -567,7 +575,7 @@ class HeartmlServer:
         while httpx.get(f"{self.url}/ready", timeout=5).status_code != 200:
             assert self.process.poll() is None, f"heartml serve exited:\n{self.tail()}"
             assert time.monotonic() < deadline, f"not ready within {timeout} s:\n{self.tail()}"
-            time.sleep(0.2)
+            time.sleep(POLL_S)
         model: dict[str, Any] = httpx.get(f"{self.url}/model", timeout=5).json()
         return model
 
