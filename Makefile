@@ -105,7 +105,9 @@ test: install ## Install what the tests need (Docker included) and run the whole
 
 # One pytest-xdist worker per core, a test file per worker at a time: most tests wait on a
 # server or a subprocess, and a file's module fixtures (a server, a trained registry) stay one.
-test-suite: install ## Every test but the container tests, with the coverage floor
+# The pinned check tools are installed first, as the project's venv is: on a fresh clone their
+# pip install and byte-compiling take half a minute of CPU, which is not a test's.
+test-suite: install tools ## Every test but the container tests, with the coverage floor
 	$(PY) -m pytest -q -p no:cacheprovider -m "not container" -n auto --maxprocesses 4 \
 	  --dist loadfile --cov --cov-report=
 
