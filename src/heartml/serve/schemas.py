@@ -11,7 +11,7 @@ or left out: the model imputes them as training did, and the answer lists them i
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,6 +62,24 @@ class Explanation(BaseModel):
     )
 
 
+# Both kinds of answer say which site the request named and whether a site's model answered.
+RequestedSite = Annotated[
+    str | None,
+    Field(
+        description="The site the request named (query `site`, header X-Heartml-Site, or the "
+        "deployment's HEARTML_SITE); null when none"
+    ),
+]
+SiteAdapted = Annotated[
+    bool,
+    Field(
+        description="True when the model that answered is the site's champion and was adapted "
+        "for it; false when the global champion answered (no site named, or no champion for "
+        "it)"
+    ),
+]
+
+
 class RiskPrediction(BaseModel):
     """The model's answer for one patient."""
 
@@ -74,17 +92,8 @@ class RiskPrediction(BaseModel):
     )
     model_name: str = Field(description="The registered model that answered")
     model_version: int
-    site: str | None = Field(
-        default=None,
-        description="The site the request named (query `site`, header X-Heartml-Site, or the "
-        "deployment's HEARTML_SITE); null when none",
-    )
-    site_adapted: bool = Field(
-        default=False,
-        description="True when the model that answered is the site's champion and was adapted "
-        "for it; false when the global champion answered (no site named, or no champion for "
-        "it)",
-    )
+    site: RequestedSite = None
+    site_adapted: SiteAdapted = False
     explanation: Explanation | None = Field(
         default=None, description="Only with explain=true: why the model gave this risk"
     )
@@ -97,17 +106,8 @@ class BatchPrediction(BaseModel):
     count: int
     model_name: str = Field(description="The registered model that answered")
     model_version: int
-    site: str | None = Field(
-        default=None,
-        description="The site the request named (query `site`, header X-Heartml-Site, or the "
-        "deployment's HEARTML_SITE); null when none",
-    )
-    site_adapted: bool = Field(
-        default=False,
-        description="True when the model that answered is the site's champion and was adapted "
-        "for it; false when the global champion answered (no site named, or no champion for "
-        "it)",
-    )
+    site: RequestedSite = None
+    site_adapted: SiteAdapted = False
 
 
 class VersionSummary(BaseModel):
