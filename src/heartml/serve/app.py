@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,10 +47,12 @@ def create_app(
     *,
     source: ModelSource | None = None,
     follow: bool = True,
+    load_before_serving: bool = False,
 ) -> FastAPI:
     """The API over ``settings``; ``source`` defaults to the registry or ``model_dir``.
 
     ``follow=False`` skips the background loader (tests drive ``app.state.holder.check()``).
+    ``load_before_serving``: accept no connection before the first load attempt is over.
     """
     if settings.site is not None:
         check_site(settings.site)  # `heartml serve` says it in one line before this
@@ -68,6 +71,8 @@ def create_app(
         evidence.start()
         if follow:
             holder.start()
+            if load_before_serving:
+                await asyncio.to_thread(holder.first_check_done.wait)
         try:
             yield
         finally:
@@ -148,5 +153,10 @@ def create_app(
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for uvicorn workers: settings from the environment (``heartml serve`` sets it)."""
-    return create_app(Settings())
+    """Factory for uvicorn workers: settings from the environment (``heartml serve`` sets it).
+
+    The workers share one listening socket and the kernel hands each connection to any of
+    them: one still loading its model would answer 503 while another has told the readiness
+    probe it is ready, so a worker takes connections only once its first load is over.
+    """
+    return create_app(Settings(), load_before_serving=True)

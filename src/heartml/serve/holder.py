@@ -259,6 +259,8 @@ class ModelHolder:
         self._check_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Set once the first look at the source is over, loaded or not.
+        self.first_check_done = threading.Event()
         self.last_check_at: str | None = None
         self.last_check: str | None = None
         self.last_error: str | None = None
@@ -318,6 +320,7 @@ class ModelHolder:
                 self.on_check(self._current)
             if self.on_sites is not None:
                 self.on_sites(self._sites)
+            self.first_check_done.set()
             return outcome
 
     def _check(self) -> CheckOutcome:
