@@ -213,7 +213,7 @@ def test_shadow_disagreements_match_the_two_models_offline(
             # for this server).
             deadline = time.monotonic() + 300
             while (info := client.get("/model").json())["shadow"]["agreement"]["rows"] < len(rows):
-                assert time.monotonic() < deadline, info["shadow"]
+                assert time.monotonic() < deadline, json.dumps(info["shadow"])
                 time.sleep(0.1)
         samples = scrape(server)
     finally:

@@ -308,7 +308,8 @@ class ShadowFeed:
                 pair = self.pair
             self.pair = pair
             current = self._challenger
-            if (current.ref, current.engine, current.pair) == (ref, engine, pair):
+            # The same challenger counting the same pair: nothing to tell (its counts move on).
+            if (current.ref, current.engine, _key(current.pair)) == (ref, engine, _key(pair)):
                 return
             self._challenger = Challenger(ref, engine, pair)
             channel = self._channel
@@ -502,3 +503,7 @@ class ShadowFeed:
             return False
         self._thread = None
         return True
+
+
+def _key(pair: PairStats | None) -> tuple[str, str, str] | None:
+    return None if pair is None else pair.key

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -111,7 +112,11 @@ class ShadowWorker:
 
     def use(self, challenger: Challenger) -> None:
         self.challenger = challenger
-        self.pair = challenger.pair
+        given = challenger.pair
+        # The counts of the pair being counted are this process's: the server's copy may be
+        # behind (it has not read the latest totals yet). A new process takes the server's.
+        if given is None or self.pair is None or given.key != self.pair.key:
+            self.pair = given
         if challenger.ref is not None:
             logger.info("shadowing %s", challenger.ref)
 
@@ -258,27 +263,48 @@ class Pipes:
         self.worker = worker
         self.data, self.control, self.totals = data, control, totals
         os.set_blocking(data, False)
+        os.set_blocking(control, False)
         os.set_blocking(totals, False)
         self.messages = MessageReader()
+        self.objects = ObjectReader()
         self.sent: Totals | None = None
         self.challenger: Challenger | None = None  # received, not yet in use
+        self.control_lock = threading.Lock()
+        self.control_closed = False
         self.stopping = threading.Event()
 
     def read_control(self) -> None:
-        """Receive challengers until the server closes the pipe (blocking: this thread runs
-        at the process's normal priority and waits here)."""
-        objects = ObjectReader()
-        while chunk := os.read(self.control, 1 << 16):
-            for value in objects.feed(chunk):
-                if isinstance(value, Challenger):
-                    self.challenger = value  # the scoring thread takes it at its next step
+        """Receive challengers until the server closes the pipe. This thread keeps the
+        process's normal priority: a new challenger is taken in while the scoring waits."""
+        while not self.control_closed:
+            select.select([self.control], [], [])
+            self._drain_control()
+
+    def _drain_control(self) -> None:
+        """Decode whatever the control pipe holds now (either thread; one at a time)."""
+        with self.control_lock:
+            while not self.control_closed:
+                try:
+                    chunk = os.read(self.control, 1 << 16)
+                except BlockingIOError:
+                    return
+                if not chunk:
+                    self.control_closed = True
+                    return
+                for value in self.objects.feed(chunk):
+                    if isinstance(value, Challenger):
+                        self.challenger = value
 
     def step(self) -> bool:
         """Handle what the server has written so far; True at the end of its input."""
+        received, ended = _read_available(self.data)
+        # The server writes a challenger whole before it flags any answer for it: once these
+        # answers are read, what the control pipe still holds is read too, so that no
+        # flagged answer meets the challenger before it.
+        self._drain_control()
         challenger, self.challenger = self.challenger, None
         if challenger is not None:
             self.worker.use(challenger)
-        received, ended = _read_available(self.data)
         batches = []
         for kind, message in self.messages.feed(received):
             if kind == MODEL:
