@@ -500,6 +500,13 @@ def test_fast_reads_match_the_mlflow_client(registry: Registry) -> None:
     slow = read_with_client(registry.client, registry.prefix)
     key = lambda v: (v.name, v.version)  # noqa: E731
     assert fast.aliases == slow.aliases
+    # Only a read of the SQL store says where a version's files are: where MLflow resolves
+    # models:/NAME/VERSION to.
+    for v in fast.versions:
+        if registry.settings.mlflow_tracking_uri.startswith("sqlite"):
+            assert v.storage_location == registry.client.get_model_version_download_uri(
+                v.name, str(v.version)
+            )
     assert sorted(fast.versions, key=key) == sorted(slow.versions, key=key)
 
 

@@ -158,21 +158,27 @@ def registry_profile(settings: Settings) -> Callable[[str, int], ReferenceProfil
     def profile_of(name: str, version: int) -> ReferenceProfile:
         import tempfile
 
-        import mlflow.artifacts
+        from heartml.registry import read_family
+        from heartml.registry.store import local_model_dir
 
-        from heartml.registry import call_store, configure_mlflow, read_family
+        found = read_family(settings).find(name, version)  # unknown: the registry's one line
+        if (in_place := local_model_dir(found.storage_location)) is not None:
+            profile = read_profile(in_place)
+        else:
+            import mlflow.artifacts
 
-        read_family(settings).find(name, version)  # an unknown model: the registry's one line
-        configure_mlflow(settings)
-        with tempfile.TemporaryDirectory(prefix="heartml-profile-") as local:
-            path: str = call_store(
-                settings,
-                lambda: mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{name}/{version}", dst_path=local
-                ),
-                f"download {name}/{version}",
-            )
-            profile = read_profile(Path(path))
+            from heartml.registry import call_store, configure_mlflow
+
+            configure_mlflow(settings)
+            with tempfile.TemporaryDirectory(prefix="heartml-profile-") as local:
+                path: str = call_store(
+                    settings,
+                    lambda: mlflow.artifacts.download_artifacts(
+                        artifact_uri=found.uri, dst_path=local
+                    ),
+                    f"download {found.ref}",
+                )
+                profile = read_profile(Path(path))
         if profile is None:
             raise MonitorError(f"{name}/{version} has no reference profile: drift not measurable")
         return profile

@@ -237,7 +237,17 @@ def family_from_raw(raw: RawFamily, alias: str) -> FamilyState:
     for v in raw.versions:
         held = tuple(sorted(a for a, n in raw.aliases[v.name].items() if n == v.version))
         by_model[v.name].append(
-            VersionInfo(v.name, v.version, v.stage, held, v.tags, v.run_id, v.source, v.created_ms)
+            VersionInfo(
+                v.name,
+                v.version,
+                v.stage,
+                held,
+                v.tags,
+                v.run_id,
+                v.source,
+                v.created_ms,
+                v.storage_location,
+            )
         )
     return FamilyState(
         models=tuple(

@@ -11,7 +11,7 @@ decides on them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,6 +94,9 @@ class VersionInfo:
     run_id: str
     source: str
     created_ms: int
+    # Where the files are, when the store says ("" when read through MLflow's client): a hint
+    # where to read them, not part of what the version is.
+    storage_location: str = field(default="", compare=False)
 
     @property
     def ref(self) -> str:

@@ -101,9 +101,15 @@ def download_model(settings: Settings, choice: ModelChoice, directory: Path) -> 
     """The chosen version's MLflow model directory, downloaded under ``directory``.
 
     MLflow is imported in a child process that does only this: in the scorer it would stay
-    resident (150 MB) for the whole run, next to the batches.
+    resident (150 MB) for the whole run, next to the batches. A folder on this machine is read
+    where it is, without MLflow.
     """
     import multiprocessing
+
+    from heartml.registry.store import local_model_dir
+
+    if (in_place := local_model_dir(choice.version.storage_location)) is not None:
+        return in_place
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         path: str = pool.apply(_download, (settings, choice.version.uri, str(directory)))

@@ -57,6 +57,7 @@ class ModelRef(VersionSummary):
     uri: str
     stamp: str = ""  # changes when a directory is exported again over the same version
     adapted_for: str | None = None  # the site it was adapted for (`heartml adapt`), if any
+    location: str = ""  # where the registry keeps the version's files, when it says
 
     @property
     def identity(self) -> tuple[str, int, str]:
@@ -138,7 +139,12 @@ class RegistrySource:
         champion = read_family(self.settings).champion
         if champion is None:
             return None
-        return ModelRef(**champion.summary.summary_fields(), source="registry", uri=champion.uri)
+        return ModelRef(
+            **champion.summary.summary_fields(),
+            source="registry",
+            uri=champion.uri,
+            location=champion.storage_location,
+        )
 
     def resolve_sites(self) -> dict[str, ModelRef]:
         from heartml.registry import read_family
@@ -150,7 +156,11 @@ class RegistrySource:
                 "promoted_at": version.site_promoted_at(site),
             }
             found[site] = ModelRef(
-                **fields, source="registry", uri=version.uri, adapted_for=version.adapted_for
+                **fields,
+                source="registry",
+                uri=version.uri,
+                adapted_for=version.adapted_for,
+                location=version.storage_location,
             )
         return found
 
@@ -159,6 +169,11 @@ class RegistrySource:
 
     def load_model(self, ref: ModelRef) -> LoadedModel:
         import tempfile
+
+        from heartml.registry.store import local_model_dir
+
+        if (in_place := local_model_dir(ref.location)) is not None:
+            return load_model_dir(in_place)
 
         import mlflow.artifacts
 

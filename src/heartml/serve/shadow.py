@@ -128,7 +128,12 @@ class Shadow:
         ):
             self._swap(current, champion)  # same challenger; the champion may be new
             return
-        ref = ModelRef(**chosen.summary.summary_fields(), source="registry", uri=chosen.uri)
+        ref = ModelRef(
+            **chosen.summary.summary_fields(),
+            source="registry",
+            uri=chosen.uri,
+            location=chosen.storage_location,
+        )
         try:
             loaded = self.loader(ref)
         except Exception as exc:
