@@ -70,6 +70,7 @@ JENKINS_STAGES = [
     "Setup",
     "Lint",
     "Test",
+    "Coverage",
     "Download data",
     "Validate data",
     "Train",
