@@ -110,14 +110,18 @@ def export_champion(settings: Settings, directory: Path) -> ExportResult:
     directory.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}.new-", dir=directory.parent))
     try:
-        import mlflow.artifacts
-
         from heartml.model.engine import load_engine
+        from heartml.registry.store import local_model_dir
 
-        configure_mlflow(settings)
         uri = champion.uri
         try:
-            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staged))
+            if (in_place := local_model_dir(champion.storage_location)) is not None:
+                shutil.copytree(in_place, staged, dirs_exist_ok=True)
+            else:
+                import mlflow.artifacts
+
+                configure_mlflow(settings)
+                mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staged))
             # What is exported must load the way serving loads it.
             load_engine(staged)
         except Exception as exc:
