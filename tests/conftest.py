@@ -40,8 +40,18 @@ DOCKER_ENGINE = REPO / "deploy" / "scripts" / "docker-engine.sh"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Container tests last: the rest reports first, and shared fixtures (the trained store)
-    are already built when they start, so their time is their own."""
-    items.sort(key=lambda item: item.get_closest_marker("container") is not None)
+    are already built when they start, so their time is their own.
+
+    Before them, the files with slow tests first: pytest-xdist hands out whole files in this
+    order, so the run ends on short files, with no worker idle while another finishes a long
+    one."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("container") is not None,
+            item.path not in slow_files,
+        )
+    )
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -45,6 +45,9 @@ from heartml.registry import (
 from heartml.registry.store import read_raw_family
 from heartml.settings import Settings
 
+# Real `mlflow server` processes and `heartml promote` subprocesses.
+pytestmark = pytest.mark.slow
+
 _prefixes = itertools.count(1)
 
 

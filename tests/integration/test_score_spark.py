@@ -64,6 +64,11 @@ def spark() -> Iterator[Any]:
 
     marker = f"heartml-test-{uuid.uuid4().hex}"
     os.environ["TEST_JVM_MARKER"] = marker  # inherited by the JVM this session launches
+    # These tests move a few thousand rows: the JVM's optimising compiler and parallel GC
+    # would spend a third of the file's CPU on a run this short.
+    os.environ["PYSPARK_SUBMIT_ARGS"] = (
+        "--driver-java-options '-XX:TieredStopAtLevel=1 -XX:+UseSerialGC' pyspark-shell"
+    )
     # local[2,2]: two cores, and a task may fail once (spark.task.maxFailures = 2).
     session = spark_session("local[2,2]")
     jvm = SparkContext._gateway.proc  # type: ignore[union-attr]
@@ -72,6 +77,7 @@ def spark() -> Iterator[Any]:
     finally:
         stop_session(session)
         os.environ.pop("TEST_JVM_MARKER", None)
+        os.environ.pop("PYSPARK_SUBMIT_ARGS", None)
         assert jvm.poll() is not None, "the JVM outlived its session"
         assert _java_processes(marker) == []
 

@@ -165,6 +165,7 @@ def exact_shapley(model: Fitted, rows: np.ndarray) -> np.ndarray:
     return np.asarray(exact(rows).values)
 
 
+@pytest.mark.slow  # shap's exact values: 2^13 coalitions per row
 @pytest.mark.parametrize("name", ["random_forest", "gradient_boosting", "svm"])
 def test_the_estimate_agrees_with_shaps_exact_values(fitted: dict[str, Fitted], name: str) -> None:
     model = fitted[name]
