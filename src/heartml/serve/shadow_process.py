@@ -302,7 +302,8 @@ class Pipes:
         # answers are read, what the control pipe still holds is read too, so that no
         # flagged answer meets the challenger before it.
         self._drain_control()
-        challenger, self.challenger = self.challenger, None
+        with self.control_lock:  # the control thread may be setting the next one
+            challenger, self.challenger = self.challenger, None
         if challenger is not None:
             self.worker.use(challenger)
         batches = []
