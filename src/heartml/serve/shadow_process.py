@@ -7,6 +7,10 @@ so it cannot hold the GIL the event loop needs, and the kernel schedules it belo
 gives the CPU back the moment the server wakes up; when the CPU is saturated it falls behind,
 its pipe fills, and the server drops and counts instead of waiting).
 
+A new challenger comes on a control pipe of its own. The server writes it whole before it
+flags any answer for it, and each step reads the control pipe after the answers: no flagged
+answer is handled before its challenger is in place.
+
 Every ``LINGER_S`` it reads everything the server wrote to its pipe (:mod:`heartml.serve.frames`),
 scores the SHADOW rows with the challenger in one call, counts agreement, writes the log
 records (with the challenger's probability for the shadowed rows), and sends its running
