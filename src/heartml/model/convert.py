@@ -205,12 +205,30 @@ def _neighbours_graph(
         graph.node.append(helper.make_node(op_type, inputs, [f"knn_{output}"], **attrs))
         return f"knn_{output}"
 
-    one, two = constant("axis1", np.array([1])), constant("axis2", np.array([2]))
-    rows = constant("fitted_rows", fitted_on)
+    one = constant("axis1", np.array([1]))
     labels = constant("labels", np.asarray(training.target, dtype=np.float64))
-    difference = node("Sub", [node("Unsqueeze", [matrix, one], "query"), rows], "difference")
-    squared = node("Mul", [difference, difference], "squared")
-    distance = node("Sqrt", [node("ReduceSum", [squared, two], "d2", keepdims=0)], "distance")
+    # |q - r|² = |q|² - 2 q·r + |r|², as scikit-learn's brute-force search computes it: one
+    # matrix product instead of a (rows, fitted rows, columns) difference tensor, which cost
+    # ~200 MB and most of the time per 4,096 rows. Its rounding (~1e-16 of |q|² + |r|²) would
+    # make a query equal to a fitted row a tiny distance away instead of 0, which the
+    # distance weights treat apart: a square within 1e-10 of that scale is 0.
+    squares = constant("fitted_squares", np.sum(fitted_on * fitted_on, axis=1))
+    transposed = constant("fitted_rows_t", np.ascontiguousarray(fitted_on.T))
+    query_squares = node("ReduceSum", [node("Mul", [matrix, matrix], "q2"), one], "q2sum")
+    cross = node("MatMul", [matrix, transposed], "cross")
+    d2 = node(
+        "Add",
+        [node("Sub", [query_squares, node("Add", [cross, cross], "cross2")], "q2_cross"), squares],
+        "d2",
+    )
+    scale = node("Add", [query_squares, squares], "scale")
+    negligible = node(
+        "LessOrEqual",
+        [d2, node("Mul", [scale, constant("rounding", np.array([1e-10]))], "tol")],
+        "negligible",
+    )
+    zero = constant("zero_d2", np.zeros(1))
+    distance = node("Sqrt", [node("Where", [negligible, zero, d2], "d2_exact")], "distance")
     k = constant("k", np.array([estimator.n_neighbors]))
     graph.node.append(
         helper.make_node(
