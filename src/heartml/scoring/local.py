@@ -59,8 +59,9 @@ BATCH_ROWS = 65_536
 COMPRESSION = "zstd"
 REJECTS_SUFFIX = ".rejects.csv"
 # Rows per run of the model's graph, by model type, where a batch at once would not fit: the
-# ONNX form of k-nearest neighbours holds every row's difference to every training row
-# (rows × training rows × 13 float64: 4 GB for one batch of 131,072).
+# ONNX form of k-nearest neighbours holds several (rows × training rows) float64 matrices of
+# distances, and versions converted before heartml computed them by one matrix product hold
+# each row's difference to every training row (× 13 columns: 4 GB for 131,072 rows).
 ENGINE_ROWS: dict[str, int] = {"knn": 2048}
 
 
