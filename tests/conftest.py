@@ -385,6 +385,27 @@ def trained_root(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path
     return built_once(tmp_path_factory, "trained", train)
 
 
+@pytest.fixture(scope="session")
+def trained_model_dirs(
+    trained_root: Path, mirror: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Every version of the trained store, by model type: its MLflow model directory as MLflow
+    downloads it. Shared: a test that changes one works on a copy."""
+    import mlflow.artifacts
+
+    from heartml.registry import configure_mlflow, read_family
+
+    settings = make_settings(trained_root, mirror)
+    configure_mlflow(settings)
+    root = tmp_path_factory.mktemp("trained-models")
+    return {
+        str(v.tags["model_type"]): Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=v.uri, dst_path=str(root / v.name))
+        )
+        for v in read_family(settings).versions
+    }
+
+
 @pytest.fixture
 def trained_settings(trained_root: Path, tmp_path: Path, mirror: Path) -> Settings:
     """A private copy of the trained store (its artifacts stay shared and unchanged)."""

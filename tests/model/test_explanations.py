@@ -23,7 +23,7 @@ from heartml.data.validate import load_dataset
 from heartml.evidence.stats import logit
 from heartml.model.engine import load_engine
 from heartml.model.explain import load_explainer
-from heartml.registry import configure_mlflow, read_family
+from heartml.registry import configure_mlflow
 from heartml.settings import Settings
 from heartml.training.features import split_features_target
 
@@ -44,29 +44,16 @@ def every_row(settings: Settings) -> np.ndarray:
     return rows
 
 
-@pytest.fixture(scope="module")
-def model_dirs(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    import mlflow.artifacts
-
-    root = tmp_path_factory.mktemp("explained")
-    return {
-        str(v.tags["model_type"]): Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=v.uri, dst_path=str(root / v.name))
-        )
-        for v in read_family(settings).versions
-    }
-
-
 def test_every_candidate_explains_every_uci_row(
-    model_dirs: dict[str, Path], every_row: np.ndarray
+    trained_model_dirs: dict[str, Path], every_row: np.ndarray
 ) -> None:
     import mlflow.sklearn
 
     assert len(every_row) == 920 and np.isnan(every_row).any()
     assert {"logistic_regression", "random_forest", "gradient_boosting", "svm", "knn"} <= set(
-        model_dirs
+        trained_model_dirs
     )
-    for model_type, directory in sorted(model_dirs.items()):
+    for model_type, directory in sorted(trained_model_dirs.items()):
         engine = load_engine(directory)
         explainer = load_explainer(directory, engine)
         assert explainer is not None, model_type

@@ -42,22 +42,8 @@ def features(settings: Settings) -> pd.DataFrame:
     return split_features_target(load_dataset(settings).frame)[0]
 
 
-@pytest.fixture(scope="module")
-def model_dirs(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every registered version's MLflow model directory, downloaded as serving downloads it."""
-    import mlflow.artifacts
-
-    root = tmp_path_factory.mktemp("models")
-    return {
-        str(v.tags["model_type"]): Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=v.uri, dst_path=str(root / v.name))
-        )
-        for v in read_family(settings).versions
-    }
-
-
 def test_every_candidate_is_served_with_its_pipelines_probabilities(
-    settings: Settings, features: pd.DataFrame, model_dirs: dict[str, Path]
+    settings: Settings, features: pd.DataFrame, trained_model_dirs: dict[str, Path]
 ) -> None:
     import mlflow.sklearn
 
@@ -65,12 +51,12 @@ def test_every_candidate_is_served_with_its_pipelines_probabilities(
     assert features.isna().any(axis=None)  # the rows with missing ca / thal are in
     rows = features.to_numpy(dtype=np.float64)
     expected_types = set(load_experiment(settings.experiment_config).candidates)
-    assert expected_types <= set(model_dirs), "every candidate type should be registered"
+    assert expected_types <= set(trained_model_dirs), "every candidate type should be registered"
 
     for model_type in sorted(expected_types):
-        engine = load_engine(model_dirs[model_type])
+        engine = load_engine(trained_model_dirs[model_type])
         assert engine.name == "onnx", model_type
-        pipeline = mlflow.sklearn.load_model(str(model_dirs[model_type]))
+        pipeline = mlflow.sklearn.load_model(str(trained_model_dirs[model_type]))
         expected = pipeline.predict_proba(features)
         served = engine.predict_proba(rows)
         assert served.shape == expected.shape
@@ -84,9 +70,9 @@ def test_every_candidate_is_served_with_its_pipelines_probabilities(
 
 
 def test_the_model_keeps_every_row_it_was_checked_on(
-    features: pd.DataFrame, model_dirs: dict[str, Path]
+    features: pd.DataFrame, trained_model_dirs: dict[str, Path]
 ) -> None:
-    files = find_onnx_files(model_dirs["logistic_regression"])
+    files = find_onnx_files(trained_model_dirs["logistic_regression"])
     assert files is not None
     assert files.graph.parent.name == "extra_files"
     probe = Probe.load(files.probe)
@@ -111,9 +97,9 @@ def copy_of(model_dir: Path, tmp_path: Path) -> tuple[Path, OnnxFiles]:
 
 
 def test_a_graph_that_disagrees_at_load_is_not_served(
-    model_dirs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    trained_model_dirs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    copy, files = copy_of(model_dirs["random_forest"], tmp_path)
+    copy, files = copy_of(trained_model_dirs["random_forest"], tmp_path)
     probe = Probe.load(files.probe)
     Probe(probe.rows, probe.expected + 0.01).save(files.probe)  # as a different runtime would
     with caplog.at_level(logging.WARNING, logger="heartml.model.engine"):
@@ -123,9 +109,9 @@ def test_a_graph_that_disagrees_at_load_is_not_served(
 
 
 def test_a_graph_the_runtime_cannot_load_is_not_served(
-    model_dirs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    trained_model_dirs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    copy, files = copy_of(model_dirs["svm"], tmp_path)
+    copy, files = copy_of(trained_model_dirs["svm"], tmp_path)
     files.graph.write_bytes(files.graph.read_bytes()[:200])
     with caplog.at_level(logging.WARNING, logger="heartml.model.engine"):
         engine = load_engine(copy)
@@ -134,11 +120,11 @@ def test_a_graph_the_runtime_cannot_load_is_not_served(
 
 
 def test_risk_rises_with_st_depression_through_the_served_engine(
-    settings: Settings, model_dirs: dict[str, Path]
+    settings: Settings, trained_model_dirs: dict[str, Path]
 ) -> None:
     champion = read_family(settings).champion
     assert champion is not None
-    engine = load_engine(model_dirs[str(champion.tags["model_type"])])
+    engine = load_engine(trained_model_dirs[str(champion.tags["model_type"])])
     base = np.array([[EXAMPLE_PATIENT[n] for n in FEATURE_NAMES]], dtype=np.float64)
     oldpeak = FEATURE_NAMES.index("oldpeak")
     low, high = base.copy(), base.copy()
