@@ -238,14 +238,17 @@ def source_for(settings: Settings) -> ModelSource:
     return RegistrySource(settings)
 
 
-def freeze_heap() -> None:
+def freeze_heap(*, replacing: bool) -> None:
     """Move everything alive now (MLflow, scikit-learn, the model) out of the GC's sight.
 
     Otherwise every full collection walks those millions of objects: a 100+ ms pause, every
-    few seconds under load, that lands on some unlucky request's latency. Unfreezing first
-    lets this one collection (once per model load) reclaim a replaced model's cycles.
+    few seconds under load, that lands on some unlucky request's latency. When a loaded model
+    is ``replacing`` another, unfreezing first lets this one collection reclaim the old
+    model's cycles; a first load has none to reclaim, and its collection walks only what is
+    not frozen yet (everything, in a new process).
     """
-    gc.unfreeze()
+    if replacing:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
 
@@ -393,7 +396,7 @@ class ModelHolder:
             profile=loaded.profile,
             explainer=loaded.explainer,
         )
-        freeze_heap()
+        freeze_heap(replacing=current is not None)
         logger.info(message)
         return CheckOutcome("reloaded", message)
 
@@ -461,7 +464,7 @@ class ModelHolder:
         elif self.site_check is None or self.site_check.startswith("could not"):
             self.site_check = f"{len(sites)} site champion(s), unchanged"
         if sites.keys() != old.keys() or any(sites[k] is not old.get(k) for k in sites):
-            freeze_heap()
+            freeze_heap(replacing=any(old[k] is not sites.get(k) for k in old))
 
     def _failed(self, message: str, *, check: bool = False) -> CheckOutcome:
         if message != self.last_error:

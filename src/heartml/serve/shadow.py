@@ -149,7 +149,7 @@ class Shadow:
         )
         logger.info("shadowing %s (%s)", ref.ref, self.reason)
         self._swap(served_model, champion)
-        freeze_heap()
+        freeze_heap(replacing=current is not None)
 
     def _swap(self, challenger: ServedModel | None, champion: ServedModel | None) -> None:
         if challenger is not None and not self.feed.running:
