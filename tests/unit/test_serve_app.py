@@ -115,6 +115,8 @@ def unit_settings(**overrides: Any) -> Settings:
         "reload_interval_s": 0,
         "max_batch_size": 10,
         "max_body_bytes": 4096,
+        # No challenger: these tests serve a static source, with no registry to choose from.
+        "shadow": "off",
     }
     values.update(overrides)
     return Settings(**values)
