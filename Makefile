@@ -32,7 +32,9 @@ help: ## List every target with what it does
 # .pyc files must exist after the install: PYTHONDONTWRITEBYTECODE keeps the runs from writing
 # them, so a module without one would be compiled again by every process that imports it.
 # heartml's own modules (an editable install) too: every command and test process imports
-# them. One edited since is compiled in memory, as before.
+# them. One edited since is compiled in memory, as before. pytest compiles its plugins
+# (hypothesis, schemathesis, anyio: some 270 modules) its own way, rewriting their asserts, in
+# every pytest process: one collection with writing allowed stores those too.
 compile_site_packages = $(1) -m compileall -q -j 0 "$$($(1) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true
 
 $(STAMP): pyproject.toml constraints.txt
@@ -41,6 +43,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[train,dev,spark]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(call compile_site_packages,$(PY))
 	@$(PY) -m compileall -q -j 0 src >/dev/null || true
+	@env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -p no:cacheprovider --collect-only tests/unit/test_errors.py >/dev/null 2>&1 || true
 	@$(PY) -c "import heartml, mlflow, sklearn, fastapi, pyspark" || { echo "error: installation failed" >&2; exit 1; }
 	@touch $@
 
