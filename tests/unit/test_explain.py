@@ -37,8 +37,6 @@ from heartml.model.explainer_files import build_explainer, preprocessing_graph
 from heartml.model.onnx_form import OnnxEngine
 from heartml.training.candidates import build_candidate
 
-shap = pytest.importorskip("shap")
-
 PARAMS: dict[str, dict[str, Any]] = {
     "logistic_regression": {"C": 0.3, "max_iter": 2000},
     "random_forest": {"n_estimators": 30, "max_depth": 5},
@@ -112,6 +110,8 @@ def test_linear_contributions_are_shaps_exact_values(fitted: dict[str, Fitted]) 
     preprocess, estimator = model.pipeline[:-1], model.pipeline.steps[-1][1]
     reference = preprocess.transform(pd.DataFrame(model.training, columns=list(FEATURE_NAMES)))
     z = preprocess.transform(frame)
+    import shap  # a dev dependency, and slow to import: only where the ground truth is needed
+
     # Every training row as the reference (shap's default samples 100 of them).
     masker = shap.maskers.Independent(reference, max_samples=len(reference))
     linear = shap.LinearExplainer((estimator.coef_[0], estimator.intercept_[0]), masker)
@@ -160,6 +160,8 @@ def test_every_model_answers_base_plus_contributions_equals_its_log_odds(
 
 
 def exact_shapley(model: Fitted, rows: np.ndarray) -> np.ndarray:
+    import shap
+
     masker = shap.maskers.Independent(model.background, max_samples=16)
     exact = shap.explainers.Exact(model.log_odds, masker)
     return np.asarray(exact(rows).values)
