@@ -176,6 +176,8 @@ def test_card_numbers_are_recomputed_from_the_predictions(
         assert section["roc_auc_registered"] == pytest.approx(
             section["before"]["roc_auc"]["estimate"], abs=1e-12
         )
+        # ... and the version's roc_auc tag is that one, not the pooled validated predictions'.
+        assert version.tags["roc_auc"] == f"{section['before']['roc_auc']['estimate']:.4f}"
         refused = sets.get(f"site_refused:{site}")
         assert section["refused"]["rows"] == (0 if refused is None else len(refused))
 

@@ -257,6 +257,28 @@ def test_the_site_gate_refuses_worse_discrimination_and_unpairable_evidence() ->
     assert _judge(rows, champion) == {"has_evidence": False}
 
 
+def test_a_recalibration_of_the_comparator_has_its_ranking_and_a_refit_does_not() -> None:
+    # Cross-validated predictions mix a different update per fold, which blurs their order
+    # (here: noise); the registered recalibration orders every patient as the model it was
+    # adapted from, so the gate does not measure a difference that cannot exist.
+    champion = replace(_site_rows(RISK), version=version("lr", 1))
+    blurred = 1 / (1 + np.exp(-(_logit(RISK) + np.random.default_rng(3).normal(0, 4, 200))))
+    recalibrated = replace(_site_rows(blurred), version=adapted("lr", 2, "va"))
+    assert recalibrated.version.tags["adapted_from"] == champion.version.ref
+    verdict = judge_site_challenger(
+        SiteGateInput("va", recalibrated, champion, "global champion", THRESHOLDS)
+    )
+    assert verdict.comparison is not None and verdict.comparison.kind == "same_ranking"
+    delta = verdict.comparison.delta
+    assert delta is not None and (delta.estimate, delta.low, delta.high) == (0.0, 0.0, 0.0)
+    assert verdict.comparison.challenger_roc_auc == verdict.comparison.champion_roc_auc
+    assert {c.rule: c.passed for c in verdict.checks}["non_inferior"] is True
+    # A refit from the same model ranks patients its own way: measured, and refused here.
+    tags = {**recalibrated.version.tags, "adaptation_method": "refit"}
+    refit = replace(recalibrated, version=replace(recalibrated.version, tags=tags))
+    assert _judge(refit, champion)["non_inferior"] is False
+
+
 def test_the_latest_version_of_a_name_is_never_one_adapted_for_another_site() -> None:
     base = version("svm", 1)
     state = family(base, adapted("svm", 2, "va"), adapted("svm", 3, "hungarian"))

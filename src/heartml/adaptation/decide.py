@@ -161,6 +161,13 @@ def decide(base: BaseModel, sample: SiteSample, requested: str, seed: int) -> Ad
         checks = [check_method(Method(requested), y, refit)]
     everyone = np.arange(y.size)
     update = run_procedure(y, p, everyone, requested, refit)
+    if update.recalibration is not None and not update.recalibration.monotone:
+        # What the site gate relies on: a recalibration keeps the order of the risks.
+        raise AdaptationError(
+            f"{sample.site}: the logistic recalibration's slope is "
+            f"{update.recalibration.slope:.2f}: the model orders this site's patients no "
+            "better than chance, which no recalibration fixes (refit, or do not use it there)"
+        )
     validation = cross_validate(y, p, requested, refit, seed)
     model: Any = base.pipeline
     if update.method is Method.REFIT:

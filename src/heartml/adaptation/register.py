@@ -133,12 +133,20 @@ def download_base(
 # --- writing --------------------------------------------------------------------------------
 
 
+def reported_roc_auc(section: dict[str, Any]) -> dict[str, Any] | None:
+    """The adapted version's ROC-AUC on the site's rows, with its interval: for a monotone
+    recalibration the model's own, which is the base version's (the same order of risks);
+    else the validated one."""
+    if section["recalibration"] is not None:
+        return section["before"]["roc_auc"]  # type: ignore[no-any-return]
+    return section["after"]["roc_auc"]  # type: ignore[no-any-return]
+
+
 def version_tags(base: BaseFiles, sample: SiteSample, staged: Staged, seed: int) -> dict[str, str]:
     from heartml.training.tracking import git_commit
 
     assert staged.section is not None
-    after = staged.section["after"]
-    auc = after["roc_auc"]
+    auc = reported_roc_auc(staged.section)
     tags = {
         TAG_SITE: sample.site,
         TAG_ADAPTED_FROM: base.version.ref,

@@ -160,7 +160,7 @@ def _print_outcomes(outcomes: list[SiteOutcome]) -> None:
             f"{_interval(before['slope'])} → {_interval(after['slope'])}",
             f"{_interval(before['intercept'])} → {_interval(after['intercept'])}",
             f"{_interval(before['difference'], 3)} → {_interval(after['difference'], 3)}",
-            f"{_interval(before['roc_auc'], 3)} → {_interval(after['roc_auc'], 3)}",
+            _auc_change(found),
             outcome.version or "",
         )
     console = Console(width=200)
@@ -170,6 +170,16 @@ def _print_outcomes(outcomes: list[SiteOutcome]) -> None:
             console.print(
                 f"{outcome.site}: {outcome.section['method']}, {_short_why(outcome.section)}"
             )
+
+
+def _auc_change(found: dict[str, Any]) -> str:
+    """Before → after; a recalibration keeps the order of the risks, so its ROC-AUC."""
+    from heartml.adaptation.register import reported_roc_auc
+
+    before = _interval(found["before"]["roc_auc"], 3)
+    if found["recalibration"] is not None:
+        return f"{before} → unchanged (same order of risks)"
+    return f"{before} → {_interval(reported_roc_auc(found), 3)}"
 
 
 def _short_why(found: dict[str, Any]) -> str:

@@ -30,7 +30,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from heartml.registry.values import TAG_ROC_AUC, VersionInfo
+from heartml.registry.values import (
+    TAG_ADAPTATION_METHOD,
+    TAG_ADAPTED_FROM,
+    TAG_ROC_AUC,
+    VersionInfo,
+)
 
 if TYPE_CHECKING:
     from heartml.evidence.measures import CalibrationBand
@@ -95,7 +100,7 @@ class Thresholds:
         }
 
 
-ComparisonKind = Literal["paired", "unpaired", "score_only", "none"]
+ComparisonKind = Literal["paired", "same_ranking", "unpaired", "score_only", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,7 +568,7 @@ def _site_calibrated(given: SiteGateInput) -> GateCheck:
 def _compare_on_site(given: SiteGateInput) -> Comparison:
     """Pair the challenger with the comparator on the site rows both predicted."""
     from heartml.evidence.measures import MIN_ROWS_PER_OUTCOME, has_both_outcomes
-    from heartml.evidence.stats import paired_auc_difference
+    from heartml.evidence.stats import Interval, paired_auc_difference, roc_auc
 
     mine = given.challenger.rows
     assert mine is not None
@@ -590,6 +595,21 @@ def _compare_on_site(given: SiteGateInput) -> Comparison:
             "outcome"
         )
         return Comparison("none", f"cannot pair with {role} {other} on site '{site}': {why}")
+    if ranking_of(given.challenger.version) == ranking_of(given.comparator.version):
+        auc = roc_auc(b.y, b.probability)
+        return Comparison(
+            "same_ranking",
+            f"{given.challenger.version.ref} orders the patients exactly as the {role} {other} "
+            f"(both keep the order of {ranking_of(given.comparator.version)}'s risks: a "
+            "monotone recalibration), so on the "
+            f"{len(shared)} rows of site '{site}' its ROC-AUC is the same, {auc:.4f}: the "
+            "difference is 0 by construction, not estimated from the cross-validated "
+            "predictions, which mix a different update per fold",
+            rows=len(shared),
+            challenger_roc_auc=auc,
+            champion_roc_auc=auc,
+            delta=Interval(0.0, 0.0, 0.0),
+        )
     paired = paired_auc_difference(a.y, a.probability, b.probability)
     return Comparison(
         "paired",
@@ -600,6 +620,21 @@ def _compare_on_site(given: SiteGateInput) -> Comparison:
         champion_roc_auc=paired.b,
         delta=paired.difference,
     )
+
+
+# Adaptations that keep the order of the risks: the adaptation refuses a logistic
+# recalibration whose slope is not positive, so these tags alone say it.
+MONOTONE_ADAPTATIONS = frozenset({"none", "intercept", "logistic"})
+
+
+def ranking_of(version: VersionInfo) -> str:
+    """The version whose order of risks ``version`` keeps: the one it was adapted from when
+    the adaptation was a monotone recalibration, else itself. Two versions with the same
+    ranking have the same ROC-AUC on any rows."""
+    origin = version.tags.get(TAG_ADAPTED_FROM)
+    if origin and version.tags.get(TAG_ADAPTATION_METHOD) in MONOTONE_ADAPTATIONS:
+        return origin
+    return version.ref
 
 
 def _site_non_inferior(given: SiteGateInput, comparison: Comparison) -> GateCheck:
