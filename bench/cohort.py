@@ -92,22 +92,39 @@ def measure(
 ) -> Measured:
     """Run ``command``; ``run_s(stdout)`` reads the run's seconds from what it printed.
 
-    The process is reaped with wait4, which gives its own peak RSS (the largest of it and its
-    children: the model's download) and CPU time.
+    Its peak RSS (the largest of it and its children) and CPU time come from wait4, in a
+    small launcher that forks it: a process started from this one directly inherits this
+    one's peak (Linux carries the parent's high-water mark through vfork and exec), and this
+    one has just written a cohort of 10^7 rows (~500 MB).
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r") as usage_file,
+    ):
         started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
+        launcher = [sys.executable, "-c", LAUNCHER, usage_file.name, *command]
+        process = subprocess.run(launcher, env=env, stdout=out, stderr=err, check=False)
         wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if process.returncode != 0:
             sys.exit(f"error: {' '.join(command[2:5])} failed: {err.read().decode()[-2000:]}")
         seconds = run_s(out.read().decode())
-    cpu = usage.ru_utime + usage.ru_stime
-    return Measured(rows, seconds, wall, usage.ru_maxrss / 1024, cpu, startup)
+        peak_kb, cpu = (float(v) for v in usage_file.read().split())
+    return Measured(rows, seconds, wall, peak_kb / 1024, cpu, startup)
+
+
+# Forks and waits for the command, then writes its peak RSS (KB) and CPU seconds to argv[1].
+LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def startup_cpu(command: list[str], env: dict[str, str], run_s: Any) -> float:
