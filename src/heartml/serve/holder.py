@@ -243,9 +243,10 @@ def freeze_heap(*, replacing: bool) -> None:
 
     Otherwise every full collection walks those millions of objects: a 100+ ms pause, every
     few seconds under load, that lands on some unlucky request's latency. When a loaded model
-    is ``replacing`` another, unfreezing first lets this one collection reclaim the old
-    model's cycles; a first load has none to reclaim, and its collection walks only what is
-    not frozen yet (everything, in a new process).
+    is ``replacing`` another (or one was dropped), unfreezing first lets this one collection
+    reclaim the old model's cycles; a first load has none to reclaim, and its collection walks
+    only what is not frozen yet: everything, in the server's process. (A process that builds
+    many apps, as the tests do, keeps the frozen cycles of the apps it has dropped.)
     """
     if replacing:
         gc.unfreeze()
@@ -275,6 +276,8 @@ class ModelHolder:
         self._sites: Mapping[str, ServedModel] = MappingProxyType({})
         self.site_check: str | None = None  # outcome of the last look at the site champions
         self._check_lock = threading.Lock()
+        # Set by a look that loaded a model (True: one was dropped): the heap to freeze after it.
+        self._to_freeze: bool | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Set once the first look at the source is over, loaded or not.
@@ -334,6 +337,10 @@ class ModelHolder:
             outcome = self._check()
             if outcome.result != "failed" or self._current is not None:
                 self._check_sites()
+            # Once both looks are over, when nothing of theirs still holds a dropped model.
+            if self._to_freeze is not None:
+                replacing, self._to_freeze = self._to_freeze, None
+                freeze_heap(replacing=replacing)
             if self.on_check is not None:
                 self.on_check(self._current)
             if self.on_sites is not None:
@@ -396,7 +403,7 @@ class ModelHolder:
             profile=loaded.profile,
             explainer=loaded.explainer,
         )
-        freeze_heap(replacing=current is not None)
+        self._to_freeze = current is not None
         logger.info(message)
         return CheckOutcome("reloaded", message)
 
@@ -464,7 +471,9 @@ class ModelHolder:
         elif self.site_check is None or self.site_check.startswith("could not"):
             self.site_check = f"{len(sites)} site champion(s), unchanged"
         if sites.keys() != old.keys() or any(sites[k] is not old.get(k) for k in sites):
-            freeze_heap(replacing=any(old[k] is not sites.get(k) for k in old))
+            engines = {id(m.engine) for m in (self._current, *sites.values()) if m is not None}
+            dropped = any(id(m.engine) not in engines for m in old.values())
+            self._to_freeze = bool(self._to_freeze) or dropped
 
     def _failed(self, message: str, *, check: bool = False) -> CheckOutcome:
         if message != self.last_error:

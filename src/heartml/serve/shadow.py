@@ -118,9 +118,11 @@ class Shadow:
             return
         current = self.current
         if chosen is None:
+            self._swap(None, champion)
             if current is not None:
                 logger.info("no longer shadowing %s: %s", current.ref.ref, self.reason)
-            self._swap(None, champion)
+                current = None  # held here, the dropped challenger would survive the collection
+                freeze_heap(replacing=True)
             return
         if current is not None and (current.ref.name, current.ref.version) == (
             chosen.name,
@@ -149,7 +151,8 @@ class Shadow:
         )
         logger.info("shadowing %s (%s)", ref.ref, self.reason)
         self._swap(served_model, champion)
-        freeze_heap(replacing=current is not None)
+        replacing, current = current is not None, None  # see above
+        freeze_heap(replacing=replacing)
 
     def _swap(self, challenger: ServedModel | None, champion: ServedModel | None) -> None:
         if challenger is not None and not self.feed.running:
