@@ -273,6 +273,20 @@ def test_a_recalibration_of_the_comparator_has_its_ranking_and_a_refit_does_not(
     assert delta is not None and (delta.estimate, delta.low, delta.high) == (0.0, 0.0, 0.0)
     assert verdict.comparison.challenger_roc_auc == verdict.comparison.champion_roc_auc
     assert {c.rule: c.passed for c in verdict.checks}["non_inferior"] is True
+    # A recalibration of another model is paired with the comparator on its base model's
+    # predictions (the same order of risks as its own), not on the blurred ones.
+    elsewhere = replace(
+        recalibrated,
+        version=adapted("svm", 2, "va"),
+        ranking=prediction_set(IDS, OUTCOME, RISK),
+    )
+    other = judge_site_challenger(
+        SiteGateInput("va", elsewhere, champion, "global champion", THRESHOLDS)
+    )
+    assert other.comparison is not None and other.comparison.kind == "paired"
+    assert other.comparison.delta is not None and other.comparison.delta.estimate == 0.0
+    assert {c.rule: c.passed for c in other.checks}["non_inferior"] is True
+    assert _judge(replace(elsewhere, ranking=None), champion)["non_inferior"] is False
     # A refit from the same model ranks patients its own way: measured, and refused here.
     tags = {**recalibrated.version.tags, "adaptation_method": "refit"}
     refit = replace(recalibrated, version=replace(recalibrated.version, tags=tags))

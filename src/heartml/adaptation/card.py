@@ -34,12 +34,17 @@ from heartml.adaptation.procedure import (
     spread,
     why_text,
 )
-from heartml.evidence.predictions import SITE_PREFIX, PredictionSet, prediction_set, resampled_set
+from heartml.evidence.predictions import (
+    SITE_BASE_PREFIX,
+    SITE_PREFIX,
+    PredictionSet,
+    prediction_set,
+    resampled_set,
+)
 from heartml.evidence.recalibration import DESCRIPTIONS, SampleCheck
 from heartml.evidence.stats import roc_auc
 
 CV_PREFIX = "site_cv:"
-BASE_PREFIX = "site_base:"
 REFUSED_PREFIX = "site_refused:"
 PLOT = "calibration_site_adaptation.png"
 
@@ -93,7 +98,7 @@ def prediction_sets(rows: SiteRows, validation: Validation | None) -> dict[str, 
     if validation is not None:
         sets[SITE_PREFIX + rows.site] = prediction_set(ids, y, validation.validated)
         sets[CV_PREFIX + rows.site] = resampled_set(ids, y, validation.plan, validation.per_repeat)
-    sets[BASE_PREFIX + rows.site] = prediction_set(ids, y, rows.base[ok])
+    sets[SITE_BASE_PREFIX + rows.site] = prediction_set(ids, y, rows.base[ok])
     if (~ok).any():
         sets[REFUSED_PREFIX + rows.site] = prediction_set(
             rows.ids[~ok], rows.y[~ok], rows.base[~ok]

@@ -37,6 +37,9 @@ LOSO = "loso"
 INTERNAL = "internal"
 MASKED_PREFIX = "cv_masked:"
 SITE_PREFIX = "site:"
+# An adapted version's base model on the same site rows: for a recalibration, the order of
+# risks of the registered model itself (what its discrimination is judged on).
+SITE_BASE_PREFIX = "site_base:"
 
 
 class PredictionsError(ValueError):

@@ -475,11 +475,20 @@ def judge_challenger(given: GateInput, *, forced: bool = False) -> GateVerdict:
 @dataclass(frozen=True, slots=True)
 class SiteEvidence:
     """One version's predictions on a site's rows (its ``site:<site>`` set, one per row), or
-    why it has none."""
+    why it has none; for a recalibration, also its ``site_base:<site>`` set (``ranking``)."""
 
     version: VersionInfo
     rows: PredictionSet | None = None
     problem: str | None = None
+    # The base model's predictions on the same rows: a recalibration orders the patients as
+    # they do, so its discrimination is theirs; ``rows`` (cross-validated, a different update
+    # per fold) would understate it.
+    ranking: PredictionSet | None = None
+
+    @property
+    def discrimination_rows(self) -> PredictionSet | None:
+        """The predictions whose order of risks is the registered model's."""
+        return self.ranking if self.ranking is not None else self.rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,13 +579,13 @@ def _compare_on_site(given: SiteGateInput) -> Comparison:
     from heartml.evidence.measures import MIN_ROWS_PER_OUTCOME, has_both_outcomes
     from heartml.evidence.stats import Interval, paired_auc_difference, roc_auc
 
-    mine = given.challenger.rows
+    mine = given.challenger.discrimination_rows
     assert mine is not None
     site, role = given.site, given.comparator_role
     if given.comparator is None:
         return Comparison("none", f"no {role} to compare with on site '{site}'")
     other = given.comparator.version.ref
-    theirs = given.comparator.rows
+    theirs = given.comparator.discrimination_rows
     if theirs is None:
         return Comparison(
             "none",
@@ -603,8 +612,7 @@ def _compare_on_site(given: SiteGateInput) -> Comparison:
             f"(both keep the order of {ranking_of(given.comparator.version)}'s risks: a "
             "monotone recalibration), so on the "
             f"{len(shared)} rows of site '{site}' its ROC-AUC is the same, {auc:.4f}: the "
-            "difference is 0 by construction, not estimated from the cross-validated "
-            "predictions, which mix a different update per fold",
+            "difference is 0 by construction, not estimated",
             rows=len(shared),
             challenger_roc_auc=auc,
             champion_roc_auc=auc,

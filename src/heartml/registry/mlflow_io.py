@@ -444,8 +444,8 @@ def read_model_evidence(client: MlflowClient, version: VersionInfo) -> ModelEvid
 
 def read_site_evidence(client: MlflowClient, version: VersionInfo, site: str) -> SiteEvidence:
     """A version's predictions on ``site``'s rows (its ``site:<site>`` set, one per row)."""
-    from heartml.evidence.predictions import PREDICTIONS_ARTIFACT, SITE_PREFIX
-    from heartml.registry.gate import SiteEvidence
+    from heartml.evidence.predictions import PREDICTIONS_ARTIFACT, SITE_BASE_PREFIX, SITE_PREFIX
+    from heartml.registry.gate import SiteEvidence, ranking_of
 
     sets = read_prediction_sets(client, version)
     if isinstance(sets, str):
@@ -455,7 +455,10 @@ def read_site_evidence(client: MlflowClient, version: VersionInfo, site: str) ->
         return SiteEvidence(
             version, problem=f"its {PREDICTIONS_ARTIFACT} has no {SITE_PREFIX}{site} set"
         )
-    return SiteEvidence(version, rows=found.by_row())
+    ranking = sets.get(SITE_BASE_PREFIX + site) if ranking_of(version) != version.ref else None
+    return SiteEvidence(
+        version, rows=found.by_row(), ranking=None if ranking is None else ranking.by_row()
+    )
 
 
 def read_site_gate_evidence(
