@@ -143,3 +143,24 @@ def test_keep_refuses_unknown_and_reserved_columns() -> None:
         check_keep(["id"], ["mrn"])
     with pytest.raises(KeepError, match="its own column 'probability'"):
         check_keep(["probability"], ["probability"])
+
+
+def test_a_file_of_small_row_groups_is_read_in_full_batches(tmp_path: Any) -> None:
+    """Row groups end the reader's batches (each is let go once read); the scorer still gets
+    batches of its size, in order, every row once."""
+    import pyarrow.parquet as pq
+
+    from heartml.scoring.local import _parquet_batches
+
+    table = pa.table(
+        {"id": pa.array(range(10), pa.int64())}
+        | {name: pa.array(np.full(10, 1.0)) for name in FEATURE_NAMES}
+    )
+    path = tmp_path / "small-groups.parquet"
+    pq.write_table(table, path, row_group_size=3)
+    assert pq.ParquetFile(path).num_row_groups == 4
+    batches = list(_parquet_batches([str(path)], ["id", *FEATURE_NAMES], 4, ("id",)))
+    assert [b.num_rows for b in batches] == [4, 4, 2]
+    assert pa.Table.from_batches(batches).column("id").to_pylist() == list(range(10))
+    whole = list(_parquet_batches([str(path)], ["id", *FEATURE_NAMES], 3, ("id",)))
+    assert [b.num_rows for b in whole] == [3, 3, 3, 1]

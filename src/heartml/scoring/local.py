@@ -175,10 +175,39 @@ def _parquet_batches(
         if absent:
             raise ScoringError(f"{path}: no column {', '.join(absent)}")
         here = [n for n in columns if n in names]
-        for group in range(reader.num_row_groups):
-            yield from reader.iter_batches(
-                batch_size=rows, row_groups=[group], columns=here, use_threads=True
-            )
+        yield from _rebatched(
+            (
+                batch
+                for group in range(reader.num_row_groups)
+                for batch in reader.iter_batches(
+                    batch_size=rows, row_groups=[group], columns=here, use_threads=True
+                )
+            ),
+            rows,
+        )
+
+
+def _rebatched(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of ``rows`` (the last one shorter): a file's row groups end
+    its batches, and a file of small row groups would otherwise be scored, and written, in
+    small pieces. Full batches pass through uncopied."""
+    import pyarrow as pa
+
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if not pending and batch.num_rows == rows:
+            yield batch
+            continue
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows).combine_chunks().to_batches()[0]
+            rest = table.slice(rows)
+            pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 def _is_parquet(dataset: ds.Dataset) -> bool:
