@@ -75,7 +75,8 @@ def orders_for(estimator: Any) -> int:
     One antithetic pair credits a model with at most pairwise interactions on the log-odds
     exactly: a field's gain depends only on whether its partner came before it, and it does
     in exactly one order of the pair. Gradient boosting with trees of depth 2 or less is such
-    a model (each tree splits on at most two fields; the log-odds is their sum), so a second
+    a model (a depth-2 tree, root field a with children on b and c, is
+    ``1[a]·g(b) + h(c) − 1[a]·h(c)``: pairwise terms; the log-odds is their sum), so a second
     pair would double the cost of its explanations for nothing. Any other model gets
     :data:`~heartml.model.explain.PERMUTATIONS`."""
     from sklearn.ensemble import GradientBoostingClassifier
