@@ -188,26 +188,35 @@ def _parquet_batches(
 
 
 def _rebatched(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """The same rows in batches of ``rows`` (the last one shorter): a file's row groups end
-    its batches, and a file of small row groups would otherwise be scored, and written, in
-    small pieces. Full batches pass through uncopied."""
+    """The same rows in order, with no batch under half of ``rows`` but where a long run of
+    them cannot be helped (a file's last). A file's row groups end its batches, and a file of
+    small row groups would otherwise be scored, and written, in small pieces; batches of at
+    least half pass through uncopied (a large group's last batch too)."""
     import pyarrow as pa
 
+    half = max(1, rows // 2)
     pending: list[pa.RecordBatch] = []
     count = 0
+
+    def joined() -> pa.RecordBatch:
+        if len(pending) == 1:
+            return pending[0]
+        return pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
     for batch in batches:
-        if not pending and batch.num_rows == rows:
+        if batch.num_rows >= half:
+            if count:
+                yield joined()
+            pending, count = [], 0
             yield batch
             continue
         pending.append(batch)
         count += batch.num_rows
-        while count >= rows:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, rows).combine_chunks().to_batches()[0]
-            rest = table.slice(rows)
-            pending, count = rest.to_batches(), rest.num_rows
+        if count >= half:
+            yield joined()
+            pending, count = [], 0
     if count:
-        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+        yield joined()
 
 
 def _is_parquet(dataset: ds.Dataset) -> bool:
