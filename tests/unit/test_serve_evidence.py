@@ -426,3 +426,29 @@ def test_a_repeated_challenger_keeps_the_process_counts(engines: dict[int, Engin
     fresh = PairStats("heart-disease-test/3", "heart-disease-test/2", "2026-12-04T01:00:00Z")
     worker.use(Challenger("heart-disease-test/2", engines[2], fresh))
     assert worker.pair == fresh
+
+
+def test_a_stop_signal_while_the_shadow_process_starts_loses_nothing(
+    engines: dict[int, Engine], tmp_path: Path
+) -> None:
+    """A stop sent to every process of the server (``kill -TERM -PGID``, systemd's stop) can
+    reach the shadow process while it still imports: it is started with SIGTERM and SIGINT
+    blocked, then ignores them; the answers given to it are still logged at shutdown."""
+    log_dir = tmp_path / "log"
+    with app_with(engines, prediction_log_dir=log_dir, shadow="off") as client:
+        feed = client.app.state.evidence.feed  # type: ignore[attr-defined]
+        assert feed.running
+        pid = feed.pid
+        # At once: the process has not got past its imports yet.
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        client.app.state.holder.check()  # type: ignore[attr-defined]
+        for record in patients(3):
+            assert client.post("/predict", json=record).status_code == 200
+        time.sleep(0.5)
+        assert Path(f"/proc/{pid}").exists()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state != "Z", "the shadow process died of the signal"
+    files = sorted(log_dir.glob("predictions-*.jsonl"))
+    lines = [ln for f in files for ln in f.read_text().splitlines()]
+    assert len(lines) == 3

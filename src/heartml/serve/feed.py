@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -43,6 +44,7 @@ from heartml.serve.frames import (
     PIPE_BUF,
     ROW_BYTES,
     SHADOW,
+    STOP_SIGNALS,
     Challenger,
     ObjectReader,
     PairStats,
@@ -369,6 +371,11 @@ class ShadowFeed:
                 "--log-max-bytes",
                 str(self.log_max_bytes),
             ]
+        # Started with SIGTERM and SIGINT blocked (a thread's mask is inherited through exec):
+        # a stop sent to the whole group or cgroup (killpg, systemd) while it still imports
+        # would kill it with the answers it is about to be given; it ignores both once it runs
+        # and ends when the server closes its pipe. Only this thread blocks them meanwhile.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             process = subprocess.Popen(
                 command, pass_fds=(data_r, control_r, totals_w), stdin=subprocess.DEVNULL
@@ -377,6 +384,8 @@ class ShadowFeed:
             for fd in (data_r, data_w, control_r, control_w, totals_r, totals_w):
                 os.close(fd)
             raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for fd in (data_r, control_r, totals_w):  # the process's ends: its own now
             os.close(fd)
         channel = _Channel(process, data_w, control_w, totals_r, time.monotonic())

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import pickle
 import select
+import signal
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ HEADER = struct.Struct("<BBHI")
 MODEL, ANSWERS = 1, 2
 # Larger writes to a pipe may be split and interleaved; up to this size a write is atomic.
 PIPE_BUF = select.PIPE_BUF
+# The signals the shadow process never dies of: it is started with them blocked and ignores
+# them, and ends when the server closes its pipes (after handing over every answer).
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 FIELDS = len(FEATURE_NAMES)
 _MODEL_BODY = struct.Struct("<IIq")
 _ANSWERS_BODY = struct.Struct("<II")

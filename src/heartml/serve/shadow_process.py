@@ -47,6 +47,7 @@ from heartml.serve.frames import (
     LAST,
     MODEL,
     SHADOW,
+    STOP_SIGNALS,
     AnswerBatch,
     Challenger,
     MessageReader,
@@ -374,8 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-max-bytes", type=int, default=64 << 20)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    # The server started this process with them blocked; one already pending is now discarded.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     level = logging.getLevelName(args.log_level.upper())
     logging.basicConfig(
         stream=sys.stderr,
