@@ -7,10 +7,10 @@ on the preprocessed columns (the training rows as the reference) for the logisti
 
 Tolerances. Linear: exact, 1e-9. Gradient boosting (depth-2 trees: only pairwise interactions
 on the log-odds) is exact with any antithetic pair of orders, 1e-6. Random forest and SVM: the
-estimate from 4 orders (2 antithetic pairs) was measured against exact values on 20 Cleveland
-held-out rows × 13 fields: root-mean-square error 0.027 and 0.014, largest 0.12 and 0.064
-log-odds; the test allows 0.25, about twice the largest seen. With 40 orders the largest seen
-were 0.041 and 0.021, and the test allows 0.1: the estimate converges on shap's values.
+estimate from 2 orders (one antithetic pair) was measured against exact values on 20 Cleveland
+held-out rows × 13 fields (bench/explain_accuracy.py): root-mean-square error 0.040 and 0.025,
+largest 0.20 and 0.20 log-odds; the test allows 0.4, twice the largest seen. With 40 orders the
+largest seen were 0.03, and the test allows 0.1: the estimate converges on shap's values.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "svm": {"C": 1.0},
     "knn": {"n_neighbors": 15, "weights": "distance"},
 }
-ESTIMATE_TOLERANCE = {"random_forest": 0.25, "svm": 0.25, "gradient_boosting": 1e-6}
+ESTIMATE_TOLERANCE = {"random_forest": 0.4, "svm": 0.4, "gradient_boosting": 1e-6}
 CONVERGED_TOLERANCE = {"random_forest": 0.1, "svm": 0.1, "gradient_boosting": 1e-6}
 
 
@@ -147,8 +147,7 @@ def test_every_model_answers_base_plus_contributions_equals_its_log_odds(
 ) -> None:
     model = fitted[name]
     explained = model.explainer.explain(ROWS)
-    orders = 2 if name == "gradient_boosting" else PERMUTATIONS
-    assert explained.method == f"Shapley estimate, {orders} permutations, 16 background rows"
+    assert explained.method == f"Shapley estimate, {PERMUTATIONS} permutations, 16 background rows"
     # The model's log-odds as /predict answers them: the rows scored on their own. (The
     # explanation scores each row in one call with its coalitions, where ONNX Runtime's float32
     # trees may round differently: measured up to 1.3e-7.)
@@ -175,8 +174,7 @@ def test_the_estimate_agrees_with_shaps_exact_values(fitted: dict[str, Fitted], 
     assert isinstance(model.explainer, ShapleyExplainer)
     estimate = model.explainer.explain(rows).contributions
     assert np.max(np.abs(estimate - truth)) <= ESTIMATE_TOLERANCE[name]
-    # One antithetic pair is exact for depth-2 boosting, and is all it samples.
-    assert model.stored.permutations == (2 if name == "gradient_boosting" else PERMUTATIONS)
+    assert model.stored.permutations == PERMUTATIONS
     converged = ShapleyExplainer(model.engine, model.background, model.stored.fill, 40)
     assert (
         np.max(np.abs(converged.explain(rows).contributions - truth)) <= (CONVERGED_TOLERANCE[name])

@@ -65,27 +65,8 @@ def build_explainer(
         kind="shapley",
         fill=fill,
         background=background_rows(training, seed),
-        permutations=orders_for(estimator),
+        permutations=PERMUTATIONS,
     )
-
-
-def orders_for(estimator: Any) -> int:
-    """How many field orders the Shapley estimate samples for ``estimator``.
-
-    One antithetic pair credits a model with at most pairwise interactions on the log-odds
-    exactly: a field's gain depends only on whether its partner came before it, and it does
-    in exactly one order of the pair. Gradient boosting with trees of depth 2 or less is such
-    a model (a depth-2 tree, root field a with children on b and c, is
-    ``1[a]·g(b) + h(c) − 1[a]·h(c)``: pairwise terms; the log-odds is their sum), so a second
-    pair would double the cost of its explanations for nothing. Any other model gets
-    :data:`~heartml.model.explain.PERMUTATIONS`."""
-    from sklearn.ensemble import GradientBoostingClassifier
-
-    if isinstance(estimator, GradientBoostingClassifier):
-        depth = estimator.max_depth
-        if depth is not None and depth <= 2 and estimator.max_leaf_nodes is None:
-            return 2
-    return PERMUTATIONS
 
 
 def background_rows(
