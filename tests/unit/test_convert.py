@@ -135,3 +135,37 @@ def test_an_svc_that_scales_its_own_scores_is_refused() -> None:
         ).fit(features, target)
     with pytest.raises(ConversionError, match=r"SVC\(probability=True\) is not converted"):
         convert_pipeline(scaling, synthetic_rows(10))
+
+
+def test_the_logistic_regression_is_folded_into_one_float64_linear_graph() -> None:
+    import onnx
+
+    pipeline = fitted("logistic_regression")
+    model = onnx.load_from_string(convert_pipeline(pipeline, synthetic_rows(100, seed=3)).graph)
+    graph = model.graph
+    assert {n.op_type for n in graph.node} <= {
+        "IsNaN", "Where", "MatMul", "Gather", "Equal", "Cast", "Add", "Sigmoid", "Sub", "Concat"
+    }  # fmt: skip
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    # An unknown code matches no one-hot column, as handle_unknown="ignore" encodes it; a
+    # missing value is imputed: scikit-learn's own answers, to float64 rounding.
+    rows = synthetic_rows(300, seed=5)
+    rows[::3, FEATURE_NAMES.index("cp")] = 9.0
+    rows[1::3, FEATURE_NAMES.index("thal")] = np.nan
+    expected = pipeline.predict_proba(pd.DataFrame(rows, columns=list(FEATURE_NAMES)))
+    engine = OnnxEngine(model.SerializeToString())
+    assert np.max(np.abs(engine.predict_proba(rows) - expected)) <= 1e-12
+
+
+def test_a_preprocessing_that_does_not_fold_is_converted_by_skl2onnx() -> None:
+    from sklearn.preprocessing import MinMaxScaler
+
+    from heartml.model.convert import fold_logistic
+
+    pipeline = fitted("logistic_regression")
+    numeric = pipeline.steps[0][1].transformers[0][1]
+    numeric.steps[1] = ("scale", MinMaxScaler())
+    pipeline.fit(*synthetic())
+    assert fold_logistic(pipeline.steps[0][1], pipeline.steps[-1][1]) is None
+    form = convert_pipeline(pipeline, synthetic_rows(100, seed=3))
+    assert form.deviation <= TOLERANCE

@@ -73,7 +73,7 @@ class Fitted:
         )
         self.graph = form.graph
         self.engine = OnnxEngine(form.graph)
-        self.stored = build_explainer(self.pipeline, self.graph, self.training, seed=42)
+        self.stored = build_explainer(self.pipeline, self.training, seed=42)
         self.explainer = self.stored.explainer(self.engine)
         assert self.stored.background is not None or name == "logistic_regression"
         self.background = np.asarray(self.stored.background)
@@ -130,7 +130,7 @@ def test_the_preprocessing_graph_is_the_pipelines_float64_preprocessing(
 ) -> None:
     model = fitted["logistic_regression"]
     session = LinearExplainer(
-        preprocessing_graph(model.graph),
+        preprocessing_graph(model.pipeline.steps[0][1]),
         np.zeros(22),
         0.0,
         np.zeros(22),

@@ -61,7 +61,7 @@ def models() -> dict[int, LoadedModel]:
         graph = convert_pipeline(pipeline, synthetic_rows(50)).graph
         engine = OnnxEngine(graph)
         # fit_pipeline's training rows
-        stored = build_explainer(pipeline, graph, synthetic_rows(150, seed=version), seed=42)
+        stored = build_explainer(pipeline, synthetic_rows(150, seed=version), seed=42)
         loaded[version] = LoadedModel(engine, explainer=stored.explainer(engine))
     return loaded
 

@@ -260,7 +260,7 @@ def _explainer_files(
         return []
     update = adaptation.update.recalibration
     if update is None:  # refit: the site's rows are its training rows
-        stored = build_explainer(adaptation.model, adaptation.form.graph, answered, seed=0)
+        stored = build_explainer(adaptation.model, answered, seed=0)
     else:
         stored = StoredExplainer.load(*found).recalibrated(update.intercept, update.slope)
     return [str(path) for path in stored.save(directory)]

@@ -18,6 +18,14 @@ Platt-scaling attributes stated empty (:class:`_SvcWithoutPlatt`): the converter
 ``probA_`` and ``probB_`` even when they are unused, and scikit-learn deprecated both in 1.9
 with ``SVC(probability=True)`` (read, they warn) and removes them in 1.11 (read, they fail).
 
+Logistic regression gets a graph of its own too (:func:`_logistic_graph`): imputation, scaling
+and one-hot encoding are linear or a look-up, so they fold into the coefficients, and the whole
+model is ``sigmoid(b + x·w + onehot(x)·t)`` on the imputed row, in float64 throughout (nearer
+scikit-learn than the float32 LinearClassifier skl2onnx would end with). Twelve operators on
+the row instead of seventeen: measured, 0.15 µs a row in a 65,536-row batch against 0.25, and
+fewer per-call costs on a one-row request. A preprocessing of any other shape (an imputer with
+an indicator, another scaler) is converted by skl2onnx as the other models are.
+
 Nearest neighbours get a graph of their own (:func:`_neighbours_graph`): skl2onnx's converter
 computes distances in float32 and clamps them at 1e-6, so a patient identical to a training
 row (any training row, sent again) misses scikit-learn's rule that exact matches alone vote
@@ -93,16 +101,11 @@ def to_onnx_graph(pipeline: Pipeline, training: TrainingRows | None = None) -> b
     preprocess, estimator = pipeline.steps[0][1], pipeline.steps[-1][1]
     if len(pipeline.steps) != 2 or not isinstance(preprocess, ColumnTransformer):
         raise ConversionError("expected a pipeline of a ColumnTransformer and an estimator")
-    positional = copy.deepcopy(preprocess)
-    index = {name: i for i, name in enumerate(FEATURE_NAMES)}
-    # transformers_ is the fitted ColumnTransformer's public record of which columns each
-    # fitted transformer reads; only the copy's is rewritten.
-    positional.transformers_ = [
-        (name, fitted, [index[c] for c in columns] if fitted != "drop" else columns)
-        for name, fitted, columns in positional.transformers_
-    ]
     if type(estimator).__name__ == "KNeighborsClassifier":
-        return _neighbours_graph(preprocess, positional, estimator, training)
+        return _neighbours_graph(preprocess, estimator, training)
+    if (folded := _logistic_graph(preprocess, estimator)) is not None:
+        return folded
+    positional = _positional(preprocess)
     try:
         graph = to_onnx(
             Pipeline(
@@ -123,6 +126,34 @@ def to_onnx_graph(pipeline: Pipeline, training: TrainingRows | None = None) -> b
         raise ConversionError(f"cannot convert {name} to ONNX: {first_line(exc)}") from exc
     serialised: bytes = graph.SerializeToString()
     return serialised
+
+
+def _positional(preprocess: Any) -> Any:
+    """A copy of a fitted ColumnTransformer that selects its columns by position in the schema
+    (the graph's one input) instead of by name."""
+    positional = copy.deepcopy(preprocess)
+    index = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    # transformers_ is the fitted ColumnTransformer's public record of which columns each
+    # fitted transformer reads; only the copy's is rewritten.
+    positional.transformers_ = [
+        (name, fitted, [index[c] for c in columns] if fitted != "drop" else columns)
+        for name, fitted, columns in positional.transformers_
+    ]
+    return positional
+
+
+def preprocessing_model(preprocess: Any) -> Any:
+    """A fitted ColumnTransformer as an ONNX model (``onnx.ModelProto``): float64 rows in schema
+    order in, its float64 matrix out, with the imputation and one-hot encoding registered here
+    (module doc), so the same arithmetic as the served graphs'."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    _register_float64_converters()
+    return to_onnx(
+        _positional(preprocess),
+        initial_types=[(INPUT_NAME, DoubleTensorType([None, len(FEATURE_NAMES)]))],
+    )
 
 
 def convert_pipeline(
@@ -155,9 +186,139 @@ def convert_pipeline(
     return OnnxForm(graph=graph, probe=probe, deviation=deviation)
 
 
-def _neighbours_graph(
-    preprocess: Any, positional: Any, estimator: Any, training: TrainingRows | None
-) -> bytes:
+@dataclass(frozen=True, slots=True)
+class FoldedLogistic:
+    """A binary logistic regression and its preprocessing as one linear function of the imputed
+    row ``x`` (schema order): ``logit = bias + x·weight + Σ_j table_j·[x[source_j] == code_j]``.
+
+    ``fill``: the value each field is imputed with; ``weight``: per field, its coefficient over
+    its scale (0 for a one-hot encoded field); ``source``, ``code``, ``table``: each one-hot
+    column's field, code and coefficient (an unknown code matches none, as
+    ``handle_unknown="ignore"`` gives)."""
+
+    fill: np.ndarray
+    weight: np.ndarray
+    bias: float
+    source: np.ndarray
+    code: np.ndarray
+    table: np.ndarray
+
+
+def fold_logistic(preprocess: Any, estimator: Any) -> FoldedLogistic | None:
+    """The fold of a fitted ``ColumnTransformer`` of imputers, each alone or followed by a
+    ``StandardScaler`` or a ``OneHotEncoder``, and a binary ``LogisticRegression``; None for
+    anything else."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    if not isinstance(estimator, LogisticRegression) or len(estimator.classes_) != 2:
+        return None
+    coef = np.asarray(estimator.coef_[0], dtype=np.float64)
+    bias = float(estimator.intercept_[0])
+    fill = np.full(len(FEATURE_NAMES), np.nan)
+    weight = np.zeros(len(FEATURE_NAMES))
+    source: list[int] = []
+    code: list[float] = []
+    table: list[float] = []
+    column = 0  # the next preprocessed column, in the ColumnTransformer's output order
+    for _, fitted, names in preprocess.transformers_:
+        if fitted == "drop":
+            continue
+        steps = [s for _, s in fitted.steps] if isinstance(fitted, Pipeline) else [fitted]
+        imputer, *after = steps
+        if (
+            not isinstance(imputer, SimpleImputer)
+            or imputer.add_indicator
+            or not (isinstance(imputer.missing_values, float) and np.isnan(imputer.missing_values))
+            or len(after) > 1
+        ):
+            return None
+        fields = [FEATURE_NAMES.index(name) for name in names]
+        fill[fields] = np.asarray(imputer.statistics_, dtype=np.float64)
+        if not after or isinstance(after[0], StandardScaler):
+            scaler = after[0] if after else None
+            beta = coef[column : column + len(fields)]
+            if scaler is not None:
+                scale = scaler.scale_ if scaler.with_std else np.ones(len(fields))
+                mean = scaler.mean_ if scaler.with_mean else np.zeros(len(fields))
+                beta = beta / scale
+                bias -= float(np.sum(beta * mean))
+            weight[fields] = beta
+            column += len(fields)
+        elif isinstance(after[0], OneHotEncoder):
+            encoder = after[0]
+            if encoder.drop_idx_ is not None or encoder.handle_unknown != "ignore":
+                return None
+            if getattr(encoder, "_infrequent_enabled", False):
+                return None
+            for field, categories in zip(fields, encoder.categories_, strict=True):
+                for category in categories:
+                    source.append(field)
+                    code.append(float(category))
+                    table.append(float(coef[column]))
+                    column += 1
+        else:
+            return None
+    if column != coef.size or np.isnan(fill).any():
+        return None
+    return FoldedLogistic(
+        fill=fill,
+        weight=weight,
+        bias=bias,
+        source=np.asarray(source, dtype=np.int64),
+        code=np.asarray(code, dtype=np.float64),
+        table=np.asarray(table, dtype=np.float64),
+    )
+
+
+def _logistic_graph(preprocess: Any, estimator: Any) -> bytes | None:
+    """The folded logistic regression as a float64 graph (module doc); None when
+    :func:`fold_logistic` cannot fold it."""
+    from onnx import TensorProto, checker, helper, numpy_helper
+
+    folded = fold_logistic(preprocess, estimator)
+    if folded is None:
+        return None
+    constants = {
+        "fill": folded.fill,
+        "weight": folded.weight[:, None],
+        "bias": np.array([folded.bias]),
+        "source": folded.source,
+        "code": folded.code,
+        "table": folded.table[:, None],
+        "one": np.array([1.0]),
+    }
+    nodes = [
+        helper.make_node("IsNaN", [INPUT_NAME], ["missing"]),
+        helper.make_node("Where", ["missing", "fill", INPUT_NAME], ["imputed"]),
+        helper.make_node("MatMul", ["imputed", "weight"], ["linear"]),
+        helper.make_node("Gather", ["imputed", "source"], ["coded"], axis=1),
+        helper.make_node("Equal", ["coded", "code"], ["matched"]),
+        helper.make_node("Cast", ["matched"], ["onehot"], to=TensorProto.DOUBLE),
+        helper.make_node("MatMul", ["onehot", "table"], ["looked_up"]),
+        helper.make_node("Add", ["linear", "looked_up"], ["terms"]),
+        helper.make_node("Add", ["terms", "bias"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["disease"]),
+        helper.make_node("Sub", ["one", "disease"], ["no_disease"]),
+        helper.make_node("Concat", ["no_disease", "disease"], [OUTPUT_NAME], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "heartml_logistic_regression",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.DOUBLE, [None, len(FEATURE_NAMES)])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.DOUBLE, [None, 2])],
+        [numpy_helper.from_array(np.asarray(v), name) for name, v in constants.items()],
+    )
+    # Opset 17 and IR 8: what every ONNX Runtime since 1.13 reads.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    checker.check_model(model)
+    serialised: bytes = model.SerializeToString()
+    return serialised
+
+
+def _neighbours_graph(preprocess: Any, estimator: Any, training: TrainingRows | None) -> bytes:
     """Preprocessing (skl2onnx) followed by k-nearest-neighbours voting as scikit-learn votes.
 
     Float64 Euclidean distances to every training row; the k nearest vote with weight 1
@@ -166,10 +327,7 @@ def _neighbours_graph(
     """
     import pandas as pd
     from onnx import TensorProto, helper, numpy_helper
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import DoubleTensorType
 
-    _register_float64_converters()
     metric = estimator.effective_metric_
     if training is None:
         raise ConversionError("a nearest-neighbours graph needs the rows it was fitted on")
@@ -189,9 +347,7 @@ def _neighbours_graph(
             f"nearest neighbours were fitted on {estimator.n_samples_fit_} rows, "
             f"not on the {fitted_on.shape[0]} given"
         )
-    model = to_onnx(
-        positional, initial_types=[(INPUT_NAME, DoubleTensorType([None, len(FEATURE_NAMES)]))]
-    )
+    model = preprocessing_model(preprocess)
     if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 18:
         raise ConversionError("the preprocessing graph's opset is older than 18")
     graph = model.graph

@@ -4,10 +4,11 @@ For every row the answer is a base value and one contribution per UCI field such
 ``base + sum(contributions) == log-odds`` of the model's answer (the efficiency property):
 
 * **Logistic regression: exact.** On the logit, against the training reference: with ``z`` the
-  preprocessed row (float64, the served graph's own preprocessing), ``β`` the coefficients and
-  ``z̄`` the mean preprocessed training row, field ``f`` contributes ``Σ_{j∈f} β_j (z_j − z̄_j)``
-  (its one-hot columns summed back) and the base is ``β₀ + Σ β_j z̄_j``: the sum is ``β₀ + β·z``,
-  scikit-learn's ``decision_function``, to rounding (≤ 1e-12 measured).
+  preprocessed row (float64, the pipeline's preprocessing converted to ONNX), ``β`` the
+  coefficients and ``z̄`` the mean preprocessed training row, field ``f`` contributes
+  ``Σ_{j∈f} β_j (z_j − z̄_j)`` (its one-hot columns summed back) and the base is
+  ``β₀ + Σ β_j z̄_j``: the sum is ``β₀ + β·z``, scikit-learn's ``decision_function``, to rounding
+  (≤ 1e-12 measured).
 * **Every other model: a Shapley estimate.** Interventional Shapley values of ``v(S) = mean_b
   logit f(x_S, b_{not S})`` over a small background sample ``b`` stored with the model, estimated
   by antithetic permutation sampling: each sampled order of the 13 fields and its reverse, each
@@ -26,9 +27,9 @@ explained by the same arithmetic: contributions scale by ``b``, the base becomes
 
 The files, written at registration by :mod:`heartml.model.explainer_files` into the MLflow model
 directory beside the ONNX form: ``explainer.npz`` (the kind, the imputed values, and β, z̄ and the
-column → field map, or the background rows) and, for the linear kind, ``preprocess.onnx`` (the
-served graph cut at its float64 preprocessed matrix). This module needs numpy and ONNX Runtime
-only: serving imports it.
+column → field map, or the background rows) and, for the linear kind, ``preprocess.onnx`` (its
+float64 preprocessing, converted as the served graphs convert it). This module needs numpy and
+ONNX Runtime only: serving imports it.
 """
 
 from __future__ import annotations

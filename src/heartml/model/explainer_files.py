@@ -4,10 +4,9 @@ Training side (scikit-learn and onnx are imported here; serving never imports th
 
 * a logistic regression gets its coefficients and intercept (``coef_``, ``intercept_``), the mean
   of its training rows as its preprocessing gives them (the reference ``z̄``), the field each
-  preprocessed column comes from, and ``preprocess.onnx``: the nodes of the registered graph
-  that compute the float64 matrix its preprocessing produces (the input of
-  the cast to float32, :mod:`heartml.model.convert`), so serving computes ``z`` as the served
-  graph does;
+  preprocessed column comes from, and ``preprocess.onnx``: its preprocessing converted as the
+  served graphs convert it (:func:`heartml.model.convert.preprocessing_model`: the same float64
+  imputation, scaling and one-hot encoding), so serving computes ``z`` as scikit-learn does;
 * any other model gets a background sample: :data:`~heartml.model.explain.BACKGROUND_ROWS`
   training rows with every field present, drawn without replacement by
   ``numpy.random.default_rng(seed)`` (the experiment's split seed), in training order.
@@ -30,16 +29,13 @@ from heartml.model.explain import (
     PREPROCESSED_NAME,
     StoredExplainer,
 )
-from heartml.model.onnx_form import INPUT_NAME
 
 
-def build_explainer(
-    model: Any, graph: bytes, training: NDArray[np.float64], seed: int
-) -> StoredExplainer:
-    """The explainer files of a fitted pipeline (or a ``RecalibratedClassifier`` around one)
-    whose registered ONNX graph is ``graph``; ``training``: its training rows in schema order."""
+def build_explainer(model: Any, training: NDArray[np.float64], seed: int) -> StoredExplainer:
+    """The explainer files of a fitted pipeline (or a ``RecalibratedClassifier`` around one);
+    ``training``: its training rows in schema order."""
     if type(model).__name__ == "RecalibratedClassifier":
-        base = build_explainer(model.base, graph, training, seed)
+        base = build_explainer(model.base, training, seed)
         return base.recalibrated(float(model.intercept), float(model.slope))
     from sklearn.linear_model import LogisticRegression
 
@@ -59,7 +55,7 @@ def build_explainer(
             intercept=float(estimator.intercept_[0]),
             reference=z.mean(axis=0),
             field_of_column=field_of_columns(list(preprocess.get_feature_names_out())),
-            preprocess=preprocessing_graph(graph),
+            preprocess=preprocessing_graph(preprocess.steps[0][1]),
         )
     return StoredExplainer(
         kind="shapley",
@@ -111,37 +107,22 @@ def field_of_columns(names: list[str]) -> NDArray[np.int64]:
     return np.array(fields, dtype=np.int64)
 
 
-def preprocessing_graph(graph: bytes) -> bytes:
-    """``graph`` cut at its float64 preprocessed matrix: the input of its one cast to float32."""
+def preprocessing_graph(preprocess: Any) -> bytes:
+    """A fitted ColumnTransformer as ``preprocess.onnx``: float64 rows in, its float64 matrix
+    out as ``preprocessed``, converted as the served graphs convert it
+    (:func:`heartml.model.convert.preprocessing_model`)."""
     import onnx
     from onnx import TensorProto
 
-    model = onnx.load_from_string(graph)
-    casts = [
-        node.input[0]
-        for node in model.graph.node
-        if node.op_type == "Cast"
-        and any(a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
-    ]
-    if len(casts) != 1:
-        raise ValueError(f"expected one cast to float32 in the graph, found {len(casts)}")
-    # The nodes the preprocessed matrix depends on, found backwards from it (onnx.utils'
-    # Extractor wants inferred shapes, which ai.onnx.ml's operators do not all give).
-    needed, kept = {casts[0]}, []
-    for node in reversed(model.graph.node):
-        if needed & set(node.output):
-            kept.append(node)
-            needed |= set(node.input)
-    body = model.graph
-    inputs = [i for i in body.input if i.name == INPUT_NAME]
-    initializers = [t for t in body.initializer if t.name in needed]
-    nodes = [*reversed(kept), onnx.helper.make_node("Identity", [casts[0]], [PREPROCESSED_NAME])]
-    output = onnx.helper.make_tensor_value_info(PREPROCESSED_NAME, TensorProto.DOUBLE, [None, None])
-    cut = onnx.helper.make_model(
-        onnx.helper.make_graph(nodes, "preprocess", inputs, [output], initializers),
-        opset_imports=list(model.opset_import),
-        ir_version=model.ir_version,
+    from heartml.model.convert import preprocessing_model
+
+    model = preprocessing_model(preprocess)
+    (matrix,) = model.graph.output
+    model.graph.node.append(onnx.helper.make_node("Identity", [matrix.name], [PREPROCESSED_NAME]))
+    del model.graph.output[:]
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(PREPROCESSED_NAME, TensorProto.DOUBLE, [None, None])
     )
-    onnx.checker.check_model(cut)
-    serialised: bytes = cut.SerializeToString()
+    onnx.checker.check_model(model)
+    serialised: bytes = model.SerializeToString()
     return serialised

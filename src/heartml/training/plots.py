@@ -120,7 +120,7 @@ def feature_importance(
     from heartml.model.explainer_files import build_explainer
     from heartml.model.onnx_form import OnnxEngine
 
-    explainer = build_explainer(model, graph, training, seed).explainer(OnnxEngine(graph))
+    explainer = build_explainer(model, training, seed).explainer(OnnxEngine(graph))
     size = np.abs(explainer.explain(held_out).contributions).mean(axis=0)
     kind = f"mean |contribution| to the log-odds, held-out rows ({explainer.method})"
     return kind, dict(zip(FEATURE_NAMES, map(float, size), strict=True))

@@ -171,7 +171,6 @@ def log_candidate(
                     # What explain=true answers with (heartml.model.explain).
                     *build_explainer(
                         candidate.model,
-                        candidate.onnx.graph,
                         x_train.to_numpy(dtype="float64"),
                         config.split.seed,
                     ).save(Path(staging)),
