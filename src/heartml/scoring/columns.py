@@ -163,21 +163,25 @@ def check_batch(batch: pa.RecordBatch | pa.Table, first_row: int = 1) -> Checked
     """Validate one batch whose first row is row ``first_row`` of the input (1-based)."""
     length = batch.num_rows
     names = set(batch.schema.names)
-    rows = np.empty((length, len(FEATURES)), dtype=np.float64)
+    # Field by field into contiguous rows of a (fields, rows) array, checked there, then turned
+    # into the (rows, fields) matrix the model takes in one copy: writing each field straight
+    # into a column of that matrix strides through memory and cost more than the checks.
+    fields = np.empty((len(FEATURES), length), dtype=np.float64)
     suspects: dict[str, NDArray[np.bool_]] = {}  # per field, the cells the checks refuse
     for i, feature in enumerate(FEATURES):
         column = batch.column(feature.name) if feature.name in names else None
         values, unreadable = _numbers(column, length)
-        rows[:, i] = values
-        refused = _fails(feature, values)
+        fields[i] = values
+        refused = _fails(feature, fields[i])
         if not feature.optional:
-            refused |= np.isnan(values)
+            refused |= np.isnan(fields[i])
         if unreadable is not None:
             refused |= unreadable
         if refused.any():
             suspects[feature.name] = refused
+    rows = np.ascontiguousarray(fields.T)
     if not suspects:
-        return CheckedBatch(rows, None, _imputed_masks(rows), (), length)
+        return CheckedBatch(rows, None, _imputed_masks(fields), (), length)
 
     # The request model words each refused cell. A field's verdict depends on its value alone
     # (no rule spans fields), so each distinct value of a field is validated once.
@@ -198,16 +202,18 @@ def check_batch(batch: pa.RecordBatch | pa.Table, first_row: int = 1) -> Checked
         for position, index, message in found
     )
     if not refused_rows.any():  # the request model accepts what the checks doubted
-        return CheckedBatch(rows, None, _imputed_masks(rows), (), length)
+        return CheckedBatch(rows, None, _imputed_masks(fields), (), length)
     accepted = np.flatnonzero(~refused_rows).astype(np.int64)
-    kept = rows[accepted]
-    return CheckedBatch(kept, accepted, _imputed_masks(kept), rejections, length)
+    return CheckedBatch(
+        rows[accepted], accepted, _imputed_masks(fields[:, accepted]), rejections, length
+    )
 
 
-def _imputed_masks(rows: NDArray[np.float64]) -> NDArray[np.int8]:
-    masks = np.zeros(len(rows), dtype=np.int8)
-    for bit, column in enumerate(_OPTIONAL_INDEX):
-        masks |= np.isnan(rows[:, column]).astype(np.int8) << bit
+def _imputed_masks(fields: NDArray[np.float64]) -> NDArray[np.int8]:
+    """Per row, the bits of its absent optional fields; ``fields``: (fields, rows)."""
+    masks = np.zeros(fields.shape[1], dtype=np.int8)
+    for bit, index in enumerate(_OPTIONAL_INDEX):
+        masks |= np.isnan(fields[index]).view(np.int8) << bit
     return masks
 
 
