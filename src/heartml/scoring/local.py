@@ -5,8 +5,9 @@ batches (``pyarrow.parquet``, ``pyarrow.dataset`` for CSV), so memory holds a fe
 whatever the input's size. Each
 batch is checked (:mod:`heartml.scoring.columns`), scored by the model's engine on the whole
 batch at once, and written (:mod:`heartml.scoring.output`) by a Parquet (or CSV) writer.
-Reading and decoding the next batch overlaps scoring this one: pyarrow and ONNX Runtime
-release the GIL.
+Three threads take turns on each batch: one reads, decodes and checks it, the caller's scores
+it, one encodes and writes it, so the three stages of consecutive batches overlap (pyarrow,
+numpy's array operations and ONNX Runtime release the GIL).
 
 Nothing appears half-written: the output and the rejects file are written into unnamed files
 in the target's directory (``O_TMPFILE``) and linked into place only when the last batch is
@@ -25,13 +26,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
 from heartml.data.schema import FEATURE_NAMES
 from heartml.errors import UserError, one_line
-from heartml.scoring.columns import CSV_NULLS, check_batch, missing_required
+from heartml.scoring.columns import CSV_NULLS, CheckedBatch, check_batch, missing_required
 from heartml.scoring.output import (
     RunStamp,
     build_output,
@@ -58,6 +59,7 @@ BATCH_ROWS = 65_536
 # compression saves little CPU for 12.3 MB.
 COMPRESSION = "zstd"
 REJECTS_SUFFIX = ".rejects.csv"
+_T = TypeVar("_T")
 # Rows per run of the model's graph, by model type, where a batch at once would not fit: the
 # ONNX form of k-nearest neighbours holds several (rows × training rows) float64 matrices of
 # distances, and versions converted before heartml computed them by one matrix product hold
@@ -219,6 +221,15 @@ def _rebatched(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Reco
         yield joined()
 
 
+def _checked(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, CheckedBatch]]:
+    """Each batch with its checks, its rows numbered from the first of the input."""
+    read = 0
+    for batch in batches:
+        checked = check_batch(batch, first_row=read + 1)
+        read += checked.read
+        yield batch, checked
+
+
 def _is_parquet(dataset: ds.Dataset) -> bool:
     import pyarrow.dataset as pads
 
@@ -227,8 +238,9 @@ def _is_parquet(dataset: ds.Dataset) -> bool:
     )
 
 
-def _prefetched(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
-    """``batches``, read ahead in a thread: decoding the next overlaps scoring this one."""
+def _prefetched(batches: Iterator[_T], depth: int = 2) -> Iterator[_T]:
+    """``batches``, read ahead in a thread: decoding and checking the next overlaps scoring
+    this one."""
     slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
@@ -406,8 +418,9 @@ def score_files(
         writer = _Writer(out_file, schema, csv_out)
         rejects = _Writer(rejects_file, rejects_schema(), csv=True)
         try:
-            for batch in _prefetched(_batches(dataset, columns, batch_rows, keep)):
-                checked = check_batch(batch, first_row=read + 1)
+            for batch, checked in _prefetched(
+                _checked(_batches(dataset, columns, batch_rows, keep))
+            ):
                 if checked.scored:
                     probabilities = _predict(engine, checked.rows, engine_rows)
                     out = build_output(batch, checked, probabilities, stamp, scored_schema)
