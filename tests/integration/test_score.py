@@ -193,6 +193,15 @@ def test_a_rerun_writes_the_same_bytes_in_parquet_and_csv(
     assert {str(t) for t in parquet.column("scored_at").to_pylist()} == {
         "2026-01-31 02:00:00+00:00"
     }
+    # A dictionary for the few-valued columns only: probabilities and ids are all distinct.
+    group = pq.ParquetFile(outputs[0]).metadata.row_group(0)
+    with_dictionary = {
+        group.column(i).path_in_schema
+        for i in range(group.num_columns)
+        if group.column(i).has_dictionary_page
+    }
+    assert not {"probability", "id"} & with_dictionary
+    assert {"imputed", "model_name", "prediction"} <= with_dictionary
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
