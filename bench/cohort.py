@@ -15,8 +15,9 @@ first size, and the probabilities of every UCI row through a real `heartml serve
 (``/predict``), through `heartml score`, and (once it exists) through Spark, which must agree
 to 1e-6.
 
-Targets (2 cores): the run ≥ 1,000,000 rows/s and ≥ 5× the pandas script for the logistic
-champion; peak RSS ≤ 600 MB and within 15 % between the sizes; every probability within 1e-6.
+Targets (2 cores): at every size, the run ≥ 1,000,000 rows/s and ≥ 5× the pandas script for the
+logistic champion; peak RSS ≤ 600 MB and within 15 % between the sizes; every probability within
+1e-6.
 
     .venv/bin/python bench/cohort.py [--rows 1000000 --rows 10000000]   (after make pipeline)
 """
@@ -353,14 +354,16 @@ def main() -> int:
         if spark is None:
             print("spark: not measured (the Spark engine is not in this tree): see SPARK HOOK")
 
-        ours, theirs = results[first]
-        targets.at_least(
-            f"rows/s at {first:,} rows", ours.rows_per_s, 1_000_000, unit=" rows/s", spec=",.0f"
-        )
-        targets.at_least(
-            f"vs pandas + scikit-learn at {first:,} rows",
-            ours.rows_per_s / theirs.rows_per_s, 5.0, unit="x", spec=".1f",
-        )  # fmt: skip
+        # Every size's rate and ratio: a larger cohort amortises a run's fixed costs (the first
+        # batch read and scored before the three threads overlap), so each size says its own.
+        for size, (ours, theirs) in results.items():
+            targets.at_least(
+                f"rows/s at {size:,} rows", ours.rows_per_s, 1_000_000, unit=" rows/s", spec=",.0f"
+            )
+            targets.at_least(
+                f"vs pandas + scikit-learn at {size:,} rows",
+                ours.rows_per_s / theirs.rows_per_s, 5.0, unit="x", spec=".1f",
+            )  # fmt: skip
         for size, (run, _) in results.items():
             targets.at_most(f"peak RSS at {size:,} rows", run.peak_mb, RSS_BOUND_MB, unit=" MB")
         if len(results) > 1:
