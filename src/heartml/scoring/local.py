@@ -433,7 +433,8 @@ def score_files(
     kept_schema = pa.schema([dataset.schema.field(n) for n in names if n in keep])
     scored_schema = output_schema(kept_schema, keep, dictionary=not csv_out)
     schema = scored_schema if explainer is None else explanation_schema(scored_schema)
-    total = _count_rows(dataset, source)
+    # Only a progress bar needs the total (reading every footer: 10-20 ms on 10^6 rows).
+    total = _count_rows(dataset, source) if progress is not None else None
 
     read = scored = rejected = lines = 0
     out_file, rejects_file = AsideFile(output), AsideFile(rejects_path(output))
