@@ -105,17 +105,30 @@ def output_schema(kept: pa.Schema, keep: Sequence[str], *, dictionary: bool = Tr
     )
 
 
-def build_output(
+# The columns that vary from row to row; the others are the run's constants and a look-up of
+# the imputed-fields mask, which a Spark job adds on the JVM side (heartml.scoring.spark).
+IMPUTED_MASK = "__heartml_imputed_mask"  # a name no input column takes
+
+
+def scores_schema(kept: pa.Schema, keep: Sequence[str]) -> pa.Schema:
+    """The kept columns, ``probability``, ``prediction`` and :data:`IMPUTED_MASK` (int8, the bits of
+    :data:`heartml.scoring.columns.OPTIONAL_BITS`; :func:`imputed_labels` gives its text)."""
+    full = output_schema(kept, keep, dictionary=False)
+    return pa.schema(
+        [
+            *list(full)[: len(full) - len(OUTPUT_COLUMNS) + 2],
+            pa.field(IMPUTED_MASK, pa.int8(), nullable=False),
+        ]
+    )
+
+
+def _scores(
     batch: pa.RecordBatch,
     checked: CheckedBatch,
     probabilities: NDArray[np.floating[Any]],
-    stamp: RunStamp,
-    schema: pa.Schema,
-) -> pa.RecordBatch:
-    """The output batch of ``batch``'s accepted rows, scored ``probabilities`` (rows × 2:
-    P(no disease), P(disease)), in ``schema`` (:func:`output_schema`)."""
-    count = checked.scored
-    kept_names = schema.names[: len(schema) - len(OUTPUT_COLUMNS)]
+    kept_names: Sequence[str],
+) -> list[pa.Array]:
+    """The kept columns of the accepted rows, then ``probability`` and ``prediction``."""
     columns: list[pa.Array] = []
     for name in kept_names:
         if name in _FEATURE_INDEX:
@@ -129,10 +142,35 @@ def build_output(
     negative = np.asarray(probabilities[:, 0], dtype=np.float64)
     positive = np.asarray(probabilities[:, 1], dtype=np.float64)
     prediction = (positive > negative).astype(np.int8)  # ties to 0, as /predict
+    return [*columns, pa.array(positive, pa.float64()), pa.array(prediction, pa.int8())]
+
+
+def build_scores(
+    batch: pa.RecordBatch,
+    checked: CheckedBatch,
+    probabilities: NDArray[np.floating[Any]],
+    schema: pa.Schema,
+) -> pa.RecordBatch:
+    """:func:`build_output`'s varying columns only, in ``schema`` (:func:`scores_schema`)."""
+    columns = _scores(batch, checked, probabilities, schema.names[: len(schema) - 3])
+    columns.append(pa.array(checked.imputed, pa.int8()))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def build_output(
+    batch: pa.RecordBatch,
+    checked: CheckedBatch,
+    probabilities: NDArray[np.floating[Any]],
+    stamp: RunStamp,
+    schema: pa.Schema,
+) -> pa.RecordBatch:
+    """The output batch of ``batch``'s accepted rows, scored ``probabilities`` (rows × 2:
+    P(no disease), P(disease)), in ``schema`` (:func:`output_schema`)."""
+    count = checked.scored
+    kept_names = schema.names[: len(schema) - len(OUTPUT_COLUMNS)]
+    columns = _scores(batch, checked, probabilities, kept_names)
     dictionary = pa.types.is_dictionary(schema.field("imputed").type)
     columns += [
-        pa.array(positive, pa.float64()),
-        pa.array(prediction, pa.int8()),
         _imputed_column(checked.imputed, dictionary),
         _constant(stamp.model_name, count, pa.string(), dictionary),
         pa.array(np.full(count, stamp.model_version, dtype=np.int32)),

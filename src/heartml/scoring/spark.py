@@ -5,9 +5,12 @@ form and broadcasts the graph's bytes; the executors never talk to the registry 
 credentials. :func:`score_dataframe` maps each partition's Arrow record batches
 (``mapInArrow``) through the same pure functions as ``heartml score`` on one machine:
 :func:`~heartml.scoring.columns.check_batch`, ONNX Runtime, then
-:func:`~heartml.scoring.output.build_output`; so both engines give the same columns, the same
-probabilities and the same refusals. An executor needs numpy, pyarrow, pydantic, ONNX Runtime
-and heartml's pure modules: no scikit-learn, no MLflow.
+:func:`~heartml.scoring.output.build_scores`; so both engines give the same columns, the same
+probabilities and the same refusals. The workers hand back only what varies from row to row
+(the kept columns, the probability, the prediction and the imputed-fields mask): the JVM adds
+the run's constant columns and looks the mask's text up, which spares the Arrow exchange
+between the JVM and Python, the job's largest cost, some 40 bytes a row. An executor needs
+numpy, pyarrow, pydantic, ONNX Runtime and heartml's pure modules: no scikit-learn, no MLflow.
 
 Each Python worker process builds the ONNX Runtime session once and keeps it in a module-level
 cache keyed by the graph's digest (Spark reuses its Python workers across tasks), so a batch
@@ -44,7 +47,14 @@ from heartml.model.onnx_form import (
     largest_deviation,
 )
 from heartml.scoring.columns import CSV_NULLS, check_batch, missing_required
-from heartml.scoring.output import RunStamp, build_output, check_keep, output_schema
+from heartml.scoring.output import (
+    IMPUTED_MASK,
+    RunStamp,
+    build_scores,
+    check_keep,
+    output_schema,
+    scores_schema,
+)
 
 if TYPE_CHECKING:
     from pyspark import Accumulator, Broadcast
@@ -161,11 +171,9 @@ class _ScoreBatches:
                 if schema is None:
                     # Spark hands strings over as string or large_string: the kept columns
                     # keep the type they arrive with.
-                    schema = schemas[batch.schema] = output_schema(
-                        batch.schema, self.keep, dictionary=False
-                    )
+                    schema = schemas[batch.schema] = scores_schema(batch.schema, self.keep)
                 probabilities = engine.predict_proba(checked.rows)
-                yield build_output(batch, checked, probabilities, self.stamp, schema)
+                yield build_scores(batch, checked, probabilities, schema)
             refusals.extend((r.row, r.field, r.message) for r in checked.rejections)
             read += checked.read
         if partition >= 0:  # an empty partition has nothing to tell
@@ -258,14 +266,44 @@ def score_dataframe(
     columns = [n for n in names if n in FEATURE_NAMES or n in kept]
     frame = df.select(*columns, F.spark_partition_id().alias(_PARTITION))
     arrow_in = to_arrow_schema(df.select(*[n for n in names if n in kept]).schema)
-    spark_out = from_arrow_schema(output_schema(arrow_in, kept, dictionary=False))
     spark = df.sparkSession
     context = spark.sparkContext
     graph = context.broadcast(model.graph)
     tally: Accumulator[Tally] = context.accumulator({}, _tally_param())
     function = _ScoreBatches(model.digest, graph, model.stamp, kept, tally)
-    scored = frame.mapInArrow(function, spark_out)
+    scores = frame.mapInArrow(function, from_arrow_schema(scores_schema(arrow_in, kept)))
+    scored = scores.select(*_output_columns(output_schema(arrow_in, kept, dictionary=False), model))
     return SparkScoring(scored, frame.rdd.getNumPartitions(), tally)
+
+
+def _output_columns(schema: pa.Schema, model: SparkModel) -> list[Any]:
+    """The output's columns from the workers' scores: as they are, or computed on the JVM."""
+    from pyspark.sql import functions as F  # noqa: N812 (Spark's convention)
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    from heartml.scoring.columns import imputed_labels
+
+    stamp = model.stamp
+    labels = F.array(*(F.lit(label) for label in imputed_labels()))
+    added = {
+        # element_at counts from 1; every mask has its label.
+        "imputed": F.element_at(labels, F.col(IMPUTED_MASK).cast("int") + 1),
+        "model_name": F.lit(stamp.model_name),
+        "model_version": F.lit(stamp.model_version),
+        "site_adapted": F.lit(stamp.site_adapted),
+        "scored_at": F.lit(stamp.scored_at),
+    }
+    return [
+        added[field.name].cast(from_arrow_type(field.type)).alias(field.name)
+        if field.name in added
+        else F.col(_quoted(field.name))
+        for field in schema
+    ]
+
+
+def _quoted(name: str) -> str:
+    """A column name as Spark's column syntax reads it literally (dots, spaces, backticks)."""
+    return "`" + name.replace("`", "``") + "`"
 
 
 # --- sessions, files ---------------------------------------------------------------------------
