@@ -365,30 +365,39 @@ def _neighbours_graph(preprocess: Any, estimator: Any, training: TrainingRows | 
     labels = constant("labels", np.asarray(training.target, dtype=np.float64))
     # |q - r|² = |q|² - 2 q·r + |r|², as scikit-learn's brute-force search computes it: one
     # matrix product instead of a (rows, fitted rows, columns) difference tensor, which cost
-    # ~200 MB and most of the time per 4,096 rows. Its rounding (~1e-16 of |q|² + |r|²) would
-    # make a query equal to a fitted row a tiny distance away instead of 0, which the
-    # distance weights treat apart: a square within 1e-10 of that scale is 0.
+    # ~200 MB and most of the time per 4,096 rows (the fitted rows are stored times -2, which
+    # is exact). Its rounding (~1e-16 of |q|² + |r|²) would make a query equal to a fitted row
+    # a tiny distance away instead of 0, which the distance weights treat apart: a square
+    # within 1e-10 of that scale is 0. The k nearest are found on the squares, and only their
+    # k distances are rounded and rooted: every operator on all (rows × fitted rows) squares
+    # costs as much as the search itself.
     squares = constant("fitted_squares", np.sum(fitted_on * fitted_on, axis=1))
-    transposed = constant("fitted_rows_t", np.ascontiguousarray(fitted_on.T))
+    transposed = constant("fitted_rows_t_m2", np.ascontiguousarray(-2.0 * fitted_on.T))
     query_squares = node("ReduceSum", [node("Mul", [matrix, matrix], "q2"), one], "q2sum")
-    cross = node("MatMul", [matrix, transposed], "cross")
-    d2 = node(
-        "Add",
-        [node("Sub", [query_squares, node("Add", [cross, cross], "cross2")], "q2_cross"), squares],
-        "d2",
-    )
-    scale = node("Add", [query_squares, squares], "scale")
-    negligible = node(
-        "LessOrEqual",
-        [d2, node("Mul", [scale, constant("rounding", np.array([1e-10]))], "tol")],
-        "negligible",
-    )
-    zero = constant("zero_d2", np.zeros(1))
-    distance = node("Sqrt", [node("Where", [negligible, zero, d2], "d2_exact")], "distance")
+    cross = node("MatMul", [matrix, transposed], "cross_m2")
+    d2 = node("Add", [node("Add", [query_squares, cross], "q2_cross"), squares], "d2")
     k = constant("k", np.array([estimator.n_neighbors]))
     graph.node.append(
         helper.make_node(
-            "TopK", [distance, k], ["knn_nearest", "knn_index"], axis=1, largest=0, sorted=1
+            "TopK", [d2, k], ["knn_nearest_d2", "knn_index"], axis=1, largest=0, sorted=1
+        )
+    )
+    scale = node(
+        "Add",
+        [query_squares, node("Gather", [squares, "knn_index"], "nearest_squares", axis=0)],
+        "scale",
+    )
+    negligible = node(
+        "LessOrEqual",
+        ["knn_nearest_d2", node("Mul", [scale, constant("rounding", np.array([1e-10]))], "tol")],
+        "negligible",
+    )
+    zero = constant("zero_d2", np.zeros(1))
+    graph.node.append(
+        helper.make_node(
+            "Sqrt",
+            [node("Where", [negligible, zero, "knn_nearest_d2"], "d2_exact")],
+            ["knn_nearest"],
         )
     )
     votes = node("Gather", [labels, "knn_index"], "votes", axis=0)
