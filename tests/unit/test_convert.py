@@ -169,3 +169,38 @@ def test_a_preprocessing_that_does_not_fold_is_converted_by_skl2onnx() -> None:
     assert fold_logistic(pipeline.steps[0][1], pipeline.steps[-1][1]) is None
     form = convert_pipeline(pipeline, synthetic_rows(100, seed=3))
     assert form.deviation <= TOLERANCE
+
+
+def test_a_field_read_twice_or_an_empty_selection_does_not_fold() -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from heartml.model.convert import fold_logistic
+
+    features, target = synthetic()
+    twice = ColumnTransformer(
+        [
+            ("all", SimpleImputer(strategy="median"), list(FEATURE_NAMES)),
+            ("age_again", SimpleImputer(strategy="mean"), ["age"]),
+        ]
+    )
+    pipeline = Pipeline([("preprocess", twice), ("model", LogisticRegression(max_iter=20_000))])
+    pipeline.fit(features, target)
+    assert fold_logistic(pipeline.steps[0][1], pipeline.steps[-1][1]) is None
+    # An empty selection is left unfitted by scikit-learn; the rest still folds.
+    empty = ColumnTransformer(
+        [
+            ("all", SimpleImputer(strategy="median"), list(FEATURE_NAMES)),
+            ("none", SimpleImputer(), []),
+        ]
+    )
+    pipeline = Pipeline([("preprocess", empty), ("model", LogisticRegression(max_iter=20_000))])
+    pipeline.fit(features, target)
+    folded = fold_logistic(pipeline.steps[0][1], pipeline.steps[-1][1])
+    assert folded is not None
+    rows = synthetic_rows(50, seed=8)
+    expected = pipeline.decision_function(pd.DataFrame(rows, columns=list(FEATURE_NAMES)))
+    imputed = np.where(np.isnan(rows), folded.fill, rows)
+    assert np.allclose(folded.bias + imputed @ folded.weight, expected, atol=1e-9)

@@ -223,8 +223,9 @@ def fold_logistic(preprocess: Any, estimator: Any) -> FoldedLogistic | None:
     code: list[float] = []
     table: list[float] = []
     column = 0  # the next preprocessed column, in the ColumnTransformer's output order
+    seen: set[int] = set()
     for _, fitted, names in preprocess.transformers_:
-        if fitted == "drop":
+        if fitted == "drop" or len(names) == 0:  # an empty selection stays unfitted
             continue
         steps = [s for _, s in fitted.steps] if isinstance(fitted, Pipeline) else [fitted]
         imputer, *after = steps
@@ -236,6 +237,9 @@ def fold_logistic(preprocess: Any, estimator: Any) -> FoldedLogistic | None:
         ):
             return None
         fields = [FEATURE_NAMES.index(name) for name in names]
+        if seen & set(fields):  # a field two transformers read is two columns, not one weight
+            return None
+        seen |= set(fields)
         fill[fields] = np.asarray(imputer.statistics_, dtype=np.float64)
         if not after or isinstance(after[0], StandardScaler):
             scaler = after[0] if after else None
