@@ -143,6 +143,8 @@ def test_keep_refuses_unknown_and_reserved_columns() -> None:
         check_keep(["id"], ["mrn"])
     with pytest.raises(KeepError, match="its own column 'probability'"):
         check_keep(["probability"], ["probability"])
+    with pytest.raises(KeepError, match="names beginning __heartml_ are heartml's own"):
+        check_keep(["__heartml_imputed_mask"], ["__heartml_imputed_mask"])
 
 
 def test_a_file_of_small_row_groups_is_read_in_full_batches(tmp_path: Any) -> None:

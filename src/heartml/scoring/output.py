@@ -1,7 +1,8 @@
 """The scored batch: kept columns, the model's answer, and where it came from.
 
-Pure (pyarrow and numpy): the local scorer and a Spark ``mapInArrow`` function build every
-output batch here, so both engines write the same columns with the same types:
+Pure (pyarrow and numpy): the local scorer builds every output batch here, and a Spark
+``mapInArrow`` function its varying columns (:func:`build_scores`; the JVM adds the rest, from
+the same schema), so both engines write the same columns with the same types:
 
 =================  ==========================================================================
 kept columns       ``--keep``: as read, except a feature, which is written as validated
@@ -50,6 +51,9 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "scored_at",
 )
 _IMPUTED = pa.array(imputed_labels(), pa.string())
+# Columns heartml adds on the way (the Spark engine's partition index and imputed mask): no
+# kept column may take such a name.
+RESERVED_PREFIX = "__heartml_"
 _FEATURE_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 
@@ -76,6 +80,8 @@ def check_keep(names: Sequence[str], keep: Sequence[str]) -> tuple[str, ...]:
     for name in keep:
         if name in OUTPUT_COLUMNS:
             raise KeepError(f"--keep {name}: the output writes its own column {name!r}")
+        if name.startswith(RESERVED_PREFIX):
+            raise KeepError(f"--keep {name}: names beginning {RESERVED_PREFIX} are heartml's own")
         if name not in names and name not in _FEATURE_INDEX:
             raise KeepError(f"--keep {name}: the input has no column {name!r}")
     return tuple(dict.fromkeys(keep))
@@ -107,7 +113,7 @@ def output_schema(kept: pa.Schema, keep: Sequence[str], *, dictionary: bool = Tr
 
 # The columns that vary from row to row; the others are the run's constants and a look-up of
 # the imputed-fields mask, which a Spark job adds on the JVM side (heartml.scoring.spark).
-IMPUTED_MASK = "__heartml_imputed_mask"  # a name no input column takes
+IMPUTED_MASK = RESERVED_PREFIX + "imputed_mask"
 
 
 def scores_schema(kept: pa.Schema, keep: Sequence[str]) -> pa.Schema:

@@ -49,6 +49,7 @@ from heartml.model.onnx_form import (
 from heartml.scoring.columns import CSV_NULLS, check_batch, missing_required
 from heartml.scoring.output import (
     IMPUTED_MASK,
+    RESERVED_PREFIX,
     RunStamp,
     build_scores,
     check_keep,
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 
 # The column that carries each row's partition index into the workers: the index of the scan's
 # partition, which stays right even when the caller coalesces the scored DataFrame.
-_PARTITION = "__heartml_partition"
+_PARTITION = RESERVED_PREFIX + "partition"
 # Rows per Arrow batch handed to a worker: Spark's default (10,000) makes the per-batch costs
 # (a graph run, a JVM-to-Python round trip) show; larger ones fill ONNX Runtime's kernels.
 BATCH_ROWS = 65_536
