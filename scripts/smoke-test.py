@@ -123,9 +123,9 @@ def run_checks(base: str, name: str | None, version: str | None, timeout: float)
     if not isinstance(rows, list) or len(rows) != len(PATIENTS) or batch.get("count") != len(rows):
         raise SmokeError(f"POST /predict/batch: expected {len(PATIENTS)} predictions, got {batch}")
     expect_equal("/predict/batch model_version", batch.get("model_version"), version)
-    # The ONNX graphs compute in float32 where skl2onnx's operators do (logistic regression's
-    # LinearClassifier): a row scored in a batch may differ from itself scored alone in the 8th
-    # decimal (3e-8 measured), far inside the 1e-5 the graph is checked to at registration.
+    # The ONNX graphs compute in float32 where skl2onnx's operators do (the trees): a row
+    # scored in a batch may differ from itself scored alone in the 8th decimal (3e-8
+    # measured), far inside the 1e-5 the graph is checked to at registration.
     if abs(float(rows[0]["probability"]) - probability) > 1e-6:
         raise SmokeError(
             "POST /predict/batch: row 1 differs from POST /predict for the same patient"
