@@ -34,6 +34,7 @@ from heartml.data.schema import FEATURE_NAMES
 from heartml.errors import UserError, one_line
 from heartml.scoring.columns import CSV_NULLS, CheckedBatch, check_batch, missing_required
 from heartml.scoring.output import (
+    FEW_VALUED_COLUMNS,
     RunStamp,
     build_output,
     build_rejects,
@@ -324,11 +325,6 @@ class AsideFile:
                 self.partial.unlink()
 
 
-# The output's own columns that take few values (every other is a probability or an
-# explanation: nearly all distinct).
-FEW_VALUES = ("prediction", "imputed", "model_name", "model_version", "site_adapted", "scored_at")
-
-
 def dictionary_columns(schema: pa.Schema) -> list[str]:
     """The columns a Parquet dictionary is worth building for: the output's few-valued ones,
     and kept columns the input itself dictionary-encodes. A column of nearly distinct values
@@ -338,7 +334,9 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     return [
         field.name
         for field in schema
-        if field.name in FEW_VALUES or pa.types.is_dictionary(field.type)
+        if field.name in FEW_VALUED_COLUMNS
+        or field.name == "prediction"  # 0 or 1
+        or pa.types.is_dictionary(field.type)
     ]
 
 

@@ -50,6 +50,10 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "site_adapted",
     "scored_at",
 )
+# The answer's own columns, which vary from row to row; the others take few values (constants of
+# the run, and the imputed fields' text).
+ANSWER_COLUMNS = OUTPUT_COLUMNS[:2]
+FEW_VALUED_COLUMNS = OUTPUT_COLUMNS[2:]
 _IMPUTED = pa.array(imputed_labels(), pa.string())
 # Columns heartml adds on the way (the Spark engine's partition index and imputed mask): no
 # kept column may take such a name.
@@ -111,8 +115,8 @@ def output_schema(kept: pa.Schema, keep: Sequence[str], *, dictionary: bool = Tr
     )
 
 
-# The columns that vary from row to row; the others are the run's constants and a look-up of
-# the imputed-fields mask, which a Spark job adds on the JVM side (heartml.scoring.spark).
+# What a Spark worker hands back in place of the few-valued columns, which the JVM adds
+# (heartml.scoring.spark): the imputed fields' mask.
 IMPUTED_MASK = RESERVED_PREFIX + "imputed_mask"
 
 
@@ -122,7 +126,7 @@ def scores_schema(kept: pa.Schema, keep: Sequence[str]) -> pa.Schema:
     full = output_schema(kept, keep, dictionary=False)
     return pa.schema(
         [
-            *list(full)[: len(full) - len(OUTPUT_COLUMNS) + 2],
+            *list(full)[: len(full) - len(FEW_VALUED_COLUMNS)],
             pa.field(IMPUTED_MASK, pa.int8(), nullable=False),
         ]
     )
@@ -158,7 +162,8 @@ def build_scores(
     schema: pa.Schema,
 ) -> pa.RecordBatch:
     """:func:`build_output`'s varying columns only, in ``schema`` (:func:`scores_schema`)."""
-    columns = _scores(batch, checked, probabilities, schema.names[: len(schema) - 3])
+    kept_names = schema.names[: len(schema) - len(ANSWER_COLUMNS) - 1]  # the mask is last
+    columns = _scores(batch, checked, probabilities, kept_names)
     columns.append(pa.array(checked.imputed, pa.int8()))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
