@@ -26,6 +26,7 @@ from heartml.data.schema import FEATURE_NAMES, synthetic_rows
 from heartml.model.convert import TrainingRows, convert_pipeline
 from heartml.model.explain import (
     PERMUTATIONS,
+    ColumnLinearExplainer,
     Explanations,
     LinearExplainer,
     Recalibration,
@@ -33,7 +34,7 @@ from heartml.model.explain import (
     StoredExplainer,
     top_reasons,
 )
-from heartml.model.explainer_files import build_explainer, preprocessing_graph
+from heartml.model.explainer_files import build_explainer, linear_by_columns, preprocessing_graph
 from heartml.model.onnx_form import OnnxEngine
 from heartml.training.candidates import build_candidate
 
@@ -129,7 +130,7 @@ def test_the_preprocessing_graph_is_the_pipelines_float64_preprocessing(
     fitted: dict[str, Fitted],
 ) -> None:
     model = fitted["logistic_regression"]
-    session = LinearExplainer(
+    session = ColumnLinearExplainer(
         preprocessing_graph(model.pipeline.steps[0][1]),
         np.zeros(22),
         0.0,
@@ -139,6 +140,59 @@ def test_the_preprocessing_graph_is_the_pipelines_float64_preprocessing(
     )
     expected = model.pipeline[:-1].transform(pd.DataFrame(ROWS, columns=list(FEATURE_NAMES)))
     assert np.max(np.abs(session.preprocess(ROWS) - expected)) <= 1e-12
+
+
+def test_the_folded_terms_and_the_preprocessed_columns_explain_alike(
+    fitted: dict[str, Fitted], tmp_path: Path
+) -> None:
+    # Explainer files stored by columns (a version registered before the fold) still load,
+    # and give the folded terms' numbers.
+    model = fitted["logistic_regression"]
+    by_columns = linear_by_columns(model.pipeline, model.training, model.stored.fill)
+    assert by_columns.terms is None and by_columns.preprocess is not None
+    loaded = StoredExplainer.load(*load_paths(by_columns, tmp_path))
+    columns = loaded.explainer(model.engine)
+    assert isinstance(columns, ColumnLinearExplainer)
+    folded, other = model.explainer.explain(ROWS), columns.explain(ROWS)
+    assert np.max(np.abs(folded.contributions - other.contributions)) <= 1e-12
+    assert np.max(np.abs(folded.log_odds - other.log_odds)) <= 1e-12
+    assert abs(folded.base - other.base) <= 1e-12
+    assert np.array_equal(folded.imputed, other.imputed)
+
+
+def test_a_preprocessing_that_does_not_fold_is_explained_by_its_columns(
+    fitted: dict[str, Fitted],
+) -> None:
+    from sklearn.preprocessing import MinMaxScaler
+
+    model = fitted["logistic_regression"]
+    pipeline = build_candidate("logistic_regression", PARAMS["logistic_regression"], 42)
+    pipeline.steps[0][1].transformers[0][1].steps[1] = ("scale", MinMaxScaler())
+    frame = pd.DataFrame(model.training, columns=list(FEATURE_NAMES))
+    pipeline.fit(frame, outcome(model.training))
+    stored = build_explainer(pipeline, model.training, seed=42)
+    assert stored.terms is None and stored.preprocess is not None
+    explained = stored.explainer(model.engine).explain(ROWS)
+    decision = pipeline.decision_function(pd.DataFrame(ROWS, columns=list(FEATURE_NAMES)))
+    assert np.max(np.abs(explained.log_odds - decision)) <= 1e-9
+    assert efficiency_gap(explained) <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["logistic_regression", "random_forest"])
+def test_one_patient_is_explained_as_in_a_batch(fitted: dict[str, Fitted], name: str) -> None:
+    explainer = fitted[name].explainer
+    rows = ROWS[:6].copy()
+    rows[0, FEATURE_NAMES.index("chol")] = np.nan
+    rows[1, FEATURE_NAMES.index("thal")] = np.nan
+    batch = explainer.explain(rows)
+    for i, row in enumerate(rows):
+        one, expected = explainer.explain_one(row.tolist()), batch.row(i)
+        assert one.keys() == expected.keys()
+        assert one["imputed"] == expected["imputed"] and one["top"] == expected["top"]
+        assert one["method"] == expected["method"] and one["base"] == expected["base"]
+        assert abs(one["log_odds"] - expected["log_odds"]) <= 1e-12
+        gaps = [abs(one["contributions"][f] - expected["contributions"][f]) for f in FEATURE_NAMES]
+        assert max(gaps) <= 1e-12
 
 
 @pytest.mark.parametrize("name", ["random_forest", "gradient_boosting", "svm", "knn"])

@@ -2,9 +2,11 @@
 
 Training side (scikit-learn and onnx are imported here; serving never imports this module):
 
-* a logistic regression gets its coefficients and intercept (``coef_``, ``intercept_``), the mean
-  of its training rows as its preprocessing gives them (the reference ``z̄``), the field each
-  preprocessed column comes from, and ``preprocess.onnx``: its preprocessing converted as the
+* a logistic regression gets its terms per field, folded as its served graph folds them
+  (:func:`heartml.model.convert.fold_logistic`), and each term's mean over the training rows
+  (the reference). A preprocessing that does not fold gets its coefficients and intercept, the
+  mean of its training rows as its preprocessing gives them (``z̄``), the field each
+  preprocessed column comes from, and ``preprocess.onnx``: the preprocessing converted as the
   served graphs convert it (:func:`heartml.model.convert.preprocessing_model`: the same float64
   imputation, scaling and one-hot encoding), so serving computes ``z`` as scikit-learn does;
 * any other model gets a background sample: :data:`~heartml.model.explain.BACKGROUND_ROWS`
@@ -17,6 +19,7 @@ reasons an answer gives about a field the patient lacked.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,7 @@ from heartml.model.explain import (
     BACKGROUND_ROWS,
     PERMUTATIONS,
     PREPROCESSED_NAME,
+    FieldTerms,
     StoredExplainer,
 )
 
@@ -42,26 +46,59 @@ def build_explainer(model: Any, training: NDArray[np.float64], seed: int) -> Sto
     preprocess, estimator = model[:-1], model.steps[-1][1]
     fill = imputed_values(preprocess.steps[0][1])
     if isinstance(estimator, LogisticRegression) and len(estimator.classes_) == 2:
-        import pandas as pd
-
-        z = np.asarray(
-            preprocess.transform(pd.DataFrame(training, columns=list(FEATURE_NAMES))),
-            dtype=np.float64,
-        )
-        return StoredExplainer(
-            kind="linear",
-            fill=fill,
-            coef=np.asarray(estimator.coef_[0], dtype=np.float64),
-            intercept=float(estimator.intercept_[0]),
-            reference=z.mean(axis=0),
-            field_of_column=field_of_columns(list(preprocess.get_feature_names_out())),
-            preprocess=preprocessing_graph(preprocess.steps[0][1]),
-        )
+        terms = field_terms(preprocess.steps[0][1], estimator, training, fill)
+        if terms is not None:
+            return StoredExplainer(kind="linear", fill=fill, terms=terms)
+        return linear_by_columns(model, training, fill)
     return StoredExplainer(
         kind="shapley",
         fill=fill,
         background=background_rows(training, seed),
         permutations=PERMUTATIONS,
+    )
+
+
+def field_terms(
+    preprocess: Any, estimator: Any, training: NDArray[np.float64], fill: NDArray[np.float64]
+) -> FieldTerms | None:
+    """A logistic regression's terms per field and their means over ``training``; None when its
+    preprocessing does not fold (:func:`heartml.model.convert.fold_logistic`)."""
+    from heartml.model.convert import fold_logistic
+
+    folded = fold_logistic(preprocess, estimator)
+    if folded is None:
+        return None
+    terms = FieldTerms(
+        weight=folded.weight,
+        bias=folded.bias,
+        source=folded.source,
+        code=folded.code,
+        table=folded.table,
+        mean=np.zeros(len(FEATURE_NAMES)),
+    )
+    values = np.where(np.isnan(training), fill, training)
+    return replace(terms, mean=terms.terms(values).mean(axis=0))
+
+
+def linear_by_columns(
+    model: Any, training: NDArray[np.float64], fill: NDArray[np.float64]
+) -> StoredExplainer:
+    """A logistic regression's explainer on its preprocessed columns (``preprocess.onnx``)."""
+    import pandas as pd
+
+    preprocess, estimator = model[:-1], model.steps[-1][1]
+    z = np.asarray(
+        preprocess.transform(pd.DataFrame(training, columns=list(FEATURE_NAMES))),
+        dtype=np.float64,
+    )
+    return StoredExplainer(
+        kind="linear",
+        fill=fill,
+        coef=np.asarray(estimator.coef_[0], dtype=np.float64),
+        intercept=float(estimator.intercept_[0]),
+        reference=z.mean(axis=0),
+        field_of_column=field_of_columns(list(preprocess.get_feature_names_out())),
+        preprocess=preprocessing_graph(preprocess.steps[0][1]),
     )
 
 
