@@ -5,7 +5,8 @@ served in turn by `heartml serve --model-dir` (one worker, as exported), and wrk
 same patients at concurrency 8 to ``/predict`` and ``/predict?explain=true``, alternating,
 ``--rounds`` times each. Targets: p99
 with explain=true at most 1.2x plain ``/predict`` for the linear model (an exact explanation is
-one more small ONNX Runtime call), at most 20 ms for the others (a Shapley estimate).
+a few dozen float operations on its folded terms), at most 20 ms for the others (a Shapley
+estimate).
 
     python bench/explain.py [--duration 5] [--rounds 2]
 
