@@ -119,6 +119,20 @@ def test_a_graph_the_runtime_cannot_load_is_not_served(
     assert "cannot be run under this ONNX Runtime" in caplog.text
 
 
+def test_an_unreadable_explainer_serves_the_model_without_explanations(
+    trained_model_dirs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from heartml.serve.holder import load_model_dir
+
+    copy, _ = copy_of(trained_model_dirs["logistic_regression"], tmp_path)
+    (copy / "extra_files" / "explainer.npz").write_bytes(b"not a numpy archive")
+    with caplog.at_level(logging.WARNING, logger="heartml.serve.holder"):
+        loaded = load_model_dir(copy)
+    assert loaded.explainer is None
+    assert loaded.engine.name == "onnx"
+    assert "explanations unavailable" in caplog.text
+
+
 def test_risk_rises_with_st_depression_through_the_served_engine(
     settings: Settings, trained_model_dirs: dict[str, Path]
 ) -> None:

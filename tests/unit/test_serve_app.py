@@ -24,7 +24,7 @@ from heartml.model.convert import engine_for_pipeline
 from heartml.model.engine import Engine
 from heartml.registry import AccessDeniedError
 from heartml.serve.app import create_app
-from heartml.serve.deps import HolderDep, ProvidedRoute, SettingsDep
+from heartml.serve.deps import HolderDep, ProvidedRoute, SettingsDep, json_bytes
 from heartml.serve.holder import LoadedModel, ModelRef
 from heartml.settings import Settings
 from heartml.training.candidates import build_candidate
@@ -485,7 +485,7 @@ def test_answers_are_compact_json_in_a_fixed_field_order(client: TestClient) -> 
         "prediction", "label", "probability", "imputed", "model_name", "model_version",
         "site", "site_adapted",
     ]  # fmt: skip
-    assert one.content == json.dumps(one.json(), separators=(",", ":")).encode()
+    assert one.content == json_bytes(one.json())
     assert one.headers["content-type"] == "application/json"
     batch = client.post("/predict/batch", json={"instances": [EXAMPLE_PATIENT]})
     assert list(batch.json()) == [
@@ -496,7 +496,7 @@ def test_answers_are_compact_json_in_a_fixed_field_order(client: TestClient) -> 
         "prediction", "probability", "label", "imputed", "model_name", "model_version",
         "site", "site_adapted",
     ]  # fmt: skip
-    assert batch.content == json.dumps(batch.json(), separators=(",", ":")).encode()
+    assert batch.content == json_bytes(batch.json())
 
 
 async def with_query_dependency(limit: int) -> int:

@@ -213,3 +213,27 @@ def test_a_version_without_explainer_files_is_named_in_the_refusal(apps: Apps) -
     assert answer.status_code == 409
     assert "heart-disease-test/1" in answer.json()["detail"]
     assert apps.unexplained.post("/predict", json=EXAMPLE_PATIENT).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "explained", "wrong"),
+    [
+        ("explain=true", 200, True, None),
+        ("explain=TRUE&site=va", 200, True, None),
+        ("site=va&explain=off", 200, False, None),
+        ("explain=foo&explain=yes", 200, True, None),  # the last explain counts
+        ("explain=%74rue", 200, True, None),
+        ("explain=maybe", 422, False, ["query", "explain"]),
+        ("explain=maybe&site=B!", 422, False, ["query", "site"]),  # the site is checked first
+        ("site=", 422, False, ["query", "site"]),
+    ],
+)
+def test_the_query_string_names_the_site_and_asks_for_explanations(
+    apps: Apps, query: str, status: int, explained: bool, wrong: list[str] | None
+) -> None:
+    answer = apps.ready.post(f"/predict?{query}", json=EXAMPLE_PATIENT)
+    assert answer.status_code == status, answer.text
+    if wrong is not None:
+        assert answer.json()["detail"][0]["loc"] == wrong
+    else:
+        assert ("explanation" in answer.json()) is explained

@@ -259,7 +259,7 @@ class LinearExplainer:
         r = recalibration
         self.base = r.intercept + r.slope * (terms.bias + float(np.sum(terms.mean)))
         # One patient in plain Python (a few µs; numpy's per-call costs would be most of it):
-        # per field its name, imputed value, weight, code → coefficient, and mean term.
+        # per field its imputed value, weight, code → coefficient, and mean term.
         looked_up: list[dict[float, float]] = [{} for _ in range(FIELDS)]
         for field, code, value in zip(
             terms.source.tolist(), terms.code.tolist(), terms.table.tolist(), strict=True
@@ -267,7 +267,6 @@ class LinearExplainer:
             looked_up[field][code] = looked_up[field].get(code, 0.0) + value
         self._fields = list(
             zip(
-                FEATURE_NAMES,
                 self.fill.tolist(),
                 terms.weight.tolist(),
                 looked_up,
@@ -280,11 +279,15 @@ class LinearExplainer:
         rows = np.ascontiguousarray(rows, dtype=np.float64)
         values, missing = _filled(rows, self.fill)
         terms = self.terms.terms(values)
+        # Summed field by field from the bias, as explain_one sums: the same bits either way.
+        total = np.full(len(values), self.terms.bias)
+        for field in range(FIELDS):
+            total += terms[:, field]
         r = self.recalibration
         return Explanations(
             method=self.method,
             base=self.base,
-            log_odds=r.intercept + r.slope * (self.terms.bias + terms.sum(axis=1)),
+            log_odds=r.intercept + r.slope * total,
             contributions=r.slope * (terms - self.terms.mean),
             values=values,
             imputed=missing,
@@ -294,7 +297,7 @@ class LinearExplainer:
         slope = self.recalibration.slope
         total = self.terms.bias
         contributions, values, imputed = [], [], []
-        for (_, fill, weight, looked_up, mean), given in zip(self._fields, row, strict=True):
+        for (fill, weight, looked_up, mean), given in zip(self._fields, row, strict=True):
             lacked = math.isnan(given)
             value = fill if lacked else given
             term = weight * value + looked_up.get(value, 0.0)
@@ -473,8 +476,9 @@ def _session(graph: bytes) -> InferenceSession:
 @dataclass(frozen=True, slots=True)
 class StoredExplainer:
     """The contents of ``explainer.npz`` (and, for a linear explainer by columns,
-    ``preprocess.onnx``'s bytes). A linear explainer has ``terms`` (folded) or the columns'
-    ``coef``, ``intercept``, ``reference``, ``field_of_column`` and ``preprocess``."""
+    ``preprocess.onnx``'s bytes). A linear explainer has ``terms`` (folded), the columns'
+    ``coef``, ``intercept``, ``reference``, ``field_of_column`` and ``preprocess``, or both
+    (explained by the terms; the columns are what a reader from before the fold reads)."""
 
     kind: Kind
     fill: NDArray[np.float64]
@@ -498,29 +502,32 @@ class StoredExplainer:
             ),
         }
         paths = [directory / EXPLAINER_FILE]
-        if self.kind == "linear" and self.terms is not None:
-            t = self.terms
-            arrays |= {
-                "terms_weight": t.weight,
-                "terms_bias": np.array(t.bias),
-                "terms_source": t.source,
-                "terms_code": t.code,
-                "terms_table": t.table,
-                "terms_mean": t.mean,
-            }
-        elif self.kind == "linear":
-            if self.coef is None or self.reference is None or self.field_of_column is None:
-                raise ValueError("a linear explainer needs coef, reference and field_of_column")
-            if self.preprocess is None:
-                raise ValueError("a linear explainer needs its preprocessing graph")
-            arrays |= {
-                "coef": self.coef,
-                "intercept": np.array(self.intercept),
-                "reference": self.reference,
-                "field_of_column": self.field_of_column,
-            }
-            (directory / PREPROCESS_FILE).write_bytes(self.preprocess)
-            paths.append(directory / PREPROCESS_FILE)
+        if self.kind == "linear":
+            columns = (self.coef, self.reference, self.field_of_column, self.preprocess)
+            if self.terms is None and any(part is None for part in columns):
+                raise ValueError(
+                    "a linear explainer needs its terms, or coef, reference, field_of_column "
+                    "and its preprocessing graph"
+                )
+            if self.terms is not None:
+                t = self.terms
+                arrays |= {
+                    "terms_weight": t.weight,
+                    "terms_bias": np.array(t.bias),
+                    "terms_source": t.source,
+                    "terms_code": t.code,
+                    "terms_table": t.table,
+                    "terms_mean": t.mean,
+                }
+            if self.preprocess is not None and all(part is not None for part in columns):
+                arrays |= {
+                    "coef": self.coef,
+                    "intercept": np.array(self.intercept),
+                    "reference": self.reference,
+                    "field_of_column": self.field_of_column,
+                }
+                (directory / PREPROCESS_FILE).write_bytes(self.preprocess)
+                paths.append(directory / PREPROCESS_FILE)
         else:
             if self.background is None:
                 raise ValueError("a Shapley explainer needs its background rows")
@@ -535,22 +542,27 @@ class StoredExplainer:
             kind = str(stored["kind"])
             fill = np.asarray(stored["fill"], dtype=np.float64)
             a, b = (float(v) for v in stored["recalibration"])
-            if kind == "linear" and "terms_table" in stored.files:
-                terms = FieldTerms(
-                    weight=np.asarray(stored["terms_weight"], dtype=np.float64),
-                    bias=float(stored["terms_bias"]),
-                    source=np.asarray(stored["terms_source"], dtype=np.int64),
-                    code=np.asarray(stored["terms_code"], dtype=np.float64),
-                    table=np.asarray(stored["terms_table"], dtype=np.float64),
-                    mean=np.asarray(stored["terms_mean"], dtype=np.float64),
-                )
-                return cls(kind="linear", fill=fill, terms=terms, recalibration=Recalibration(a, b))
             if kind == "linear":
-                if preprocess is None:
-                    raise ValueError(f"{explainer} is linear but {PREPROCESS_FILE} is missing")
+                terms = None
+                if "terms_table" in stored.files:
+                    terms = FieldTerms(
+                        weight=np.asarray(stored["terms_weight"], dtype=np.float64),
+                        bias=float(stored["terms_bias"]),
+                        source=np.asarray(stored["terms_source"], dtype=np.int64),
+                        code=np.asarray(stored["terms_code"], dtype=np.float64),
+                        table=np.asarray(stored["terms_table"], dtype=np.float64),
+                        mean=np.asarray(stored["terms_mean"], dtype=np.float64),
+                    )
+                if "coef" not in stored.files or preprocess is None:
+                    if terms is None:
+                        raise ValueError(f"{explainer} is linear but {PREPROCESS_FILE} is missing")
+                    return cls(
+                        kind="linear", fill=fill, terms=terms, recalibration=Recalibration(a, b)
+                    )
                 return cls(
                     kind="linear",
                     fill=fill,
+                    terms=terms,
                     coef=np.asarray(stored["coef"], dtype=np.float64),
                     intercept=float(stored["intercept"]),
                     reference=np.asarray(stored["reference"], dtype=np.float64),

@@ -4,11 +4,12 @@ Training side (scikit-learn and onnx are imported here; serving never imports th
 
 * a logistic regression gets its terms per field, folded as its served graph folds them
   (:func:`heartml.model.convert.fold_logistic`), and each term's mean over the training rows
-  (the reference). A preprocessing that does not fold gets its coefficients and intercept, the
-  mean of its training rows as its preprocessing gives them (``z̄``), the field each
-  preprocessed column comes from, and ``preprocess.onnx``: the preprocessing converted as the
-  served graphs convert it (:func:`heartml.model.convert.preprocessing_model`: the same float64
-  imputation, scaling and one-hot encoding), so serving computes ``z`` as scikit-learn does;
+  (the reference); and, what a preprocessing that does not fold gets alone (and what a reader
+  from before the fold reads), its coefficients and intercept, the mean of its training rows
+  as its preprocessing gives them (``z̄``), the field each preprocessed column comes from, and
+  ``preprocess.onnx``: the preprocessing converted as the served graphs convert it
+  (:func:`heartml.model.convert.preprocessing_model`: the same float64 imputation, scaling and
+  one-hot encoding), so serving computes ``z`` as scikit-learn does;
 * any other model gets a background sample: :data:`~heartml.model.explain.BACKGROUND_ROWS`
   training rows with every field present, drawn without replacement by
   ``numpy.random.default_rng(seed)`` (the experiment's split seed), in training order.
@@ -46,10 +47,11 @@ def build_explainer(model: Any, training: NDArray[np.float64], seed: int) -> Sto
     preprocess, estimator = model[:-1], model.steps[-1][1]
     fill = imputed_values(preprocess.steps[0][1])
     if isinstance(estimator, LogisticRegression) and len(estimator.classes_) == 2:
-        terms = field_terms(preprocess.steps[0][1], estimator, training, fill)
-        if terms is not None:
-            return StoredExplainer(kind="linear", fill=fill, terms=terms)
-        return linear_by_columns(model, training, fill)
+        by_columns = linear_by_columns(model, training, fill)
+        terms = field_terms(preprocess.steps[0][1], estimator, training)
+        # The columns are stored beside the terms: a server or scorer from before the fold
+        # (a rolled-back image) still explains a version registered now.
+        return by_columns if terms is None else replace(by_columns, terms=terms)
     return StoredExplainer(
         kind="shapley",
         fill=fill,
@@ -59,7 +61,7 @@ def build_explainer(model: Any, training: NDArray[np.float64], seed: int) -> Sto
 
 
 def field_terms(
-    preprocess: Any, estimator: Any, training: NDArray[np.float64], fill: NDArray[np.float64]
+    preprocess: Any, estimator: Any, training: NDArray[np.float64]
 ) -> FieldTerms | None:
     """A logistic regression's terms per field and their means over ``training``; None when its
     preprocessing does not fold (:func:`heartml.model.convert.fold_logistic`)."""
@@ -68,16 +70,11 @@ def field_terms(
     folded = fold_logistic(preprocess, estimator)
     if folded is None:
         return None
-    terms = FieldTerms(
-        weight=folded.weight,
-        bias=folded.bias,
-        source=folded.source,
-        code=folded.code,
-        table=folded.table,
-        mean=np.zeros(len(FEATURE_NAMES)),
+    values = np.where(np.isnan(training), folded.fill, training)
+    unmeasured = FieldTerms(
+        folded.weight, folded.bias, folded.source, folded.code, folded.table, np.zeros(0)
     )
-    values = np.where(np.isnan(training), fill, training)
-    return replace(terms, mean=terms.terms(values).mean(axis=0))
+    return replace(unmeasured, mean=unmeasured.terms(values).mean(axis=0))
 
 
 def linear_by_columns(

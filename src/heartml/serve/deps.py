@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -99,9 +100,14 @@ class ProvidedRoute(APIRoute):
 
 
 def json_bytes(content: Any) -> bytes:
-    """The one serialiser of every answer: compact UTF-8 JSON, by orjson (an explained answer's
-    sixteen floats took the json module 11 µs, orjson under 1). A NaN is written as null."""
-    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    """The one serialiser of every answer: compact JSON in UTF-8 (non-ASCII as it is), by
+    orjson: an explained answer's sixteen floats took the json module 11 µs, orjson under 1.
+    NaN and ±inf are written as null. Text orjson refuses (a lone surrogate, from a file name
+    in an error message) is written by the json module, which escapes it."""
+    try:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(content, separators=(",", ":")).encode()
 
 
 class JSONBytes(Response):

@@ -103,8 +103,10 @@ class ExplanationUnavailableError(ApiError):
     @classmethod
     def for_version(cls, ref: str) -> ExplanationUnavailableError:
         return cls(
-            f"{ref} was registered without explainer files: explanations are unavailable for "
-            "this version (ask without explain=true, or serve a version trained since)"
+            f"{ref} has no explainer this server can read (registered without explainer "
+            "files, or they failed to load: the server's log says why): explanations are "
+            "unavailable for this version (ask without explain=true, or serve a version "
+            "trained since)"
         )
 
 

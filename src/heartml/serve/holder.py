@@ -229,7 +229,13 @@ def load_model_dir(model_dir: Path) -> LoadedModel:
     from heartml.model.explain import load_explainer
 
     engine = load_engine(model_dir)
-    return LoadedModel(engine, read_profile(model_dir), load_explainer(model_dir, engine))
+    try:
+        explainer = load_explainer(model_dir, engine)
+    except Exception as exc:  # numpy, ONNX Runtime and YAML raise their own types
+        # The answers do not depend on it: serve without explanations (explain=true is a 409).
+        logger.warning("%s: explanations unavailable (%s)", model_dir, one_line(exc, 200))
+        explainer = None
+    return LoadedModel(engine, read_profile(model_dir), explainer)
 
 
 def source_for(settings: Settings) -> ModelSource:

@@ -91,11 +91,13 @@ def request_options(request: Request, default: str | None) -> tuple[str | None, 
     elif query.startswith(b"site=") and b"&" not in query and b"%" not in query:
         site = _checked(query[5:].decode("latin-1"), ("query", "site"))
     elif query:
+        raw_explain = None
         for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-            if key == "site" and site is None:
+            if key == "site" and site is None:  # the first site, the last explain
                 site = _checked(value, ("query", "site"))
             elif key == "explain":
-                explain = _explain_value(value)
+                raw_explain = value
+        explain = raw_explain is not None and _explain_value(raw_explain)
     if site is not None:
         return site, explain
     for name, value in scope["headers"]:
@@ -117,8 +119,8 @@ def classify(
     """The predicted class and P(disease) of each row, counted in the metrics under the
     site the request named."""
     proba = served.engine.predict_proba(rows)
-    # Python floats, not numpy scalars: the JSON encoder writes them with repr, and a request
-    # is mostly one row, for which list operations cost less than numpy's.
+    # Python floats, not numpy scalars: a request is mostly one row, for which list operations
+    # cost less than numpy's.
     negative, positive = proba[:, 0].tolist(), proba[:, 1].tolist()
     classes = [int(p > n) for n, p in zip(negative, positive, strict=True)]  # ties to 0
     ones = sum(classes)
@@ -192,7 +194,7 @@ def _site_parameters() -> list[dict[str, Any]]:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     409: {
         "model": Problem,
-        "description": "explain=true for a version registered without explainer files",
+        "description": "explain=true for a version without explainer files this server can read",
     },
     413: {"model": Problem, "description": "Body or batch larger than the configured limit"},
     422: {
