@@ -204,3 +204,17 @@ def test_a_field_read_twice_or_an_empty_selection_does_not_fold() -> None:
     expected = pipeline.decision_function(pd.DataFrame(rows, columns=list(FEATURE_NAMES)))
     imputed = np.where(np.isnan(rows), folded.fill, rows)
     assert np.allclose(folded.bias + imputed @ folded.weight, expected, atol=1e-9)
+
+
+def test_a_batch_larger_than_a_run_is_scored_in_runs_with_the_same_numbers() -> None:
+    from heartml.model.onnx_form import CHUNK_ROWS
+
+    pipeline = fitted("logistic_regression")
+    engine = OnnxEngine(convert_pipeline(pipeline, synthetic_rows(100, seed=3)).graph)
+    rows = synthetic_rows(2 * CHUNK_ROWS + 5, seed=12)
+    whole = engine.predict_proba(rows)
+    assert whole.shape == (len(rows), 2)
+    parts = [engine.predict_proba(rows[i : i + 1000]) for i in range(0, len(rows), 1000)]
+    assert np.array_equal(whole, np.concatenate(parts))
+    expected = pipeline.predict_proba(pd.DataFrame(rows, columns=list(FEATURE_NAMES)))
+    assert np.max(np.abs(whole - expected)) <= TOLERANCE
