@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from heartml.cli.common import fail, load_settings, user_errors
+from heartml.errors import one_line
 
 
 def _stop_on_sigterm() -> None:
@@ -147,7 +148,13 @@ def score(
         with tempfile.TemporaryDirectory(prefix="heartml-score-") as local:
             model_dir = download_model(settings, choice, Path(local))
             engine = load_engine(model_dir, threads)
-            explainer = load_explainer(model_dir, engine) if explain else None
+            try:
+                explainer = load_explainer(model_dir, engine) if explain else None
+            except Exception as exc:  # numpy, ONNX Runtime and YAML raise their own types
+                fail(
+                    f"{choice.version.ref}: its explainer files cannot be read "
+                    f"({one_line(exc, 160)}): score without --explain"
+                )
         if explain and explainer is None:
             fail(f"{choice.version.ref} was registered without explainer files: retrain it")
         version = choice.version
