@@ -81,14 +81,9 @@ def adaptation_worker() -> Iterator[ProcessPoolExecutor]:
         raise UserError(f"the adaptation worker process died ({exc})") from exc
     finally:
         # Nothing the worker still does is wanted once the command ends (an error, Ctrl-C).
-        # (No public API before Python 3.14's terminate_workers(); _processes is the pool's own.)
-        running = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in running:
-            if process.is_alive():
-                process.terminate()
-        for process in running:
-            process.join(timeout=5)
+        from heartml.training.workers import stop_pool
+
+        stop_pool(pool)
 
 
 def _start(session_pid: int) -> None:

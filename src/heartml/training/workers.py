@@ -112,16 +112,29 @@ def candidate_pool(
     except BaseException:
         # Nobody will log the candidates still queued or running: stop them now rather than
         # keep the user waiting for fits whose results are thrown away.
-        # (No public API before Python 3.14's terminate_workers(); _processes is the pool's own.)
-        running = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for worker in running:
-            worker.terminate()
-        # Waited for, so that a session that returns (an interrupted one exits) leaves none
-        # behind; the fork server follows by itself once they are gone.
-        for worker in running:
-            worker.join(timeout=5)
+        stop_pool(pool)
         raise
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: cancel what is queued, end its workers and wait for them (so that a
+    command that returns, or exits, leaves none behind) and for the pool's own thread.
+
+    (No public API before Python 3.14's terminate_workers(); ``_processes`` and
+    ``_executor_manager_thread`` are the pool's own.) The thread is waited for because it
+    closes a pipe that Python's exit handler for pools writes to without a lock: exiting
+    while it closes printed "OSError: [Errno 9] Bad file descriptor" under a traceback.
+    """
+    running = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets it
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in running:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in running:
+        worker.join(timeout=5)  # the fork server follows by itself once they are gone
+    if manager is not None and manager.is_alive():
+        manager.join(timeout=5)
 
 
 def collect_results(futures: list[Future[T]]) -> list[T]:
