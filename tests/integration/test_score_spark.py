@@ -264,6 +264,26 @@ def test_models_load_once_per_worker_without_scikit_learn(
     assert not any(row.sklearn for row in workers.values())
 
 
+def test_python_batches_are_bounded_by_rows_unless_configured(spark: Any) -> None:
+    from heartml.scoring.spark import (
+        ARROW_BYTES_PER_BATCH,
+        NO_BYTE_LIMIT,
+        configure_session,
+    )
+
+    # The per-row byte check is off in heartml's session; the rows per batch bound the batch.
+    assert spark.conf.get(ARROW_BYTES_PER_BATCH) == NO_BYTE_LIMIT
+    try:
+        # A bound the session's own configuration sets is kept.
+        spark.conf.set(ARROW_BYTES_PER_BATCH, "16m")
+        configure_session(spark)
+        assert spark.conf.get(ARROW_BYTES_PER_BATCH) == "16m"
+    finally:
+        spark.conf.unset(ARROW_BYTES_PER_BATCH)
+        configure_session(spark)
+    assert spark.conf.get(ARROW_BYTES_PER_BATCH) == NO_BYTE_LIMIT
+
+
 def test_a_task_failing_once_is_retried_to_the_same_output(
     spark: Any, model: Any, cohort: Path, tmp_path: Path
 ) -> None:

@@ -67,6 +67,14 @@ _PARTITION = RESERVED_PREFIX + "partition"
 # Rows per Arrow batch handed to a worker: Spark's default (10,000) makes the per-batch costs
 # (a graph run, a JVM-to-Python round trip) show; larger ones fill ONNX Runtime's kernels.
 BATCH_ROWS = 65_536
+# Spark also bounds the batches it sends to Python by their bytes (64 MB by default), which it
+# checks by measuring the Arrow batch under construction after every row: a fifth of the JVM's
+# time on a scored cohort. The rows per batch bound it already (the 13 features, an id and the
+# partition are some 120 bytes a row: 8 MB a batch; kept text columns add their width), so the
+# byte bound is switched off (Int.MaxValue: Spark's "no limit") unless the session's own
+# configuration (spark-defaults.conf, --conf) sets one.
+ARROW_BYTES_PER_BATCH = "spark.sql.execution.arrow.maxBytesPerBatch"
+NO_BYTE_LIMIT = str(2**31 - 1)
 DEFAULT_MASTER = "local[2]"
 LOOPBACK = "127.0.0.1"
 
@@ -252,7 +260,8 @@ def score_dataframe(
     The scored DataFrame holds, per accepted row, the ``keep`` columns then the local scorer's
     output columns (:func:`~heartml.scoring.output.output_schema`, without dictionaries). It is
     lazy: write it (or run any action that reads it whole) before asking for the counts and
-    the rejects.
+    the rejects. A session :func:`spark_session` did not make scores faster once passed to
+    :func:`configure_session`.
     """
     from pyspark.sql import functions as F  # noqa: N812 (Spark's convention)
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
@@ -328,7 +337,7 @@ def spark_session(master: str | None = None, app_name: str = "heartml-score") ->
     if under_spark_submit():
         if master is not None:
             raise SparkScoringError("--master is spark-submit's under spark-submit: leave it out")
-        return _written_as_local(builder.getOrCreate())
+        return configure_session(builder.getOrCreate())
     master = master or DEFAULT_MASTER
     builder = (
         builder.master(master)
@@ -351,12 +360,16 @@ def spark_session(master: str | None = None, app_name: str = "heartml-score") ->
     except Exception as exc:  # py4j and the JVM launcher raise their own types
         raise SparkScoringError(f"cannot start Spark on {master} ({one_line(exc, 200)})") from exc
     session.sparkContext.setLogLevel("ERROR")
-    return _written_as_local(session)
+    return configure_session(session)
 
 
-def _written_as_local(session: SparkSession) -> SparkSession:
-    # Parquet timestamps as the local scorer writes them (µs, UTC), not Spark's legacy INT96.
+def configure_session(session: SparkSession) -> SparkSession:
+    """What scoring needs of a session, set on it: Parquet timestamps as the local scorer writes
+    them (µs, UTC), not Spark's legacy INT96; Python batches bounded by rows alone
+    (:data:`ARROW_BYTES_PER_BATCH`) unless the session's configuration bounds their bytes."""
     session.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    if session.conf.get(ARROW_BYTES_PER_BATCH, None) is None:
+        session.conf.set(ARROW_BYTES_PER_BATCH, NO_BYTE_LIMIT)
     return session
 
 
