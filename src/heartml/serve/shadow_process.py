@@ -34,6 +34,7 @@ import select
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,6 +71,10 @@ logger = logging.getLogger("heartml.serve.shadow_process")
 # How often the process looks at its pipe: one wake-up, one ONNX call and one write per 50 ms
 # of answers instead of per answer.
 LINGER_S = 0.05
+# How often, at most, the running totals go back to the server: each wakes a thread of the
+# server's that takes the interpreter from the event loop; the metrics are scraped every few
+# seconds, not every step.
+REPORT_S = 1.0
 # At most this many rows per call of the challenger.
 BATCH = 1024
 # Read at most this much per look (the pipe holds 1 MiB at most).
@@ -273,6 +278,7 @@ class Pipes:
         self.messages = MessageReader()
         self.objects = ObjectReader()
         self.sent: Totals | None = None
+        self.sent_at = -REPORT_S
         self.challenger: Challenger | None = None  # received, not yet in use
         self.control_lock = threading.Lock()
         self.control_closed = False
@@ -323,6 +329,8 @@ class Pipes:
         return ended
 
     def report(self, *, final: bool) -> None:
+        if not final and time.monotonic() - self.sent_at < REPORT_S:
+            return
         current = self.worker.totals(final=final)
         if current == self.sent:
             return
@@ -330,7 +338,7 @@ class Pipes:
             if final:
                 os.set_blocking(self.totals, True)  # the last word must get through
             os.write(self.totals, object_message(current))
-            self.sent = current
+            self.sent, self.sent_at = current, time.monotonic()
         except BlockingIOError:
             pass  # the server reads them later; the next totals include these
         except BrokenPipeError:
