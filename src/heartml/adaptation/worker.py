@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from heartml.errors import UserError
+from heartml.lifeline import stop_pool
 
 if TYPE_CHECKING:
     from heartml.adaptation.sample import SiteSample
@@ -81,8 +82,6 @@ def adaptation_worker() -> Iterator[ProcessPoolExecutor]:
         raise UserError(f"the adaptation worker process died ({exc})") from exc
     finally:
         # Nothing the worker still does is wanted once the command ends (an error, Ctrl-C).
-        from heartml.training.workers import stop_pool
-
         stop_pool(pool)
 
 

@@ -15,7 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from heartml.lifeline import exit_with
+from heartml.lifeline import exit_with, stop_pool
 from heartml.training.candidates import TrainingError
 from heartml.training.experiment import CANDIDATE_ESTIMATORS
 
@@ -114,27 +114,6 @@ def candidate_pool(
         # keep the user waiting for fits whose results are thrown away.
         stop_pool(pool)
         raise
-
-
-def stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool now: cancel what is queued, end its workers and wait for them (so that a
-    command that returns, or exits, leaves none behind) and for the pool's own thread.
-
-    (No public API before Python 3.14's terminate_workers(); ``_processes`` and
-    ``_executor_manager_thread`` are the pool's own.) The thread is waited for because it
-    closes a pipe that Python's exit handler for pools writes to without a lock: exiting
-    while it closes printed "OSError: [Errno 9] Bad file descriptor" under a traceback.
-    """
-    running = list((getattr(pool, "_processes", None) or {}).values())
-    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets it
-    pool.shutdown(wait=False, cancel_futures=True)
-    for worker in running:
-        if worker.is_alive():
-            worker.terminate()
-    for worker in running:
-        worker.join(timeout=5)  # the fork server follows by itself once they are gone
-    if manager is not None and manager.is_alive():
-        manager.join(timeout=5)
 
 
 def collect_results(futures: list[Future[T]]) -> list[T]:
