@@ -109,8 +109,7 @@ def feed_cost(work: Path) -> float:
 
 
 def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = fetch(f"{url}/metrics").decode()
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

@@ -41,6 +41,7 @@ only: serving imports it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from abc import ABC, abstractmethod
@@ -218,7 +219,7 @@ def _linear_method(recalibration: Recalibration) -> str:
     return f"exact linear, recalibrated (logit p' = {r.intercept:.4g} + {r.slope:.4g}·logit p)"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FieldTerms:
     """A logistic regression folded onto the fields (module doc): on the imputed row ``x``,
     ``log-odds = bias + Σ_f g_f(x_f)`` with ``g_f(x) = weight_f·x + Σ_{j: source_j = f}
@@ -231,13 +232,18 @@ class FieldTerms:
     table: NDArray[np.float64]  # (k,): its coefficient          handle_unknown="ignore")
     mean: NDArray[np.float64]  # (13,)
 
+    @functools.cached_property
+    def _table_by_field(self) -> NDArray[np.float64]:
+        """(k, 13): each one-hot column's coefficient in its field's column."""
+        by_field = np.zeros((len(self.source), FIELDS))
+        by_field[np.arange(len(self.source)), self.source] = self.table
+        return by_field
+
     def terms(self, values: Rows) -> NDArray[np.float64]:
         """Each field's term ``g_f`` of imputed rows: (n, 13)."""
         terms: NDArray[np.float64] = values * self.weight
         if len(self.source):
-            by_field = np.zeros((len(self.source), FIELDS))
-            by_field[np.arange(len(self.source)), self.source] = self.table
-            terms += (values[:, self.source] == self.code) @ by_field
+            terms += (values[:, self.source] == self.code) @ self._table_by_field
         return terms
 
 
