@@ -174,8 +174,9 @@ class Settings(BaseSettings):
     background_queue_size: int = Field(
         default=10_000,
         ge=1,
-        description="Answers waiting for the shadow process (its pipe holds ~200 bytes for "
-        "each, up to the system's pipe-max-size); beyond, dropped and counted.",
+        description="Answers the server keeps for the shadow process while it is busy (and "
+        "its pipe's size: ~200 bytes each, up to the system's pipe-max-size); beyond, dropped "
+        "and counted.",
     )
 
     @field_validator("*", mode="before")

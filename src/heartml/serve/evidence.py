@@ -2,13 +2,14 @@
 
 ``LiveEvidence.record`` is the one call a prediction route makes once its answer is known. On
 the request path it only copies the rows into the drift window and appends the answer to a
-list that the event loop writes, every few milliseconds, as one message to the pipe of the
+queue that the event loop writes, in its idle moments, as messages to the pipe of the
 server's shadow process; the challenger's scoring and the log's writing happen there, in
-another interpreter (:mod:`heartml.serve.feed`, :mod:`heartml.serve.shadow_process`)::
+another interpreter (:mod:`heartml.serve.feed`, :mod:`heartml.serve.giveway`,
+:mod:`heartml.serve.shadow_process`)::
 
     request ──answer──> client
        └─ record ─> drift window (ring buffer)
-                 └─> buffer ─(≤ 10 ms, one write)─> pipe ─> shadow process:
+                 └─> queue ─(when the loop idles)─> pipe ─> shadow process:
                         challenger scores ─> totals back to /metrics and /model
                                           └─> prediction log (JSONL files)
 
@@ -211,6 +212,7 @@ class LiveEvidence:
     def refresh(self) -> None:
         """Recompute the drift gauges and the queues' depths (before ``/metrics`` answers)."""
         self.drift.update()
+        self.feed.report_drops()
         self.metrics.pending.labels("shadow").set(self.feed.pending("shadow"))
         if self.log_dir is not None:
             self.metrics.pending.labels("predlog").set(self.feed.pending("predlog"))

@@ -1,10 +1,10 @@
 """What the server and its shadow process say to each other: the bytes on their three pipes.
 
 The server hands each answer to the shadow process (:mod:`heartml.serve.shadow_process`)
-through a pipe, without pickling: answers are buffered for a few milliseconds on the event
-loop and written as one message of numpy arrays, at most ``PIPE_BUF`` bytes so that a
-non-blocking write is all or nothing (a full pipe drops the whole message, and the server
-counts it). A message is an 8-byte header, ``<kind u1, flag u1, count u2, length u4>``, then
+through a pipe, without pickling: answers wait on the event loop until it is idle and are
+written as messages of numpy arrays, at most ``PIPE_BUF`` bytes so that a non-blocking write
+is all or nothing (a full pipe refuses the whole message: the answers wait, or are dropped
+and counted). A message is an 8-byte header, ``<kind u1, flag u1, count u2, length u4>``, then
 its body:
 
 * ``MODEL`` (flag: has impute values; count: the name's length): ``id u4, pad u4,
@@ -278,6 +278,11 @@ class ObjectReader:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[Any]:
+        return [pickle.loads(pickled) for pickled in self.feed_pickles(data)]
+
+    def feed_pickles(self, data: bytes) -> list[bytes]:
+        """The complete pickles now buffered, not yet loaded (loading may build an engine:
+        the caller chooses the thread that pays for it)."""
         self._buffer += data
         found = []
         while len(self._buffer) >= _LENGTH.size:
@@ -285,7 +290,7 @@ class ObjectReader:
             end = _LENGTH.size + length
             if len(self._buffer) < end:
                 break
-            found.append(pickle.loads(bytes(self._buffer[_LENGTH.size : end])))
+            found.append(bytes(self._buffer[_LENGTH.size : end]))
             del self._buffer[:end]
         return found
 

@@ -2,26 +2,29 @@
 
 Each server process (each uvicorn worker) starts one (:mod:`heartml.serve.feed`) when it has a
 challenger to shadow or a log to write. Its work then never runs in the server's interpreter,
-so it cannot hold the GIL the event loop needs, and the kernel schedules it below the server
-(``SCHED_IDLE``, where there is one: it runs when the server's CPU would otherwise idle, and
-gives the CPU back the moment the server wakes up; when the CPU is saturated it falls behind,
-its pipe fills, and the server drops and counts instead of waiting).
+so it cannot hold the GIL the event loop needs; and it keeps off the server's CPU while the
+server needs it (:mod:`heartml.serve.giveway`): its scoring thread runs under ``SCHED_IDLE``,
+looks before each piece of work (``PIECE_ROWS`` rows) whether the server waits for its CPU,
+and if so sleeps until the server's event loop goes idle. When the CPU stays saturated it
+falls behind, and the server drops and counts instead of waiting.
 
-A new challenger comes on a control pipe of its own. The server writes it whole before it
+A new challenger comes on a control pipe of its own, read by a thread at normal priority and
+loaded (its ONNX session built) by the scoring thread. The server writes it whole before it
 flags any answer for it, and each step reads the control pipe after the answers: no flagged
 answer is handled before its challenger is in place.
 
-Every ``LINGER_S`` it reads everything the server wrote to its pipe (:mod:`heartml.serve.frames`),
-scores the SHADOW rows with the challenger in one call, counts agreement, writes the log
-records (with the challenger's probability for the shadowed rows), and sends its running
-totals back for the server's metrics and ``/model``. The end of its input (the server closed
-the pipe: a clean shutdown, or the server died) ends it once everything read is handled, the
-log is flushed and the final totals are sent. SIGTERM and SIGINT are ignored: only its server
-decides when it ends, after the drain. A watchdog ends it, too, if its server is gone and the
-input did not close (another process holding the pipe).
+The server writes its answers (:mod:`heartml.serve.frames`) when its event loop is idle; the
+scoring thread wakes up then (or every ``LINGER_S`` where there is no eventfd), reads what is
+there, scores the SHADOW rows with the challenger, counts agreement, writes the log records
+(with the challenger's probability for the shadowed rows), and sends its running totals back
+for the server's metrics and ``/model`` (at most every ``REPORT_S``). The end of its input
+(the server closed the pipe: a clean shutdown, or the server died) ends it once everything
+read is handled, the log is flushed and the final totals are sent. SIGTERM and SIGINT are
+ignored: only its server decides when it ends, after the drain. A watchdog ends it, too, if
+its server is gone and the input did not close (another process holding the pipe).
 
     python -m heartml.serve.shadow_process --data FD --control FD --totals FD --parent PID \\
-        [--log-dir DIR --log-prefix PREFIX --log-max-bytes N]
+        [--idle-flag FD --idle-event FD] [--log-dir DIR --log-prefix PREFIX --log-max-bytes N]
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import argparse
 import contextlib
 import logging
 import os
+import pickle
 import select
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,24 +66,34 @@ from heartml.serve.frames import (
     read_answers,
     read_model,
 )
+from heartml.serve.giveway import IdleBell, ServerWatch
 from heartml.serve.predlog import Answered, PredictionLog
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from numpy.typing import NDArray
 
 logger = logging.getLogger("heartml.serve.shadow_process")
 
-# How often the process looks at its pipe: one wake-up, one ONNX call and one write per 50 ms
-# of answers instead of per answer.
+# Without the server's bell (no eventfd): how often the process looks at its pipe.
 LINGER_S = 0.05
 # How often, at most, the running totals go back to the server: each wakes a thread of the
 # server's that takes the interpreter from the event loop; the metrics are scraped every few
 # seconds, not every step.
 REPORT_S = 1.0
+# Rows of answers handled between two looks at the server (ServerWatch): a piece is ~0.1 ms
+# warm for the gradient boosting challenger, up to a few times that with the caches cold
+# (the server having just run), and the server cannot preempt a piece begun when the
+# scheduler handed this thread the CPU at a tick.
+PIECE_ROWS = 64
+# The longest it sleeps for its server to go idle or to write: a ring missed (a server whose
+# event loop is not heartml's) costs this much delay, not an answer.
+IDLE_WAIT_S = 1.0
 # At most this many rows per call of the challenger.
 BATCH = 1024
-# Read at most this much per look (the pipe holds 1 MiB at most).
-READ_BYTES = 1 << 20
+# Read at most this much per step (about 380 one-row answers): what it reads, it copies.
+READ_BYTES = 1 << 16
 # Once its server is gone, how long it may still take to handle what it read.
 ORPHAN_GRACE_S = 3.0
 ABS_DIFF_BOUNDS = np.array((*ABS_DIFF_BUCKETS, np.inf))
@@ -279,14 +294,20 @@ class Pipes:
         self.objects = ObjectReader()
         self.sent: Totals | None = None
         self.sent_at = -REPORT_S
-        self.challenger: Challenger | None = None  # received, not yet in use
+        self.challenger: bytes | None = None  # the latest received, pickled, not yet in use
         self.control_lock = threading.Lock()
         self.control_closed = False
         self.stopping = threading.Event()
+        # Messages read and not yet handled; whether the last read stopped at READ_BYTES (the
+        # pipe may hold more) and whether the server has closed the pipe.
+        self.backlog: deque[tuple[int, memoryview]] = deque()
+        self.more = False
+        self.ended = False
 
     def read_control(self) -> None:
         """Receive challengers until the server closes the pipe. This thread keeps the
-        process's normal priority: a new challenger is taken in while the scoring waits."""
+        process's normal priority (a new challenger is taken in while the scoring waits);
+        the scoring thread loads it, below the server."""
         while not self.control_closed:
             select.select([self.control], [], [])
             self._drain_control()
@@ -302,31 +323,59 @@ class Pipes:
                 if not chunk:
                     self.control_closed = True
                     return
-                for value in self.objects.feed(chunk):
-                    if isinstance(value, Challenger):
-                        self.challenger = value
+                pickles = self.objects.feed_pickles(chunk)
+                if pickles:  # only challengers come this way: the last one counts
+                    self.challenger = pickles[-1]
 
-    def step(self) -> bool:
-        """Handle what the server has written so far; True at the end of its input."""
-        received, ended = _read_available(self.data)
-        # The server writes a challenger whole before it flags any answer for it: once these
-        # answers are read, what the control pipe still holds is read too, so that no
-        # flagged answer meets the challenger before it.
-        self._drain_control()
-        with self.control_lock:  # the control thread may be setting the next one
-            challenger, self.challenger = self.challenger, None
-        if challenger is not None:
+    def step(self, give_way: Callable[[], bool] | None = None) -> bool:
+        """Handle what the server has written so far, a piece at a time; True at the end of
+        its input. Before each piece ``give_way`` waits while the server needs the CPU; when
+        it returns False (told to stop meanwhile) the rest is left for the next step."""
+        if not self.backlog:
+            received, self.ended = _read_available(self.data)
+            self.more = len(received) >= READ_BYTES
+            # The server writes a challenger whole before it flags any answer for it: once
+            # these answers are read, what the control pipe still holds is read too, so that
+            # no flagged answer meets the challenger before it.
+            self._drain_control()
+            with self.control_lock:  # the control thread may be setting the next one
+                pickled, self.challenger = self.challenger, None
+            if pickled is not None:
+                self._load(pickled)
+            self.backlog.extend(self.messages.feed(received))
+        while self.backlog:
+            if give_way is not None and not give_way():
+                return False
+            self._handle_piece()
+        self.report(final=self.ended)
+        return self.ended
+
+    def _load(self, pickled: bytes) -> None:
+        """Take a challenger in (here, below the server: it builds its ONNX session). One
+        that cannot be loaded is an error of the shadow's, counted; the one before goes on."""
+        try:
+            challenger = pickle.loads(pickled)
+        except Exception as exc:
+            self.worker.errors += 1
+            self.worker.last_error = f"could not load the challenger: {one_line(exc)}"
+            logger.warning(self.worker.last_error)
+            return
+        if isinstance(challenger, Challenger):
             self.worker.use(challenger)
-        batches = []
-        for kind, message in self.messages.feed(received):
+
+    def _handle_piece(self) -> None:
+        """Handle the backlog's next messages, up to PIECE_ROWS rows of answers."""
+        batches: list[AnswerBatch] = []
+        rows = 0
+        while self.backlog and rows < PIECE_ROWS:
+            kind, message = self.backlog.popleft()
             if kind == MODEL:
                 self.worker.declare(*read_model(message))
             elif kind == ANSWERS:
                 batches.append(read_answers(message))
+                rows += len(batches[-1].rows)
         if batches:
             self.worker.handle(merge(batches))
-        self.report(final=ended)
-        return ended
 
     def report(self, *, final: bool) -> None:
         if not final and time.monotonic() - self.sent_at < REPORT_S:
@@ -344,16 +393,61 @@ class Pipes:
         except BrokenPipeError:
             pass  # the server is gone
 
-    def score(self) -> None:
-        """The scoring thread: below the server, a step every LINGER_S until told to stop."""
+    def score(self, server_pid: int, bell: IdleBell | None) -> None:
+        """The scoring thread: below the server, a step each time the server writes (at once
+        while the pipe holds more) until told to stop; out of the server's way before each
+        piece."""
         lower_priority()
-        while not self.stopping.is_set():
-            if self.step():
-                return
+        watch = ServerWatch(server_pid)
+
+        def give_way() -> bool:
+            """Not runnable while the server waits for this CPU (:mod:`heartml.serve.giveway`);
+            False when told to stop meanwhile."""
+            while watch.waiting():
+                if bell is None:
+                    self.stopping.wait(LINGER_S)
+                else:
+                    bell.sleep(IDLE_WAIT_S)  # rung when the server idles, or stops us
+                if self.stopping.is_set():
+                    return False
+            return True
+
+        try:
+            while not self.stopping.is_set():
+                if self.step(give_way):
+                    return
+                if not self.more:
+                    self.wait_for_answers(bell)
+        except Exception:
+            # A process that no longer scores must not linger: its server restarts it (and
+            # counts it), and counts what it held as dropped.
+            logger.exception("the scoring thread failed")
+            os._exit(1)
+        finally:
+            watch.close()
+
+    def wait_for_answers(self, bell: IdleBell | None) -> None:
+        """Until the server writes again (it does when its event loop is idle), rings the bell
+        (to stop this thread) or the totals are due; a timed look without a bell."""
+        if bell is None:
             self.stopping.wait(LINGER_S)
+            return
+        timeout = IDLE_WAIT_S
+        if self.worker.totals() != self.sent:  # progress the server has not heard of yet
+            timeout = min(timeout, max(0.0, REPORT_S - (time.monotonic() - self.sent_at)))
+        with contextlib.suppress(OSError, ValueError):
+            select.select([self.data, bell.event_fd], [], [], timeout)
+        bell.clear()
 
 
-def serve(worker: ShadowWorker, data: int, control: int, totals: int) -> None:
+def serve(
+    worker: ShadowWorker,
+    data: int,
+    control: int,
+    totals: int,
+    server_pid: int,
+    bell: IdleBell | None = None,
+) -> None:
     """Handle what the server sends until it closes its pipes.
 
     The scoring runs in a thread below the server's priority; this thread keeps the
@@ -362,10 +456,14 @@ def serve(worker: ShadowWorker, data: int, control: int, totals: int) -> None:
     flush) is done here, at normal priority: a busy CPU would otherwise hold the drain back.
     """
     pipes = Pipes(worker, data, control, totals)
-    scoring = threading.Thread(target=pipes.score, name="shadow-scoring", daemon=True)
+    scoring = threading.Thread(
+        target=pipes.score, args=(server_pid, bell), name="shadow-scoring", daemon=True
+    )
     scoring.start()
     pipes.read_control()
     pipes.stopping.set()
+    if bell is not None:
+        bell.ring()  # it may sleep until the server idles
     scoring.join()
     os.set_blocking(data, True)  # the server has closed its end: reads end at EOF
     while not pipes.step():
@@ -378,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", type=int, required=True)
     parser.add_argument("--totals", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--idle-flag", type=int, help="the server's IdleBell: its shared flag")
+    parser.add_argument("--idle-event", type=int, help="and its eventfd")
     parser.add_argument("--log-dir", type=Path)
     parser.add_argument("--log-prefix", default="")
     parser.add_argument("--log-max-bytes", type=int, default=64 << 20)
@@ -400,12 +500,17 @@ def main(argv: list[str] | None = None) -> int:
         log = PredictionLog(args.log_dir, args.log_max_bytes, args.log_prefix)
         log.start()
     worker = ShadowWorker(log)
+    bell = None
+    if args.idle_flag is not None and args.idle_event is not None:
+        bell = IdleBell(args.idle_flag, args.idle_event)
     logger.info("started for server %d", args.parent)
     try:
-        serve(worker, args.data, args.control, args.totals)
+        serve(worker, args.data, args.control, args.totals, args.parent, bell)
     finally:
         if log is not None:
             log.close()
+        if bell is not None:
+            bell.close()
     logger.info(
         "done: %d rows shadowed, %d records written",
         worker.shadow_rows,
