@@ -8,11 +8,15 @@ server and its shadow process alone on one CPU, wrk (c=8, one patient per reques
 other (with one CPU, both share it). It first sends the same rows with the shadow off and on
 and checks that every answer is byte for byte the same.
 
-Each round is ``--cycles`` cycles of three 1-s wrk runs: shadow off (A), on, off (B). A
-round's ratio is the p99 of its "on" requests over the p99 of its "off" ones, each pooled over
-the round's runs: the machine's slow seconds fall on both sides alike, and two servers'
-standing differences (their hash seeds, their heaps: up to 1.6x at p99 between two identical
-servers here) are not in the ratio. B over A, both off, is printed as the noise floor.
+Each round is ``--cycles`` cycles of two 1-s wrk runs, shadow off then on, each run right
+after a switch (so that what a reload leaves behind, its collection and cold caches, falls on
+both sides alike). A side's p99 in a round is the median of its runs' p99s, and the round's
+ratio is "on" over "off": the machine's slow seconds (here a second's requests can all be
+slow together, when the host is busy) count as one run of ``--cycles``, not as the tail of
+the round, and two servers' standing differences (their hash seeds, their heaps: up to 1.6x
+at p99 between two identical servers here) are not in the ratio. Every other "off" run over
+the rest, all off, is printed as the noise floor; so are the ratios of the p99s of the runs'
+requests pooled, which a single slow second can decide.
 
 Targets (issue 21): over the rounds, the median ratio at most 1.05 and no round above 1.15;
 no answer differs; no request fails. It also prints the shadow's throughput (rows scored per
@@ -20,7 +24,7 @@ second with the shadow on) and what it dropped; then a second server with the pr
 as well, run against the first (both shadowing) for the log's throughput, drops and bytes per
 record; and what handing an answer to the shadow process costs the event loop, in-process.
 
-    python bench/shadow.py [--repeat 10] [--cycles 4] [--shadow NAME/VERSION] [--json FILE]
+    python bench/shadow.py [--repeat 10] [--cycles 8] [--shadow NAME/VERSION] [--json FILE]
 
 The store is MLFLOW_TRACKING_URI (default sqlite:///mlflow.db; SQLite only: its copy is what
 the bench changes): run `make pipeline` first.
@@ -63,9 +67,10 @@ ROUND_RATIO_TARGET = 1.15
 FEED_ANSWERS = 20_000
 
 
-def feed_cost(work: Path) -> float:
-    """Microseconds of the event loop per answer handed to a running shadow process (the
-    record call and its share of the batched writes), one-row answers, logging as well."""
+def feed_cost(work: Path) -> tuple[float, float]:
+    """Microseconds of the event loop per answer handed to a running shadow process, one-row
+    answers, logging as well: on the request path (the record call) and in the loop's idle
+    moments (packing and writing them)."""
     import asyncio
 
     import numpy as np
@@ -73,6 +78,7 @@ def feed_cost(work: Path) -> float:
 
     from heartml.data.schema import synthetic_rows
     from heartml.serve.feed import ShadowFeed
+    from heartml.serve.giveway import new_event_loop
     from heartml.serve.livemetrics import LiveMetrics
 
     feed = ShadowFeed(
@@ -80,32 +86,35 @@ def feed_cost(work: Path) -> float:
     )
     row = np.array(synthetic_rows(1, seed=1, missing=0.0))
     model = feed.model_id("m", "heart-disease-test", 1, None)
-    spent = [0.0]
-    flush = feed.flush
+    spent = {"request": 0.0, "idle": 0.0}
+    write_some = feed.write_some
 
-    def timed_flush() -> None:  # the timer's flushes run on the loop too: count them
+    def timed_write(*, keep_when_full: bool = False) -> bool:  # the loop's idle work
         began = time.perf_counter()
-        flush()
-        spent[0] += time.perf_counter() - began
+        written = write_some(keep_when_full=keep_when_full)
+        spent["idle"] += time.perf_counter() - began
+        return written
 
-    feed.flush = timed_flush  # type: ignore[method-assign]
+    feed.write_some = timed_write  # type: ignore[method-assign]
 
     async def hand_over() -> None:
         for burst in range(0, FEED_ANSWERS, 100):  # bursts of 100, as a busy loop sees them
             began = time.perf_counter()
             for i in range(burst, burst + 100):
                 feed.record(f"r{i}", model, row, [1], [0.75], i, True)
-            spent[0] += time.perf_counter() - began
+            spent["request"] += time.perf_counter() - began
             await asyncio.sleep(0.02)
 
     feed.start()
+    loop = new_event_loop()
     try:
-        asyncio.run(hand_over())
+        loop.run_until_complete(hand_over())
     finally:
+        loop.close()
         feed.close(10)
     if feed.dropped["shadow"]:
         print(f"(feed cost: {feed.dropped['shadow']} of {FEED_ANSWERS} answers dropped)")
-    return spent[0] / FEED_ANSWERS * 1e6
+    return spent["request"] / FEED_ANSWERS * 1e6, spent["idle"] / FEED_ANSWERS * 1e6
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -214,7 +223,7 @@ def fetch(url: str) -> bytes:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=10, help="rounds")
-    parser.add_argument("--cycles", type=int, default=4, help="off, on, off runs of 1 s per round")
+    parser.add_argument("--cycles", type=int, default=8, help="off, on runs of 1 s per round")
     parser.add_argument(
         "--shadow",
         metavar="NAME/VERSION",
@@ -223,8 +232,8 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
-    if args.repeat < 1 or args.cycles < 1:
-        parser.error("--repeat and --cycles must be at least 1")
+    if args.repeat < 1 or args.cycles < 2:
+        parser.error("--repeat must be at least 1 and --cycles at least 2")
 
     from heartml.registry import RegistryError, read_family
     from heartml.settings import Settings
@@ -252,7 +261,7 @@ def main() -> int:
     print(
         f"champion {champion.ref}, shadowing {other.ref} on and off in one server; "
         f"{len(cpus)} CPUs ({'server on one, wrk on another' if split else 'shared'}), "
-        f"c={CONCURRENCY}, {args.repeat} rounds of {args.cycles} x (off, on, off) x {SLICE_S} s"
+        f"c={CONCURRENCY}, {args.repeat} rounds of {args.cycles} x (off, on) x {SLICE_S} s"
     )
 
     work = Path(tempfile.mkdtemp(prefix="heartml-bench-shadow-"))
@@ -313,21 +322,21 @@ def main() -> int:
             return Quantiles.read(quantiles)
 
         measure(url)  # warm: the shadow process and the challenger's first calls
-        shadowing = True
         time.sleep(TOTALS_S)  # the warm run's rows counted before the first figure
         shadowed_before = scrape(url)
         on_seconds = 0.0
         for round_ in range(args.repeat):
-            got: dict[str, list[Quantiles]] = {"A": [], "on": [], "B": []}
+            got: dict[str, list[Quantiles]] = {"off": [], "on": []}
             for _ in range(args.cycles):
-                for slot in ("A", "on", "B"):
-                    if (slot == "on") != shadowing:
-                        shadowing = slot == "on"
-                        toggle.set(shadowing, [url], group, server_cpu)
+                for slot in states:
+                    # Every run follows a switch (and its reload), so that what a reload
+                    # leaves behind falls on both sides alike.
+                    shadowing = slot == "on"
+                    toggle.set(shadowing, [url], group, server_cpu)
                     began = time.monotonic()
                     got[slot].append(measure(url))
                     spent = time.monotonic() - began
-                    rates["on" if slot == "on" else "off"].append(got[slot][-1].requests / spent)
+                    rates[slot].append(got[slot][-1].requests / spent)
                     if slot == "on":
                         on_seconds += spent
             rounds.append(got)
@@ -356,7 +365,7 @@ def main() -> int:
 
     figures: dict[str, Any] = {"answers_compared": len(bodies), "answers_differing": differ}
     pooled = {
-        "off": [q for got in rounds for q in got["A"] + got["B"]],
+        "off": [q for got in rounds for q in got["off"]],
         "on": [q for got in rounds for q in got["on"]],
     }
     print(f"\n{'shadow':<8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}   (every round's runs pooled)")
@@ -402,21 +411,38 @@ def main() -> int:
         "difference is in it)"
     )
 
-    ratios = [
-        pooled_percentile(got["on"], 99) / pooled_percentile(got["A"] + got["B"], 99)
+    def run_p99(runs: list[Quantiles]) -> float:
+        """The p99 of a side of a round: the median of its runs' p99s."""
+        return statistics.median(pooled_percentile([run], 99) for run in runs)
+
+    ratios = [run_p99(got["on"]) / run_p99(got["off"]) for got in rounds]
+    floor = [  # the round's off runs, every other one against the rest
+        run_p99(got["off"][1::2]) / run_p99(got["off"][0::2]) for got in rounds
+    ]
+    pooled_ratios = [
+        pooled_percentile(got["on"], 99) / pooled_percentile(got["off"], 99) for got in rounds
+    ]
+    pooled_floor = [
+        pooled_percentile(got["off"][1::2], 99) / pooled_percentile(got["off"][0::2], 99)
         for got in rounds
     ]
-    floor = [pooled_percentile(got["B"], 99) / pooled_percentile(got["A"], 99) for got in rounds]
     figures["round_ratios"], figures["noise_floor"] = ratios, floor
+    figures["pooled_round_ratios"], figures["pooled_noise_floor"] = pooled_ratios, pooled_floor
     print("\np99 ratio, round by round (one server, its runs interleaved):")
-    for name, values in (("on / off", ratios), ("off B / A", floor)):
+    for name, values in (
+        ("on / off", ratios),
+        ("off / off", floor),
+        ("pooled on / off", pooled_ratios),
+        ("pooled off / off", pooled_floor),
+    ):
         shown = " ".join(f"{r:.2f}" for r in values)
-        print(
-            f"{name:<12} median {statistics.median(values):.2f}x, max {max(values):.2f}x: {shown}"
-        )
-    cost = feed_cost(work)
-    figures["feed_us_per_answer"] = cost
-    print(f"handing an answer to the shadow process: {cost:.2f} us of the event loop")
+        print(f"{name:<17}median {statistics.median(values):.2f}x, max {max(values):.2f}x: {shown}")
+    on_request, when_idle = feed_cost(work)
+    figures["feed_us_per_answer"] = {"request_path": on_request, "idle": when_idle}
+    print(
+        f"handing an answer to the shadow process: {on_request:.2f} us of the event loop on "
+        f"the request path, {when_idle:.2f} us in its idle moments"
+    )
     targets = Targets("shadow")
     targets.at_most(
         f"median p99 with shadow vs without, {len(ratios)} rounds",
