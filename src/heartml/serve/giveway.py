@@ -25,8 +25,9 @@ is busy:
   memory: no system call otherwise). A ring that is missed costs a timeout, never an answer;
 * with nothing to score it sleeps until the server writes, which it does only when idle.
 
-Where ``/proc``, ``memfd_create`` or ``eventfd`` are missing, the process never waits:
-``SCHED_IDLE`` alone.
+Where ``/proc`` has no stat lines the process never gives way (``SCHED_IDLE`` alone); where
+``memfd_create`` or ``eventfd`` are missing there is no bell, and it looks again every
+``LINGER_S`` (:mod:`heartml.serve.shadow_process`) instead of waiting for a ring.
 """
 
 from __future__ import annotations
