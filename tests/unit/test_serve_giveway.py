@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from conftest import wait_until
 from heartml.data.schema import synthetic_rows
 from heartml.serve.evidence import FLUSH_TIMEOUT_S
 from heartml.serve.feed import AnswerQueue, ShadowFeed
@@ -58,15 +59,6 @@ def pinned(cpu: int) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def eventually(check: object, expected: bool, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check() == expected:  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_the_watch_sees_a_server_waiting_for_this_cpu_and_no_other() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -76,14 +68,14 @@ def test_the_watch_sees_a_server_waiting_for_this_cpu_and_no_other() -> None:
             watch = ServerWatch(busy.pid)
             try:
                 # Runnable on the CPU this thread runs on: it waits for us.
-                assert eventually(watch.waiting, True)
+                wait_until(watch.waiting, 5, "the busy process seen waiting")
                 os.kill(busy.pid, signal.SIGSTOP)
-                assert eventually(watch.waiting, False)  # stopped: waits for nobody
+                wait_until(lambda: not watch.waiting(), 5, "stopped: waits for nobody")
                 os.kill(busy.pid, signal.SIGCONT)
-                assert eventually(watch.waiting, True)
+                wait_until(watch.waiting, 5, "running again: waiting")
                 if len(cpus) > 1:  # running on a CPU of its own: not in our way
                     os.sched_setaffinity(busy.pid, {cpus[1]})
-                    assert eventually(watch.waiting, False)
+                    wait_until(lambda: not watch.waiting(), 5, "on a CPU of its own")
                     assert not any(watch.waiting() for _ in range(100))
             finally:
                 watch.close()
@@ -113,7 +105,7 @@ def test_the_bell_wakes_a_sleeper_at_once_and_only_one_that_sleeps() -> None:
 
         thread = threading.Thread(target=sleeper)
         thread.start()
-        assert eventually(lambda: bell.awaited, True)
+        wait_until(lambda: bell.awaited, 5, "the sleeper's flag")
         bell.ring()
         thread.join(10)
         assert slept and slept[0] < 5
@@ -228,7 +220,7 @@ def test_a_busy_loop_only_appends_and_drops_beyond_its_queue(feed: ShadowFeed) -
     assert feed.sent["shadow"] == 50
     feed.report_drops()  # as /metrics does before it answers (the idle work did already)
     assert REGISTRY.get_sample_value("heartml_background_dropped_total", counted) == before + 30
-    assert eventually(lambda: feed.pending("shadow") == 0, True, 30)
+    wait_until(lambda: feed.pending("shadow") == 0, 30, "every answer handled")
 
 
 def test_a_clean_shutdown_hands_over_more_than_the_pipe_holds() -> None:
